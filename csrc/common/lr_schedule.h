@@ -1,0 +1,369 @@
+// Evaluates an encoded learning-rate schedule at an integer clock t, in float64.
+//
+// note [Schedule encoding]
+// A schedule is a flat array of doubles (a "program") holding one root node. Every node is
+//
+//     [kind, length, param_0, param_1, ...]
+//
+// where `length` counts the whole node, its two header words and any child nodes included, so a
+// reader can step over a node without knowing its kind. Composite nodes (SEQUENTIAL, PRODUCT, and
+// CYCLIC with a tabulated scale function) store their children right after their own parameters.
+// Values are absolute: the encoder (lrfused/schedules.py) folds each param group's base lr into
+// the parameters, so the same node kinds serve torch's schedulers and the schedule factories.
+// Adding a kind means adding an enumerator, one case in `evaluate_node` and one in
+// `expected_param_count`; the Python encoder mirrors the numbering (checked by the tests).
+//
+// Some parameters are slots that the device updates in place: the value of a CONSTANT node
+// (ReduceLROnPlateau's current lr, a tensor lr copied in without a sync) and the first_t and
+// values of a TABLE node (LambdaLR / MultiplicativeLR / custom scale functions, uploaded in
+// blocks ahead of the clock).
+#pragma once
+
+#include <math.h>
+#include <cstdint>
+
+#include "host_device.h"
+
+namespace lrfused {
+
+enum ScheduleKind : int {
+  kConstant = 0,       // [value]
+  kTable = 1,          // [first_t, count, v_0 .. v_{count-1}]
+  kStep = 2,           // [init, step_size, gamma]
+  kMultiStep = 3,      // [init, gamma, count, milestone_0 ..] (sorted, duplicates compound)
+  kConstantFactor = 4, // [init, factor, total_iters]
+  kLinear = 5,         // [init, start_factor, end_factor, total_iters]
+  kExponential = 6,    // [init, gamma]
+  kPolynomial = 7,     // [init, end, total_iters, power]
+  kCosine = 8,         // [init, floor, period, clamp]
+  kWarmRestarts = 9,   // [init, floor, T_0, T_mult]
+  kCyclic = 10,        // [base, max, up, down, mode, gamma, base_m, max_m, cycle_momentum] (+table)
+  kOneCycle = 11,      // [initial, max, min, total, pct_start, three_phase, cos, cycle_m, base_m, max_m]
+  kSequential = 12,    // [count, boundary_1 .. boundary_{count-1}] + count children
+  kProduct = 13,       // [init, count] + count children
+  kInverseSqrt = 14,   // [init, timescale, shift]
+  kOneMinusSqrt = 15,  // [init, end, total_iters]
+  kExpRamp = 16,       // [start, end, num_iter]
+  kLinearRamp = 17,    // [start, end, num_iter]
+  kNumScheduleKinds = 18,
+};
+
+// CyclicLR modes; the two table modes evaluate a child TABLE at the cycle or at t.
+enum CyclicMode : int {
+  kTriangular = 0,
+  kTriangular2 = 1,
+  kExpRange = 2,
+  kScaleTableByCycle = 3,
+  kScaleTableByIteration = 4,
+};
+
+// Composites nest at most this deep (a warmup around a join of sequences is depth 3). The
+// evaluator is unrolled at compile time to this depth, so the CUDA kernel has no recursion.
+constexpr int kMaxScheduleDepth = 4;
+
+// The double nearest pi, as Python's math.pi (M_PI is not standard C++).
+constexpr double kPi = 3.141592653589793;
+
+struct ScheduleValue {
+  double lr;
+  // NaN when the schedule does not cycle beta1 (the optimizer's beta1 applies).
+  double beta1;
+};
+
+LRFUSED_HOST_DEVICE double schedule_nan() {
+  return __builtin_nan("");
+}
+
+LRFUSED_HOST_DEVICE bool schedule_is_nan(double x) {
+  return x != x;
+}
+
+// Number of parameter words a node of `kind` has before its children, given the words that
+// follow the header (needed for the variable-length kinds). -1 for an unknown kind.
+LRFUSED_HOST_DEVICE int64_t expected_param_count(int kind, const double* params, int64_t available) {
+  switch (kind) {
+    case kConstant: return 1;
+    case kTable: return available >= 2 ? 2 + static_cast<int64_t>(params[1]) : 2;
+    case kStep: return 3;
+    case kMultiStep: return available >= 3 ? 3 + static_cast<int64_t>(params[2]) : 3;
+    case kConstantFactor: return 3;
+    case kLinear: return 4;
+    case kExponential: return 2;
+    case kPolynomial: return 4;
+    case kCosine: return 4;
+    case kWarmRestarts: return 4;
+    case kCyclic: return 9;
+    case kOneCycle: return 10;
+    case kSequential: return available >= 1 ? static_cast<int64_t>(params[0]) : 1;
+    case kProduct: return 2;
+    case kInverseSqrt: return 3;
+    case kOneMinusSqrt: return 3;
+    case kExpRamp: return 3;
+    case kLinearRamp: return 3;
+    default: return -1;
+  }
+}
+
+namespace detail {
+
+LRFUSED_HOST_DEVICE double cosine_anneal(double start, double end, double fraction) {
+  // Written as torch writes it, so that the float64 rounding matches.
+  return end + (start - end) / 2.0 * (::cos(kPi * fraction) + 1.0);
+}
+
+LRFUSED_HOST_DEVICE double linear_anneal(double start, double end, double fraction) {
+  return (end - start) * fraction + start;
+}
+
+LRFUSED_HOST_DEVICE double table_value(const double* p, int64_t t) {
+  const int64_t first = static_cast<int64_t>(p[0]);
+  const int64_t count = static_cast<int64_t>(p[1]);
+  if (t < first || t >= first + count) {
+    return schedule_nan();  // not uploaded yet: the host refuses to step there (see schedules.py)
+  }
+  return p[2 + (t - first)];
+}
+
+LRFUSED_HOST_DEVICE double multi_step(const double* p, int64_t t) {
+  const int64_t count = static_cast<int64_t>(p[2]);
+  int64_t passed = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    passed += static_cast<int64_t>(p[3 + i]) <= t ? 1 : 0;
+  }
+  return p[0] * ::pow(p[1], static_cast<double>(passed));
+}
+
+// CosineAnnealingWarmRestarts: cycle boundaries B_{k+1} = B_k + T_0 * T_mult^k found by integer
+// accumulation, which is what torch's step() does; its float log formula misplaces exact restarts.
+LRFUSED_HOST_DEVICE double warm_restarts(const double* p, int64_t t) {
+  const int64_t t_0 = static_cast<int64_t>(p[2]);
+  const int64_t t_mult = static_cast<int64_t>(p[3]);
+  int64_t t_cur = t;
+  int64_t t_i = t_0;
+  if (t_mult == 1) {
+    t_cur = t % t_0;
+  } else {
+    while (t_cur >= t_i) {
+      t_cur -= t_i;
+      t_i *= t_mult;
+    }
+  }
+  return p[1] + (p[0] - p[1]) * (1.0 + ::cos(kPi * static_cast<double>(t_cur) / static_cast<double>(t_i))) / 2.0;
+}
+
+LRFUSED_HOST_DEVICE ScheduleValue one_cycle(const double* p, int64_t step) {
+  const double initial = p[0], peak = p[1], minimum = p[2];
+  const double total = p[3], pct_start = p[4];
+  const bool three_phase = p[5] != 0.0, use_cos = p[6] != 0.0, cycle_momentum = p[7] != 0.0;
+  const double base_m = p[8], max_m = p[9];
+  // Past total_steps torch raises; the kernel holds the value reached at total_steps.
+  const double t = static_cast<double>(step) > total ? total : static_cast<double>(step);
+  double ends[3], lr_from[3], lr_to[3], m_from[3], m_to[3];
+  int phases;
+  if (three_phase) {
+    phases = 3;
+    ends[0] = pct_start * total - 1.0; lr_from[0] = initial; lr_to[0] = peak; m_from[0] = max_m; m_to[0] = base_m;
+    ends[1] = 2.0 * pct_start * total - 2.0; lr_from[1] = peak; lr_to[1] = initial; m_from[1] = base_m; m_to[1] = max_m;
+    ends[2] = total - 1.0; lr_from[2] = initial; lr_to[2] = minimum; m_from[2] = max_m; m_to[2] = max_m;
+  } else {
+    phases = 2;
+    ends[0] = pct_start * total - 1.0; lr_from[0] = initial; lr_to[0] = peak; m_from[0] = max_m; m_to[0] = base_m;
+    ends[1] = total - 1.0; lr_from[1] = peak; lr_to[1] = minimum; m_from[1] = base_m; m_to[1] = max_m;
+  }
+  double start = 0.0;
+  for (int i = 0; i < phases; ++i) {
+    if (t <= ends[i] || i == phases - 1) {
+      const double fraction = (t - start) / (ends[i] - start);
+      ScheduleValue v;
+      v.lr = use_cos ? cosine_anneal(lr_from[i], lr_to[i], fraction) : linear_anneal(lr_from[i], lr_to[i], fraction);
+      v.beta1 = !cycle_momentum ? schedule_nan()
+          : use_cos ? cosine_anneal(m_from[i], m_to[i], fraction) : linear_anneal(m_from[i], m_to[i], fraction);
+      return v;
+    }
+    start = ends[i];
+  }
+  return ScheduleValue{schedule_nan(), schedule_nan()};
+}
+
+template <int Depth>
+LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t);
+
+// CyclicLR, including torch's float arithmetic for the position in the cycle.
+template <int Depth>
+LRFUSED_HOST_DEVICE ScheduleValue cyclic(const double* p, int64_t step) {
+  const double base = p[0], peak = p[1], up = p[2], down = p[3];
+  const int mode = static_cast<int>(p[4]);
+  const double gamma = p[5], base_m = p[6], max_m = p[7];
+  const bool cycle_momentum = p[8] != 0.0;
+  const double t = static_cast<double>(step);
+  const double total = up + down;
+  const double ratio = up / total;
+  const double cycle = ::floor(1.0 + t / total);
+  const double x = 1.0 + t / total - cycle;
+  const double factor = x <= ratio ? x / ratio : (x - 1.0) / (ratio - 1.0);
+  double scale = 1.0;
+  switch (mode) {
+    case kTriangular: scale = 1.0; break;
+    case kTriangular2: scale = 1.0 / ::pow(2.0, cycle - 1.0); break;
+    case kExpRange: scale = ::pow(gamma, t); break;
+    case kScaleTableByCycle:
+      scale = evaluate_node<Depth - 1>(p + 9, static_cast<int64_t>(cycle)).lr;
+      break;
+    default:
+      scale = evaluate_node<Depth - 1>(p + 9, step).lr;
+      break;
+  }
+  ScheduleValue v;
+  v.lr = base + (peak - base) * factor * scale;
+  v.beta1 = cycle_momentum ? max_m - (max_m - base_m) * factor * scale : schedule_nan();
+  return v;
+}
+
+template <int Depth>
+LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t) {
+  if constexpr (Depth <= 0) {
+    return ScheduleValue{schedule_nan(), schedule_nan()};
+  } else {
+    const int kind = static_cast<int>(node[0]);
+    const double* p = node + 2;
+    const double nan = schedule_nan();
+    const double td = static_cast<double>(t);
+    switch (kind) {
+      case kConstant:
+        return {p[0], nan};
+      case kTable:
+        return {table_value(p, t), nan};
+      case kStep:
+        return {p[0] * ::pow(p[2], ::floor(td / p[1])), nan};
+      case kMultiStep:
+        return {multi_step(p, t), nan};
+      case kConstantFactor:
+        return {p[0] * (td < p[2] ? p[1] : 1.0), nan};
+      case kLinear: {
+        const double done = td < p[3] ? td : p[3];
+        return {p[0] * (p[1] + (p[2] - p[1]) * done / p[3]), nan};
+      }
+      case kExponential:
+        return {p[0] * ::pow(p[1], td), nan};
+      case kPolynomial: {
+        const double progress = (td < p[2] ? td : p[2]) / p[2];
+        return {p[1] + (p[0] - p[1]) * ::pow(1.0 - progress, p[3]), nan};
+      }
+      case kCosine: {
+        if (p[3] != 0.0 && td >= p[2]) {
+          return {p[1], nan};
+        }
+        return {p[1] + (p[0] - p[1]) * (1.0 + ::cos(kPi * td / p[2])) / 2.0, nan};
+      }
+      case kWarmRestarts:
+        return {warm_restarts(p, t), nan};
+      case kCyclic:
+        return cyclic<Depth>(p, t);
+      case kOneCycle:
+        return one_cycle(p, t);
+      case kSequential: {
+        const int64_t count = static_cast<int64_t>(p[0]);
+        const double* child = p + count;  // the boundaries take count - 1 words after p[0]
+        int64_t start = 0;
+        for (int64_t i = 0; i < count; ++i) {
+          const bool last = i == count - 1;
+          const int64_t next = last ? 0 : static_cast<int64_t>(p[1 + i]);
+          if (last || t < next) {
+            return evaluate_node<Depth - 1>(child, t - start);
+          }
+          start = next;
+          child += static_cast<int64_t>(child[1]);
+        }
+        return {nan, nan};
+      }
+      case kProduct: {
+        const int64_t count = static_cast<int64_t>(p[1]);
+        const double* child = p + 2;
+        ScheduleValue v{p[0], nan};
+        for (int64_t i = 0; i < count; ++i) {
+          const ScheduleValue c = evaluate_node<Depth - 1>(child, t);
+          v.lr *= c.lr;
+          if (schedule_is_nan(v.beta1)) {
+            v.beta1 = c.beta1;
+          }
+          child += static_cast<int64_t>(child[1]);
+        }
+        return v;
+      }
+      case kInverseSqrt:
+        return {p[0] / ::sqrt((td + p[2]) / p[1]), nan};
+      case kOneMinusSqrt: {
+        const double progress = (td < p[2] ? td : p[2]) / p[2];
+        return {p[1] + (p[0] - p[1]) * (1.0 - ::sqrt(progress)), nan};
+      }
+      case kExpRamp:
+        return {p[0] * ::pow(p[1] / p[0], td / (p[2] - 1.0)), nan};
+      case kLinearRamp:
+        return {p[0] + td / (p[2] - 1.0) * (p[1] - p[0]), nan};
+      default:
+        return {nan, nan};
+    }
+  }
+}
+
+}  // namespace detail
+
+// The schedule's learning rate (and beta1, NaN when not cycled) at clock t.
+LRFUSED_HOST_DEVICE ScheduleValue evaluate_schedule(const double* program, int64_t t) {
+  return detail::evaluate_node<kMaxScheduleDepth>(program, t);
+}
+
+// Checks that a program is well formed: every node's kind is known, its length covers its
+// parameters and children, and nothing reads past `length` words. Returns nullptr when the
+// program is valid, else a message. Host only: the op checks programs that live on the CPU.
+inline const char* validate_schedule_node(const double* node, int64_t available, int depth) {
+  if (depth > kMaxScheduleDepth) return "schedule nests composites deeper than kMaxScheduleDepth";
+  if (available < 2) return "schedule node is truncated";
+  const double kind_word = node[0];
+  const double length_word = node[1];
+  if (!(kind_word >= 0 && kind_word < kNumScheduleKinds) || kind_word != ::floor(kind_word)) {
+    return "schedule node has an unknown kind";
+  }
+  if (!(length_word >= 2 && length_word <= static_cast<double>(available)) || length_word != ::floor(length_word)) {
+    return "schedule node length is out of bounds";
+  }
+  const int kind = static_cast<int>(kind_word);
+  const int64_t length = static_cast<int64_t>(length_word);
+  const double* p = node + 2;
+  const int64_t words = length - 2;
+  const int64_t params = expected_param_count(kind, p, words);
+  if (params < 0 || params > words) return "schedule node is shorter than its parameters";
+  int64_t children = 0;
+  if (kind == kSequential) {
+    children = static_cast<int64_t>(p[0]);
+    if (children < 1) return "SEQUENTIAL schedule needs at least one child";
+  } else if (kind == kProduct) {
+    children = static_cast<int64_t>(p[1]);
+  } else if (kind == kCyclic) {
+    const int mode = static_cast<int>(p[4]);
+    if (mode < kTriangular || mode > kScaleTableByIteration) return "CYCLIC schedule has an unknown mode";
+    children = mode >= kScaleTableByCycle ? 1 : 0;
+  } else if (kind == kTable) {
+    if (p[1] < 0) return "TABLE schedule has a negative count";
+  } else if (kind == kMultiStep) {
+    if (p[2] < 0) return "MULTI_STEP schedule has a negative count";
+  }
+  int64_t offset = params;
+  for (int64_t i = 0; i < children; ++i) {
+    const char* error = validate_schedule_node(p + offset, words - offset, depth + 1);
+    if (error != nullptr) return error;
+    offset += static_cast<int64_t>(p[offset + 1]);
+  }
+  if (offset != words) return "schedule node length does not match its contents";
+  return nullptr;
+}
+
+inline const char* validate_schedule(const double* program, int64_t length) {
+  const char* error = validate_schedule_node(program, length, 1);
+  if (error == nullptr && static_cast<int64_t>(program[1]) != length) {
+    return "schedule program has words after its root node";
+  }
+  return error;
+}
+
+}  // namespace lrfused

@@ -1,0 +1,145 @@
+// The op schemas of lrfused, the argument checks shared by every backend, and the module init
+// that lets `import lrfused._C` run the static registrations below.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/lr_schedule.h"
+#include "ops.h"
+
+extern "C" {
+// An empty module: importing it loads the library, whose initialisers register the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace lrfused {
+
+namespace {
+
+void check_same_layout(const at::Tensor& param, const at::Tensor& other, const char* what, size_t i) {
+  TORCH_CHECK(other.device() == param.device(), "fused_adam_: ", what, "[", i, "] is on ", other.device(),
+              " but params[", i, "] is on ", param.device());
+  TORCH_CHECK(other.scalar_type() == param.scalar_type(), "fused_adam_: ", what, "[", i, "] has dtype ",
+              other.scalar_type(), " but params[", i, "] has dtype ", param.scalar_type());
+  TORCH_CHECK(other.sizes() == param.sizes(), "fused_adam_: ", what, "[", i, "] has shape ", other.sizes(),
+              " but params[", i, "] has shape ", param.sizes());
+}
+
+}  // namespace
+
+void check_fused_adam_args(const FusedAdamArgs& a) {
+  const size_t n = a.params.size();
+  TORCH_CHECK(a.grads.size() == n && a.exp_avgs.size() == n && a.exp_avg_sqs.size() == n,
+              "fused_adam_: params, grads, exp_avgs and exp_avg_sqs must have the same length, got ", n, ", ",
+              a.grads.size(), ", ", a.exp_avgs.size(), " and ", a.exp_avg_sqs.size());
+  TORCH_CHECK(!a.amsgrad || a.max_exp_avg_sqs.size() == n,
+              "fused_adam_: amsgrad=True needs one max_exp_avg_sq per param, got ", a.max_exp_avg_sqs.size(),
+              " for ", n, " params");
+  TORCH_CHECK(a.beta1 >= 0.0 && a.beta1 < 1.0, "fused_adam_: invalid beta1: ", a.beta1);
+  TORCH_CHECK(a.beta2 >= 0.0 && a.beta2 < 1.0, "fused_adam_: invalid beta2: ", a.beta2);
+  TORCH_CHECK(a.eps >= 0.0 && std::isfinite(a.eps), "fused_adam_: invalid eps: ", a.eps);
+  TORCH_CHECK(a.weight_decay >= 0.0 && std::isfinite(a.weight_decay),
+              "fused_adam_: invalid weight_decay: ", a.weight_decay);
+
+  TORCH_CHECK(a.step.scalar_type() == at::kLong && a.step.numel() == 1,
+              "fused_adam_: step must be a one-element int64 tensor, got ", a.step.scalar_type(), " with ",
+              a.step.numel(), " elements");
+  TORCH_CHECK(a.schedule.scalar_type() == at::kDouble && a.schedule.dim() == 1 && a.schedule.is_contiguous(),
+              "fused_adam_: schedule must be a contiguous 1-d float64 tensor, got ", a.schedule.scalar_type(),
+              " of shape ", a.schedule.sizes());
+  TORCH_CHECK(a.schedule.numel() >= 2, "fused_adam_: schedule is empty");
+  if (a.clock.has_value()) {
+    TORCH_CHECK(a.clock->scalar_type() == at::kLong && a.clock->numel() == 1,
+                "fused_adam_: clock must be a one-element int64 tensor, got ", a.clock->scalar_type(), " with ",
+                a.clock->numel(), " elements");
+  }
+  if (a.grad_scale.has_value()) {
+    TORCH_CHECK(a.grad_scale->numel() == 1 && a.grad_scale->scalar_type() == at::kFloat,
+                "fused_adam_: grad_scale must be a one-element float32 tensor, got ", a.grad_scale->scalar_type(),
+                " with ", a.grad_scale->numel(), " elements");
+  }
+  if (a.found_inf.has_value()) {
+    TORCH_CHECK(a.found_inf->numel() == 1 && a.found_inf->scalar_type() == at::kFloat,
+                "fused_adam_: found_inf must be a one-element float32 tensor, got ", a.found_inf->scalar_type(),
+                " with ", a.found_inf->numel(), " elements");
+  }
+  if (n == 0) {
+    return;
+  }
+  const at::Tensor& first = a.params[0];
+  const auto scalar_tensors_ok = [&](const at::Tensor& t, const char* what) {
+    TORCH_CHECK(t.device() == first.device(), "fused_adam_: ", what, " is on ", t.device(),
+                " but the params are on ", first.device());
+  };
+  scalar_tensors_ok(a.step, "step");
+  scalar_tensors_ok(a.schedule, "schedule");
+  if (a.clock.has_value()) scalar_tensors_ok(*a.clock, "clock");
+  if (a.grad_scale.has_value()) scalar_tensors_ok(*a.grad_scale, "grad_scale");
+  if (a.found_inf.has_value()) scalar_tensors_ok(*a.found_inf, "found_inf");
+
+  const auto dtype = first.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+              "fused_adam_: params must be float32, float16 or bfloat16, got ", dtype);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = a.params[i];
+    TORCH_CHECK(p.device() == first.device(), "fused_adam_: params[", i, "] is on ", p.device(),
+                " but params[0] is on ", first.device());
+    TORCH_CHECK(p.scalar_type() == dtype, "fused_adam_: params[", i, "] has dtype ", p.scalar_type(),
+                " but params[0] has dtype ", dtype);
+    TORCH_CHECK(!p.is_sparse() && !a.grads[i].is_sparse(), "fused_adam_: sparse tensors are not supported (params[",
+                i, "])");
+    TORCH_CHECK(p.is_non_overlapping_and_dense(), "fused_adam_: params[", i,
+                "] must be non-overlapping and dense, got strides ", p.strides());
+    check_same_layout(p, a.grads[i], "grads", i);
+    check_same_layout(p, a.exp_avgs[i], "exp_avgs", i);
+    check_same_layout(p, a.exp_avg_sqs[i], "exp_avg_sqs", i);
+    if (a.amsgrad) {
+      check_same_layout(p, a.max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
+    }
+    // The kernels walk every state in the param's memory order; the Python side makes states with
+    // zeros_like (which preserves the layout), and the kernels copy a grad of another layout.
+    const auto same_strides = [&](const at::Tensor& t, const char* what) {
+      TORCH_CHECK(t.strides() == p.strides(), "fused_adam_: ", what, "[", i, "] has strides ", t.strides(),
+                  " but params[", i, "] has strides ", p.strides());
+    };
+    same_strides(a.exp_avgs[i], "exp_avgs");
+    same_strides(a.exp_avg_sqs[i], "exp_avg_sqs");
+    if (a.amsgrad) same_strides(a.max_exp_avg_sqs[i], "max_exp_avg_sqs");
+  }
+}
+
+void check_schedule_program(const at::Tensor& schedule) {
+  TORCH_CHECK(schedule.device().is_cpu(), "check_schedule_program needs a CPU tensor");
+  const char* error = validate_schedule(schedule.data_ptr<double>(), schedule.numel());
+  TORCH_CHECK(error == nullptr, "fused_adam_: malformed schedule: ", error);
+}
+
+namespace {
+
+std::vector<double> evaluate_schedule_op(const at::Tensor& schedule, int64_t t) {
+  TORCH_CHECK(schedule.scalar_type() == at::kDouble && schedule.dim() == 1,
+              "evaluate_schedule: schedule must be a 1-d float64 tensor, got ", schedule.scalar_type(), " of shape ",
+              schedule.sizes());
+  const at::Tensor host = schedule.cpu().contiguous();
+  check_schedule_program(host);
+  const ScheduleValue v = evaluate_schedule(host.data_ptr<double>(), t);
+  return {v.lr, v.beta1};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lrfused, m) {
+  m.def(
+      "fused_adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
+      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!) step, Tensor? clock, Tensor schedule, *, float beta1, "
+      "float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+  m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
+  m.impl("evaluate_schedule", &evaluate_schedule_op);
+}
+
+}  // namespace lrfused

@@ -1,0 +1,36 @@
+// The arguments of lrfused::fused_adam_, gathered once so that every backend checks them the same
+// way (csrc/ops.cpp) before it changes any tensor.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <optional>
+
+namespace lrfused {
+
+struct FusedAdamArgs {
+  at::TensorList params;
+  at::TensorList grads;
+  at::TensorList exp_avgs;
+  at::TensorList exp_avg_sqs;
+  at::TensorList max_exp_avg_sqs;
+  const at::Tensor& step;
+  const std::optional<at::Tensor>& clock;
+  const at::Tensor& schedule;
+  double beta1;
+  double beta2;
+  double eps;
+  double weight_decay;
+  bool decoupled_weight_decay;
+  bool amsgrad;
+  bool maximize;
+  const std::optional<at::Tensor>& grad_scale;
+  const std::optional<at::Tensor>& found_inf;
+};
+
+// Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.
+void check_fused_adam_args(const FusedAdamArgs& args);
+
+// Raises when a CPU schedule program is malformed (see note [Schedule encoding]).
+void check_schedule_program(const at::Tensor& schedule);
+
+}  // namespace lrfused

@@ -1,0 +1,19 @@
+"""lrfused: Adam/AdamW fused with its learning-rate schedule.
+
+One kernel launch per optimizer+scheduler step, evaluated from an on-device clock: no host sync,
+CUDA-graph capturable, no recompilation under torch.compile when the lr changes.
+"""
+
+from . import schedules
+from ._ops import has_cuda_kernels, has_kernels
+from ._version import __version__
+from .optim import FusedScheduledAdam, FusedScheduledAdamW
+
+__all__ = [
+    "FusedScheduledAdam",
+    "FusedScheduledAdamW",
+    "schedules",
+    "has_kernels",
+    "has_cuda_kernels",
+    "__version__",
+]

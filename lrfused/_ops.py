@@ -1,0 +1,88 @@
+"""Typed wrappers over ``torch.ops.lrfused.*``, the fake kernels torch.compile traces through, and
+the choice between the compiled library and the pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import _reference
+
+_LOAD_ERROR: str | None = None
+try:
+    from . import _C  # noqa: F401  (registers the ops)
+except ImportError as error:  # pragma: no cover - exercised by the fallback test in a subprocess
+    _LOAD_ERROR = str(error)
+
+if _LOAD_ERROR is None and not hasattr(torch.ops.lrfused, "fused_adam_"):  # pragma: no cover
+    _LOAD_ERROR = "lrfused._C loaded but registered no ops"
+
+if _LOAD_ERROR is not None:
+    _MESSAGE = (
+        f"lrfused: the compiled kernels could not be loaded ({_LOAD_ERROR}); running the pure-PyTorch "
+        "reference instead, which is correct but slower. Rebuild with "
+        "`pip install --no-build-isolation -e .` against the torch you run."
+    )
+    if os.environ.get("LRFUSED_REQUIRE_KERNELS", "0") == "1":
+        raise ImportError(_MESSAGE)
+    warnings.warn(_MESSAGE, RuntimeWarning, stacklevel=2)
+
+
+def has_kernels() -> bool:
+    """Whether the compiled CPU kernels are loaded (else the reference runs)."""
+    return _LOAD_ERROR is None
+
+
+def has_cuda_kernels() -> bool:
+    """Whether lrfused._C was built with its CUDA kernels."""
+    if not has_kernels():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("lrfused::fused_adam_", "CUDA")
+
+
+def fused_adam_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    step: torch.Tensor,
+    clock: torch.Tensor | None,
+    schedule: torch.Tensor,
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled_weight_decay: bool,
+    amsgrad: bool,
+    maximize: bool,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+) -> None:
+    """One Adam/AdamW step of every tensor, at the lr the schedule gives at the clock (or the step)."""
+    op = torch.ops.lrfused.fused_adam_ if _LOAD_ERROR is None else _reference.fused_adam_
+    op(
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
+        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+        decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
+        grad_scale=grad_scale, found_inf=found_inf,
+    )
+
+
+def evaluate_schedule(schedule: torch.Tensor, t: int) -> tuple[float, float]:
+    """The (lr, beta1) that the C++ evaluator gives at clock t; beta1 is NaN when not cycled."""
+    lr, beta1 = torch.ops.lrfused.evaluate_schedule(schedule, t)
+    return lr, beta1
+
+
+if _LOAD_ERROR is None:
+
+    @torch.library.register_fake("lrfused::fused_adam_")
+    def _fused_adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *,
+                         beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+                         grad_scale=None, found_inf=None) -> None:
+        # Mutates its inputs in place and returns nothing: no new tensors to describe.
+        return None

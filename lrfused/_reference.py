@@ -1,0 +1,66 @@
+"""The op ``lrfused::fused_adam_`` in plain PyTorch: the test oracle, and the fallback when the
+compiled library cannot be loaded. It follows note [Order of operations] of
+``csrc/common/adam_math.h`` with float32 opmath, and evaluates the program with
+:func:`lrfused.schedules.decode`, the Python mirror of ``csrc/common/lr_schedule.h``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .schedules import decode
+
+
+def schedule_value(schedule: torch.Tensor, t: int) -> tuple[float, float]:
+    """(lr, beta1) of a program at clock t; beta1 is NaN when the schedule does not cycle it."""
+    lr, beta1 = decode(schedule.tolist()).value(int(t))
+    return lr, math.nan if beta1 is None else beta1
+
+
+def _f32(x: float) -> torch.Tensor:
+    """A Python float rounded to float32, as the kernels receive their scalars."""
+    return torch.tensor(x, dtype=torch.float32)
+
+
+@torch.no_grad()
+def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1, beta2, eps,
+                weight_decay, decoupled_weight_decay, amsgrad, maximize, grad_scale=None, found_inf=None) -> None:
+    if len(params) == 0:
+        return
+    if found_inf is not None and found_inf.item() != 0.0:
+        return
+    t = int(clock.item()) if clock is not None else int(step.item())
+    lr, scheduled_beta1 = schedule_value(schedule, t)
+    if not (math.isfinite(lr) and lr >= 0):
+        raise RuntimeError(f"fused_adam_: the schedule gives lr={lr} at clock {t}")
+    b1 = beta1 if math.isnan(scheduled_beta1) else scheduled_beta1
+    n = int(step.item()) + 1
+    step_size = lr / (1.0 - b1 ** float(n))
+    bc2_sqrt = math.sqrt(1.0 - beta2 ** float(n))
+    for i, param in enumerate(params):
+        p = param.float()
+        g = grads[i].float()
+        if grad_scale is not None:
+            g = g / grad_scale.float().to(g.device)
+            grads[i].copy_(g)
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            if decoupled_weight_decay:
+                p = p * _f32(1.0 - lr * weight_decay)
+            else:
+                g = g + _f32(weight_decay) * p
+        m = exp_avgs[i].float()
+        m = m.lerp(g, float(_f32(1.0 - b1)))
+        v = exp_avg_sqs[i].float() * _f32(beta2) + _f32(1.0 - beta2) * g * g
+        second = v
+        if amsgrad:
+            second = torch.maximum(max_exp_avg_sqs[i].float(), v)
+            max_exp_avg_sqs[i].copy_(second)
+        denom = second.sqrt() / _f32(bc2_sqrt) + _f32(eps)
+        p = p + _f32(-step_size) * m / denom
+        param.copy_(p)
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)
+    step.add_(1)

@@ -1,0 +1,438 @@
+"""FusedScheduledAdam and FusedScheduledAdamW: torch.optim optimizers whose learning-rate schedule
+runs inside the update kernel."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _ops
+from .schedules import Constant, Product, Schedule, Tabulated
+
+__all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
+
+
+def _check_number(name: str, value: Any) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element, got {value.numel()} elements")
+        return float("nan")  # a device value: validated where it is read, never synced here
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value}")
+    return float(value)
+
+
+def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
+    """torch.optim.Adam's checks, plus NaN and inf; the message names the argument and value."""
+    lr_value = _check_number("learning rate", lr)
+    if lr_value < 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            raise TypeError(f"betas[{index}] as a Tensor is not supported by FusedScheduledAdam, got {beta!r}")
+        value = _check_number(f"beta parameter at index {index}", beta)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    if _check_number("epsilon value", eps) < 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if _check_number("weight_decay value", weight_decay) < 0.0:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+@dataclass
+class _Bucket:
+    """Params of one group that share a device, a dtype and a step counter: one op call."""
+
+    indices: list[int]
+    params: list[Tensor]
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    max_exp_avg_sqs: list[Tensor]
+    step: Tensor
+    complex_: list[bool]
+
+
+@dataclass
+class _Plan:
+    """How a group's step splits into op calls, valid while the same params have grads."""
+
+    has_grad: tuple[bool, ...]
+    buckets: list[_Bucket] = field(default_factory=list)
+
+
+@dataclass
+class _Binding:
+    """What drives each group's lr: the schedules, their clock, and who owns them.
+
+    ``owner`` is None when the optimizer drives itself (a constant lr, or ``schedule=``); then
+    each program has a word (``lr_slots``) that holds ``group["lr"]`` and follows its changes.
+    """
+
+    schedules: list[Schedule]
+    clock: Tensor | None
+    owner: Any
+    lr_slots: list[int | None]
+    offsets: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    buffers: dict[torch.device, Tensor] = field(default_factory=dict)
+    clocks: dict[torch.device, Tensor] = field(default_factory=dict)
+    primary: torch.device | None = None
+
+
+class FusedScheduledAdam(Optimizer):
+    r"""Adam and AdamW whose learning-rate schedule is evaluated inside the update kernel.
+
+    The update is torch.optim.Adam's (``decoupled_weight_decay=True`` gives AdamW):
+
+    .. math::
+        \begin{aligned}
+        &g_t \leftarrow \nabla_\theta f_t(\theta_{t-1}) \;(\times -1 \text{ if maximize})\\
+        &\text{Adam: } g_t \leftarrow g_t + \lambda\theta_{t-1} \qquad
+         \text{AdamW: } \theta_{t-1} \leftarrow \theta_{t-1}(1 - \gamma_t\lambda)\\
+        &m_t \leftarrow \beta_1 m_{t-1} + (1-\beta_1) g_t \qquad
+         v_t \leftarrow \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \qquad
+         (\text{AMSGrad: } \hat v_t \leftarrow \max(\hat v_{t-1}, v_t))\\
+        &\theta_t \leftarrow \theta_{t-1} - \frac{\gamma_t}{1-\beta_1^t}\,
+         \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+        \end{aligned}
+
+    where the learning rate :math:`\gamma_t` (and :math:`\beta_1` for cycling schedules) comes
+    from the schedule, evaluated in float64 in the kernel from a clock on the device:
+
+    * no schedule: :math:`\gamma_t` is ``group["lr"]`` (a float, or a 1-element tensor, read on
+      the device); changing it between steps works as in torch;
+    * ``schedule=s`` (see :mod:`lrfused.schedules`): :math:`\gamma_t = \text{lr} \cdot s(t)`
+      with :math:`t` the optimizer's own step count before this step. No scheduler object and no
+      per-step Python work; an AMP-skipped step pauses the schedule too;
+    * a scheduler of :mod:`lrfused.lr_scheduler` (same classes and arguments as
+      ``torch.optim.lr_scheduler``): its ``step()`` advances a device clock.
+
+    Args:
+        params: parameters or param groups, as for any torch optimizer. Float32, float16,
+            bfloat16 or complex (viewed as real, as torch does) dense tensors.
+        lr: learning rate (default: 1e-3).
+        betas: coefficients of the running averages of the gradient and its square.
+        eps: added to the denominator for numerical stability.
+        weight_decay: L2 penalty (Adam) or decoupled decay (AdamW).
+        amsgrad: use the maximum of past squared-gradient averages.
+        maximize: maximize the objective instead of minimizing it.
+        decoupled_weight_decay: AdamW's decay.
+        schedule: a :class:`lrfused.schedules.Schedule` multiplying each group's lr.
+
+    The state keeps torch's keys (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``);
+    ``step`` is an int64 tensor on the param's device that the kernel advances (float32 counters
+    stop at 2**24). Checkpoints load with ``torch.load(weights_only=True)`` and move both ways
+    between lrfused and ``torch.optim.Adam/AdamW``.
+    """
+
+    # GradScaler hands over grad_scale / found_inf and lets the kernel unscale and skip.
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+        schedule: Schedule | None = None,
+    ):
+        validate_hyperparameters(lr, betas, eps, weight_decay)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be an lrfused.schedules.Schedule, got {type(schedule).__name__}")
+        if isinstance(schedule, Tabulated) or (schedule is not None and _has_open_table(schedule)):
+            raise ValueError(
+                "schedule= with a tabulated function needs horizon= (the optimizer's clock pauses on AMP "
+                "overflow without the host knowing, so it cannot upload blocks ahead of it)")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        self._schedule = schedule
+        self._binding: _Binding | None = None
+        self._plans: dict[int, _Plan] = {}
+        self._lr_seen: dict[int, Any] = {}
+        super().__init__(params, defaults)
+
+    # --- param groups and state --------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key in ("lr", "betas", "eps", "weight_decay"):
+            if key in param_group:
+                validate_hyperparameters(
+                    param_group.get("lr", self.defaults["lr"]), param_group.get("betas", self.defaults["betas"]),
+                    param_group.get("eps", self.defaults["eps"]),
+                    param_group.get("weight_decay", self.defaults["weight_decay"]))
+                break
+        params = param_group["params"]
+        for p in [params] if isinstance(params, Tensor) else list(params):
+            if isinstance(p, Tensor) and (p.is_sparse or p.layout != torch.strided):
+                raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout}")
+            if isinstance(p, Tensor) and not (p.is_floating_point() or p.is_complex()):
+                raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype}")
+        super().add_param_group(param_group)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._plans = {}
+        if getattr(self, "_binding", None) is not None and self._binding.owner is None:
+            self._binding = None
+        self._lr_seen = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._schedule is not None:
+            state["lrfused"] = {"schedule": self._schedule.encode()}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("lrfused", {}).get("schedule")
+        if saved is not None and self._schedule is not None and int(saved[0]) != self._schedule.kind:
+            raise ValueError(
+                f"load_state_dict: the checkpoint's schedule is a {_kind_name(int(saved[0]))}"
+                f" but this optimizer's is {type(self._schedule).__name__}")
+        for group in state_dict["param_groups"]:
+            validate_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "lrfused"})
+        self._share_loaded_steps()
+        self._invalidate()
+
+    def _share_loaded_steps(self) -> None:
+        # torch keeps one float32 step per param; here params of a group that stepped together share
+        # one int64 counter so that they update in one call. Loading is not a hot path: the values
+        # are read on the host to regroup.
+        for group in self.param_groups:
+            shared: dict[tuple[torch.device, int], Tensor] = {}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or "step" not in state:
+                    continue
+                value = int(state["step"].item()) if isinstance(state["step"], Tensor) else int(state["step"])
+                key = (p.device, value)
+                if key not in shared:
+                    shared[key] = torch.tensor(value, dtype=torch.int64, device=p.device)
+                state["step"] = shared[key]
+
+    def _init_state(self, p: Tensor, step: Tensor, amsgrad: bool) -> None:
+        state = self.state[p]
+        state["step"] = step
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if amsgrad:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _make_plan(self, group: dict[str, Any], grads: list[Tensor | None]) -> _Plan:
+        params = group["params"]
+        amsgrad = group["amsgrad"]
+        fresh_steps: dict[torch.device, Tensor] = {}
+        members: dict[int, int] = {}
+        for p in params:
+            state = self.state.get(p)
+            if state and "step" in state:
+                members[id(state["step"])] = members.get(id(state["step"]), 0) + 1
+        stepping: dict[int, list[int]] = {}
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError("FusedScheduledAdam does not support sparse gradients")
+            state = self.state[p]
+            if "step" not in state:
+                if p.device not in fresh_steps:
+                    fresh_steps[p.device] = torch.zeros((), dtype=torch.int64, device=p.device)
+                self._init_state(p, fresh_steps[p.device], amsgrad)
+            elif amsgrad and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            stepping.setdefault(id(state["step"]), []).append(i)
+        # A counter shared with params that have no grad this step must not advance for them
+        # (torch skips those params, step included): the stepping ones get a copy of their own.
+        for key, indices in stepping.items():
+            if members.get(key, len(indices)) != len(indices):
+                own = self.state[params[indices[0]]]["step"].clone()
+                for i in indices:
+                    self.state[params[i]]["step"] = own
+        plan = _Plan(tuple(g is not None for g in grads))
+        by_key: dict[tuple, _Bucket] = {}
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            p = params[i]
+            state = self.state[p]
+            real = torch.view_as_real if p.is_complex() else (lambda x: x)
+            key = (p.device, p.dtype, id(state["step"]))
+            if key not in by_key:
+                by_key[key] = _Bucket([], [], [], [], [], state["step"], [])
+                plan.buckets.append(by_key[key])
+            bucket = by_key[key]
+            bucket.indices.append(i)
+            bucket.params.append(real(p))
+            bucket.exp_avgs.append(real(state["exp_avg"]))
+            bucket.exp_avg_sqs.append(real(state["exp_avg_sq"]))
+            if amsgrad:
+                bucket.max_exp_avg_sqs.append(real(state["max_exp_avg_sq"]))
+            bucket.complex_.append(p.is_complex())
+        return plan
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    def _bind(self, schedules: list[Schedule], clock: Tensor | None, owner: Any, lr_slots: list[int | None]) -> None:
+        """Installs one schedule per param group, evaluated at ``clock`` (None: the step count)."""
+        if len(schedules) != len(self.param_groups):
+            raise ValueError(f"expected {len(self.param_groups)} schedules (one per param group), got {len(schedules)}")
+        binding = _Binding(list(schedules), clock, owner, list(lr_slots))
+        words: list[float] = []
+        for schedule in binding.schedules:
+            program = schedule.encode()
+            binding.offsets.append(len(words))
+            binding.lengths.append(len(program))
+            words += program
+        binding.primary = clock.device if clock is not None else self._first_device()
+        binding.buffers[binding.primary] = torch.tensor(words, dtype=torch.float64).to(binding.primary)
+        if clock is not None:
+            binding.clocks[binding.primary] = clock
+        self._binding = binding
+        self._lr_seen = {}
+
+    def _first_device(self) -> torch.device:
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return torch.device("cpu")
+
+    def _self_binding(self) -> _Binding:
+        """The optimizer's own programs: ``lr * schedule`` per group, or the constant ``lr``."""
+        schedules, slots = [], []
+        for group in self.param_groups:
+            lr = group["lr"]
+            initial = float(lr) if not isinstance(lr, Tensor) else 0.0  # a tensor lr is copied in below
+            if self._schedule is None:
+                schedules.append(Constant(initial))
+                slots.append(2)
+            else:
+                schedules.append(Product([self._schedule], init=initial))
+                slots.append(2)
+        self._bind(schedules, None, None, slots)
+        return self._binding
+
+    def _group_program(self, index: int, device: torch.device) -> Tensor:
+        binding = self._binding
+        buffer = binding.buffers[binding.primary]
+        if device != binding.primary:
+            # Params on another device than the schedule's: mirror the programs there before every
+            # step, device to device, without a sync.
+            mirror = binding.buffers.setdefault(device, torch.empty_like(buffer, device=device))
+            mirror.copy_(buffer, non_blocking=True)
+            buffer = mirror
+        return buffer.narrow(0, binding.offsets[index], binding.lengths[index])
+
+    def _clock_on(self, device: torch.device) -> Tensor | None:
+        binding = self._binding
+        if binding.clock is None:
+            return None
+        if device == binding.primary:
+            return binding.clock
+        mirror = binding.clocks.setdefault(device, torch.empty_like(binding.clock, device=device))
+        mirror.copy_(binding.clock, non_blocking=True)
+        return mirror
+
+    def _follow_group_lrs(self) -> None:
+        """Keeps each program's lr word equal to ``group["lr"]`` (only when the optimizer owns it)."""
+        binding = self._binding
+        buffer = binding.buffers[binding.primary]
+        for index, group in enumerate(self.param_groups):
+            slot = binding.lr_slots[index]
+            lr = group["lr"]
+            if slot is None:
+                continue
+            word = buffer[binding.offsets[index] + slot]
+            if isinstance(lr, Tensor):
+                word.copy_(lr.detach().reshape(()), non_blocking=True)
+            elif self._lr_seen.get(index) != lr:
+                if not (math.isfinite(lr) and lr >= 0):
+                    raise ValueError(f"Invalid learning rate: {lr} (param_groups[{index}]['lr'])")
+                word.fill_(lr)
+                self._lr_seen[index] = lr
+
+    # --- the step ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step (one kernel launch per device and dtype of each group)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._binding is None:
+            self._self_binding()
+        binding = self._binding
+        if binding.owner is None:
+            self._follow_group_lrs()
+        else:
+            binding.owner._check_owns(self)
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for index, group in enumerate(self.param_groups):
+            params = group["params"]
+            grads = [p.grad for p in params]
+            plan = self._plans.get(index)
+            has_grad = tuple(g is not None for g in grads)
+            if plan is None or plan.has_grad != has_grad:
+                plan = self._plans[index] = self._make_plan(group, grads)
+            beta1, beta2 = group["betas"]
+            if binding.owner is not None:
+                beta1 = binding.owner._kernel_beta1(index, beta1)
+            for bucket in plan.buckets:
+                device = bucket.step.device
+                bucket_grads = [torch.view_as_real(grads[i]) if c else grads[i]
+                                for i, c in zip(bucket.indices, bucket.complex_)]
+                _ops.fused_adam_(
+                    bucket.params, bucket_grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs,
+                    bucket.step, self._clock_on(device), self._group_program(index, device),
+                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                    decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
+                    maximize=group["maximize"],
+                    grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                    found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
+                )
+        return loss
+
+
+class FusedScheduledAdamW(FusedScheduledAdam):
+    """:class:`FusedScheduledAdam` with decoupled weight decay (AdamW), ``weight_decay=1e-2``."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        schedule: Schedule | None = None,
+    ):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
+                         decoupled_weight_decay=True, schedule=schedule)
+
+
+def _has_open_table(schedule: Schedule) -> bool:
+    return any(table.horizon is None for _, table in schedule.tables())
+
+
+def _kind_name(kind: int) -> str:
+    from .schedules import _KINDS
+
+    return _KINDS[kind].__name__ if kind in _KINDS else f"kind {kind}"

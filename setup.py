@@ -1,0 +1,53 @@
+"""Builds lrfused._C with torch's extension tools.
+
+LRFUSED_CUDA=auto (default) builds the CUDA kernels when torch was built with CUDA and nvcc is
+found; 0 never builds them; 1 always does, even with no visible GPU (build machines, containers).
+Run with `pip install --no-build-isolation -e .`: the build needs the torch it will run against.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def cuda_wanted() -> bool:
+    choice = os.environ.get("LRFUSED_CUDA", "auto").strip().lower()
+    if choice not in ("auto", "0", "1"):
+        raise ValueError(f"LRFUSED_CUDA must be auto, 0 or 1, got {choice!r}")
+    if choice == "0":
+        return False
+    has_toolkit = cpp_extension.CUDA_HOME is not None
+    has_cuda_torch = __import__("torch").version.cuda is not None
+    if choice == "1":
+        if not (has_toolkit and has_cuda_torch):
+            raise RuntimeError(
+                "LRFUSED_CUDA=1 needs a CUDA build of torch and a CUDA toolkit (nvcc); "
+                f"torch.version.cuda={__import__('torch').version.cuda}, CUDA_HOME={cpp_extension.CUDA_HOME}"
+            )
+        return True
+    return has_toolkit and has_cuda_torch
+
+
+def extension():
+    debug = os.environ.get("LRFUSED_DEBUG", "0") == "1"
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    cxx_flags += ["-std=c++17", "-DPy_LIMITED_API=0x030b0000"]
+    extra = {"cxx": cxx_flags}
+    if cuda_wanted():
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo", "-DLRFUSED_WITH_CUDA"]
+        cxx_flags.append("-DLRFUSED_WITH_CUDA")
+        return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra, py_limited_api=True)
+    return cpp_extension.CppExtension("lrfused._C", sources, extra_compile_args=extra, py_limited_api=True)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+)
