@@ -4,7 +4,7 @@ One kernel launch per optimizer+scheduler step, evaluated from an on-device cloc
 CUDA-graph capturable, no recompilation under torch.compile when the lr changes.
 """
 
-from . import schedules
+from . import lr_scheduler, schedules
 from ._ops import has_cuda_kernels, has_kernels
 from ._version import __version__
 from .optim import FusedScheduledAdam, FusedScheduledAdamW
@@ -13,6 +13,7 @@ __all__ = [
     "FusedScheduledAdam",
     "FusedScheduledAdamW",
     "schedules",
+    "lr_scheduler",
     "has_kernels",
     "has_cuda_kernels",
     "__version__",

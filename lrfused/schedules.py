@@ -426,15 +426,17 @@ class Cyclic(Schedule):
 
     kind = KIND_CYCLIC
 
-    def __init__(self, base: float, peak: float, step_size_up: float, step_size_down: float, *,
+    def __init__(self, base: float, peak: float, total_size: float, step_ratio: float, *,
                  mode: int = CYCLIC_TRIANGULAR, gamma: float = 1.0, cycle_momentum: bool = False,
                  base_momentum: float = 0.8, max_momentum: float = 0.9, scale_table: Tabulated | None = None):
         self.base = _finite("base_lr", base)
         self.peak = _finite("max_lr", peak)
-        self.up = _finite("step_size_up", step_size_up)
-        self.down = _finite("step_size_down", step_size_down)
-        if self.up + self.down <= 0:
-            raise ValueError(f"Invalid step_size_up + step_size_down: {self.up + self.down} (must be > 0)")
+        self.total_size = _finite("total_size", total_size)
+        self.step_ratio = _finite("step_ratio", step_ratio)
+        if self.total_size <= 0:
+            raise ValueError(f"Invalid step_size_up + step_size_down: {total_size} (must be > 0)")
+        if not 0 < self.step_ratio <= 1:
+            raise ValueError(f"Invalid step_ratio: {step_ratio} (step_size_up must be > 0)")
         if mode not in range(CYCLIC_TRIANGULAR, CYCLIC_TABLE_BY_ITERATION + 1):
             raise ValueError(f"Invalid mode: {mode}")
         if (mode >= CYCLIC_TABLE_BY_CYCLE) != (scale_table is not None):
@@ -451,8 +453,7 @@ class Cyclic(Schedule):
         return self.cycle_momentum
 
     def value(self, t):
-        total = self.up + self.down
-        ratio = self.up / total
+        total, ratio = self.total_size, self.step_ratio
         cycle = math.floor(1 + t / total)
         x = 1.0 + t / total - cycle
         factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
@@ -474,7 +475,7 @@ class Cyclic(Schedule):
         return self.value(t)[0]
 
     def params(self):
-        return [self.base, self.peak, self.up, self.down, self.mode, self.gamma, self.base_momentum,
+        return [self.base, self.peak, self.total_size, self.step_ratio, self.mode, self.gamma, self.base_momentum,
                 self.max_momentum, float(self.cycle_momentum)]
 
     @classmethod
@@ -791,8 +792,9 @@ def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_s
     modes = {"triangular": CYCLIC_TRIANGULAR, "triangular2": CYCLIC_TRIANGULAR2, "exp_range": CYCLIC_EXP_RANGE}
     if mode not in modes:
         raise ValueError(f"mode is invalid, got {mode!r}; expected one of {sorted(modes)}")
-    down = step_size_up if step_size_down is None else step_size_down
-    return Cyclic(base_value, max_value, float(step_size_up), float(down), mode=modes[mode], gamma=gamma)
+    up = float(step_size_up)
+    total = up + (up if step_size_down is None else float(step_size_down))
+    return Cyclic(base_value, max_value, total, up / total, mode=modes[mode], gamma=gamma)
 
 
 def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, anneal_strategy: str = "cos",

@@ -37,7 +37,7 @@ enum ScheduleKind : int {
   kPolynomial = 7,     // [init, end, total_iters, power]
   kCosine = 8,         // [init, floor, period, clamp]
   kWarmRestarts = 9,   // [init, floor, T_0, T_mult]
-  kCyclic = 10,        // [base, max, up, down, mode, gamma, base_m, max_m, cycle_momentum] (+table)
+  kCyclic = 10,        // [base, max, total, up_ratio, mode, gamma, base_m, max_m, cycle_momentum] (+table)
   kOneCycle = 11,      // [initial, max, min, total, pct_start, three_phase, cos, cycle_m, base_m, max_m]
   kSequential = 12,    // [count, boundary_1 .. boundary_{count-1}] + count children
   kProduct = 13,       // [init, count] + count children
@@ -191,13 +191,13 @@ LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t);
 // CyclicLR, including torch's float arithmetic for the position in the cycle.
 template <int Depth>
 LRFUSED_HOST_DEVICE ScheduleValue cyclic(const double* p, int64_t step) {
-  const double base = p[0], peak = p[1], up = p[2], down = p[3];
+  // The cycle length and the up ratio are stored as torch's CyclicLR keeps them (total_size,
+  // step_ratio), so the float64 arithmetic is the same.
+  const double base = p[0], peak = p[1], total = p[2], ratio = p[3];
   const int mode = static_cast<int>(p[4]);
   const double gamma = p[5], base_m = p[6], max_m = p[7];
   const bool cycle_momentum = p[8] != 0.0;
   const double t = static_cast<double>(step);
-  const double total = up + down;
-  const double ratio = up / total;
   const double cycle = ::floor(1.0 + t / total);
   const double x = 1.0 + t / total - cycle;
   const double factor = x <= ratio ? x / ratio : (x - 1.0) / (ratio - 1.0);
