@@ -32,7 +32,7 @@ def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clo
         return
     t = int(clock.item()) if clock is not None else int(step.item())
     lr, scheduled_beta1 = schedule_value(schedule, t)
-    if not (math.isfinite(lr) and lr >= 0):
+    if not math.isfinite(lr):
         raise RuntimeError(f"fused_adam_: the schedule gives lr={lr} at clock {t}")
     b1 = beta1 if math.isnan(scheduled_beta1) else scheduled_beta1
     n = int(step.item()) + 1

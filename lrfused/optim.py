@@ -193,6 +193,14 @@ class FusedScheduledAdam(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        # One step tensor per param, on the CPU, as torch.optim.Adam keeps it (int64, not its
+        # float32, so that counts past 2**24 survive): torch's optimizers increment each param's
+        # step in place, so the counters that params share here must not stay shared there.
+        state["state"] = {
+            index: {key: value.detach().to("cpu", copy=True) if key == "step" else value
+                    for key, value in param_state.items()}
+            for index, param_state in state["state"].items()
+        }
         if self._schedule is not None:
             state["lrfused"] = {"schedule": self._schedule.encode()}
         return state

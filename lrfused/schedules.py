@@ -13,7 +13,7 @@ schedule's value multiplies each param group's ``lr``::
     >>> from lrfused import schedules
     >>> s = schedules.warmup_cosine(warmup_steps=2, decay_steps=10)
     >>> [round(s(t), 4) for t in (0, 1, 2, 7, 12, 20)]
-    [0.0, 0.5, 1.0, 0.3455, 0.0, 0.0]
+    [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -460,7 +460,7 @@ class Cyclic(Schedule):
         if self.mode == CYCLIC_TRIANGULAR:
             scale = 1.0
         elif self.mode == CYCLIC_TRIANGULAR2:
-            scale = 1 / 2.0 ** (cycle - 1)
+            scale = 2.0 ** (1 - cycle)  # torch: 1 / 2.0 ** (cycle - 1), which overflows for late cycles
         elif self.mode == CYCLIC_EXP_RANGE:
             scale = self.gamma ** float(t)
         else:
@@ -507,6 +507,12 @@ class OneCycle(Schedule):
         self.cycle_momentum = bool(cycle_momentum)
         self.base_momentum = _finite("base_momentum", base_momentum)
         self.max_momentum = _finite("max_momentum", max_momentum)
+        ends = [phase[0] for phase in self._phases()]
+        if not all(later > earlier for earlier, later in zip([0.0] + ends, ends)):
+            # torch divides by zero at the first step of an empty phase.
+            raise ValueError(
+                f"OneCycle phases must each last at least one step, got phase ends {ends} for "
+                f"pct_start={pct_start}, total_steps={total_steps}, three_phase={three_phase}")
 
     @property
     def cycles_beta1(self):
@@ -671,7 +677,8 @@ class OneMinusSqrt(Schedule):
 
 
 class ExpRamp(Schedule):
-    """LR range test, exponential: ``start * (end / start) ** (t / (num_iter - 1))``."""
+    """LR range test, exponential: ``start * (end / start) ** (t / (num_iter - 1))``, held at
+    ``end`` from ``t = num_iter - 1`` on."""
 
     kind = KIND_EXP_RAMP
 
@@ -685,7 +692,7 @@ class ExpRamp(Schedule):
             raise ValueError(f"Invalid num_iter: {num_iter} (must be >= 2)")
 
     def lr(self, t):
-        return self.start * (self.end / self.start) ** (t / (self.num_iter - 1))
+        return self.start * (self.end / self.start) ** (min(t, self.num_iter - 1) / (self.num_iter - 1))
 
     def params(self):
         return [self.start, self.end, self.num_iter]
@@ -696,7 +703,7 @@ class ExpRamp(Schedule):
 
 
 class LinearRamp(ExpRamp):
-    """LR range test, linear: ``start + t / (num_iter - 1) * (end - start)``."""
+    """LR range test, linear: ``start + t / (num_iter - 1) * (end - start)``, held at ``end`` after."""
 
     kind = KIND_LINEAR_RAMP
 
@@ -708,7 +715,7 @@ class LinearRamp(ExpRamp):
             raise ValueError(f"Invalid num_iter: {num_iter} (must be >= 2)")
 
     def lr(self, t):
-        return self.start + t / (self.num_iter - 1) * (self.end - self.start)
+        return self.start + min(t, self.num_iter - 1) / (self.num_iter - 1) * (self.end - self.start)
 
 
 def decode(words: Sequence[float]) -> Schedule:

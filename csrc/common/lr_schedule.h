@@ -204,7 +204,7 @@ LRFUSED_HOST_DEVICE ScheduleValue cyclic(const double* p, int64_t step) {
   double scale = 1.0;
   switch (mode) {
     case kTriangular: scale = 1.0; break;
-    case kTriangular2: scale = 1.0 / ::pow(2.0, cycle - 1.0); break;
+    case kTriangular2: scale = ::pow(2.0, 1.0 - cycle); break;  // torch: 1 / 2 ** (cycle - 1), exact either way
     case kExpRange: scale = ::pow(gamma, t); break;
     case kScaleTableByCycle:
       scale = evaluate_node<Depth - 1>(p + 9, static_cast<int64_t>(cycle)).lr;
@@ -296,10 +296,14 @@ LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t) {
         const double progress = (td < p[2] ? td : p[2]) / p[2];
         return {p[1] + (p[0] - p[1]) * (1.0 - ::sqrt(progress)), nan};
       }
-      case kExpRamp:
-        return {p[0] * ::pow(p[1] / p[0], td / (p[2] - 1.0)), nan};
-      case kLinearRamp:
-        return {p[0] + td / (p[2] - 1.0) * (p[1] - p[0]), nan};
+      case kExpRamp: {
+        const double last = p[2] - 1.0;  // the ramps hold end_lr once they reach it
+        return {p[0] * ::pow(p[1] / p[0], (td < last ? td : last) / last), nan};
+      }
+      case kLinearRamp: {
+        const double last = p[2] - 1.0;
+        return {p[0] + (td < last ? td : last) / last * (p[1] - p[0]), nan};
+      }
       default:
         return {nan, nan};
     }

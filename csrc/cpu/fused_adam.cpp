@@ -151,7 +151,9 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   int64_t* step_ptr = step.data_ptr<int64_t>();
   const int64_t t = clock.has_value() ? clock->item<int64_t>() : *step_ptr;
   const ScheduleValue value = evaluate_schedule(schedule.data_ptr<double>(), t);
-  TORCH_CHECK(std::isfinite(value.lr) && value.lr >= 0.0, "fused_adam_: the schedule gives lr=", value.lr,
+  // A finite negative lr is what torch computes for some chains (a cosine with eta_min after a
+  // decay to zero): it is followed, as torch follows it. Non-finite values never are.
+  TORCH_CHECK(std::isfinite(value.lr), "fused_adam_: the schedule gives lr=", value.lr,
               " at clock ", t, " (a tabulated schedule asked past what was uploaded?)");
   const double step_beta1 = std::isnan(value.beta1) ? beta1 : value.beta1;
   TORCH_CHECK(step_beta1 >= 0.0 && step_beta1 < 1.0, "fused_adam_: the schedule gives beta1=", step_beta1,

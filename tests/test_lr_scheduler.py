@@ -1,0 +1,278 @@
+"""Every lrfused.lr_scheduler class against torch's, step by step, on random configurations."""
+
+import io
+import math
+import random
+import warnings
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as T
+
+import lrfused
+from lrfused import lr_scheduler as L
+from conftest import max_relative_error
+
+warnings.filterwarnings("ignore", category=UserWarning, module="torch.optim.lr_scheduler")
+
+
+def make_config(name: str, rng: random.Random):
+    """Random constructor kwargs for one scheduler class; same for torch and lrfused."""
+    g = rng
+    if name == "StepLR":
+        return dict(step_size=g.randint(1, 9), gamma=g.uniform(0.1, 0.99))
+    if name == "MultiStepLR":
+        ms = sorted(g.randint(0, 40) for _ in range(g.randint(1, 5)))
+        return dict(milestones=ms + ms[:1], gamma=g.uniform(0.1, 0.9))  # a duplicate milestone
+    if name == "ConstantLR":
+        return dict(factor=g.uniform(0.05, 1.0), total_iters=g.randint(0, 20))
+    if name == "LinearLR":
+        return dict(start_factor=g.uniform(0.01, 1.0), end_factor=g.uniform(0.0, 1.0), total_iters=g.randint(1, 30))
+    if name == "ExponentialLR":
+        return dict(gamma=g.uniform(0.9, 0.999))
+    if name == "PolynomialLR":
+        return dict(total_iters=g.randint(1, 60), power=g.uniform(0.5, 3.0))
+    if name == "CosineAnnealingLR":  # T_max shorter than the run: periodic past it, like torch
+        return dict(T_max=g.randint(1, 40), eta_min=g.choice([0.0, g.uniform(1e-5, 1e-3)]))
+    if name == "CosineAnnealingWarmRestarts":
+        return dict(T_0=g.randint(1, 10), T_mult=g.randint(1, 3), eta_min=g.uniform(0, 1e-4))
+    if name == "CyclicLR":
+        mode = g.choice(["triangular", "triangular2", "exp_range"])
+        return dict(base_lr=[g.uniform(1e-4, 1e-3), g.uniform(1e-4, 1e-3)], max_lr=g.uniform(2e-3, 1e-2),
+                    step_size_up=g.randint(1, 15), step_size_down=g.choice([None, g.randint(1, 15)]), mode=mode,
+                    gamma=g.uniform(0.9, 1.0), base_momentum=g.uniform(0.7, 0.85), max_momentum=g.uniform(0.86, 0.95))
+    if name == "OneCycleLR":
+        return dict(max_lr=[g.uniform(1e-3, 1e-1), g.uniform(1e-3, 1e-1)], total_steps=g.randint(130, 200),
+                    pct_start=g.uniform(0.1, 0.5), anneal_strategy=g.choice(["cos", "linear"]),
+                    three_phase=g.choice([False, True]), div_factor=g.uniform(5, 30),
+                    final_div_factor=g.uniform(10, 1e4))
+    if name == "LambdaLR":
+        k = g.uniform(0.001, 0.1)
+        return dict(lr_lambda=lambda t: 1.0 / (1.0 + k * t))
+    if name == "MultiplicativeLR":
+        k = g.uniform(0.95, 0.999)
+        return dict(lr_lambda=lambda t: k if t % 3 else 1.0)
+    raise KeyError(name)
+
+
+CLASSES = ["StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR", "PolynomialLR", "CosineAnnealingLR",
+           "CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR", "LambdaLR", "MultiplicativeLR"]
+
+
+def twin_setup(device, torch_optimizer=torch.optim.Adam, **opt_kwargs):
+    torch.manual_seed(0)
+    base = [torch.randn(40, 3, device=device), torch.randn(17, device=device)]
+    ours = [p.clone().requires_grad_() for p in base]
+    theirs = [p.clone().requires_grad_() for p in base]
+    groups = lambda ps: [{"params": [ps[0]]}, {"params": [ps[1]], "lr": 3e-3}]  # noqa: E731
+    opt_ours = lrfused.FusedScheduledAdam(groups(ours), lr=1e-2, **opt_kwargs)
+    opt_theirs = torch_optimizer(groups(theirs), lr=1e-2, **opt_kwargs)
+    return ours, theirs, opt_ours, opt_theirs
+
+
+def assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, sched_theirs, steps, step_args=()):
+    for step in range(steps):
+        for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
+            assert math.isclose(a["lr"], b["lr"], rel_tol=1e-9, abs_tol=1e-15), (step, a["lr"], b["lr"])
+            assert a["betas"] == b["betas"], (step, a["betas"], b["betas"])
+        assert sched_ours.get_last_lr() == pytest.approx(sched_theirs.get_last_lr(), rel=1e-9, abs=1e-15)
+        for a, b in zip(ours, theirs):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        sched_ours.step(*step_args)
+        sched_theirs.step(*step_args)
+    for a, b in zip(ours, theirs):
+        assert max_relative_error(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_torch(device, name, seed):
+    config = make_config(name, random.Random(f"{name}-{seed}"))
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+    sched_ours = getattr(L, name)(opt_ours, **config)
+    sched_theirs = getattr(T, name)(opt_theirs, **config)
+    assert isinstance(sched_ours, T.LRScheduler) and isinstance(sched_ours, getattr(T, name))
+    steps = config.get("total_steps", 121)
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, sched_theirs, min(steps, 121))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sequential_warmup_then_anything(device, seed):
+    rng = random.Random(seed)
+    follower = rng.choice(["StepLR", "ExponentialLR", "CosineAnnealingLR", "PolynomialLR", "MultiStepLR"])
+    config = make_config(follower, rng)
+    warmup = rng.randint(1, 20)
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+
+    def build(module, opt):
+        children = [module.LinearLR(opt, start_factor=0.01, total_iters=warmup), getattr(module, follower)(opt, **config)]
+        return module.SequentialLR(opt, children, milestones=[warmup])
+
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, build(L, opt_ours), build(T, opt_theirs), 110)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chained_scheduler_including_cosine_with_eta_min(device, seed):
+    rng = random.Random(100 + seed)
+    names = rng.sample(["StepLR", "ExponentialLR", "ConstantLR", "LinearLR", "CosineAnnealingLR"], 2)
+    names = names if "CosineAnnealingLR" in names else names + ["CosineAnnealingLR"]
+    configs = [make_config(n, rng) for n in names]
+    configs[names.index("CosineAnnealingLR")]["eta_min"] = 1e-4  # makes torch's chain affine, not a product
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+    build = lambda module, opt: module.ChainedScheduler(  # noqa: E731
+        [getattr(module, n)(opt, **c) for n, c in zip(names, configs)])
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, build(L, opt_ours), build(T, opt_theirs), 100)
+
+
+def test_cyclic_custom_scale_fn(device):
+    for scale_mode in ("cycle", "iterations"):
+        config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x),
+                      scale_mode=scale_mode)
+        ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+        assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, L.CyclicLR(opt_ours, **config),
+                               T.CyclicLR(opt_theirs, **config), 60)
+
+
+def test_reduce_lr_on_plateau_on_device(device):
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+    config = dict(mode="min", factor=0.5, patience=2, threshold=1e-3, cooldown=1, min_lr=[1e-4, 2e-4])
+    sched_ours = L.ReduceLROnPlateau(opt_ours, **config)
+    sched_theirs = T.ReduceLROnPlateau(opt_theirs, **config)
+    rng = random.Random(0)
+    for epoch in range(40):
+        for a, b in zip(ours, theirs):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        metric = 1.0 / (1 + epoch) if epoch < 8 else 0.1 + rng.random() * 0.01
+        sched_ours.step(torch.tensor(metric, device=device))  # a device tensor: no host read
+        sched_theirs.step(metric)
+        for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
+            assert isinstance(a["lr"], torch.Tensor) and a["lr"].device.type == device
+            assert math.isclose(float(a["lr"]), b["lr"], rel_tol=1e-12)
+        assert int(sched_ours.num_bad_epochs) == sched_theirs.num_bad_epochs
+        assert int(sched_ours.cooldown_counter) == sched_theirs.cooldown_counter
+    assert float(opt_ours.param_groups[0]["lr"]) < 1e-2, "the plateau must have reduced the lr"
+    for a, b in zip(ours, theirs):
+        assert max_relative_error(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["StepLR", "CosineAnnealingLR", "OneCycleLR", "CyclicLR", "LambdaLR"])
+def test_state_dict_resume_is_exact(name):
+    config = make_config(name, random.Random(name))
+    ours, _, opt, _ = twin_setup("cpu")
+    sched = getattr(L, name)(opt, **config)
+    for _ in range(30):
+        for p in ours:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        sched.step()
+    buffer = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=name != "LambdaLR")
+    resumed_params = [p.detach().clone().requires_grad_() for p in ours]
+    resumed_opt = lrfused.FusedScheduledAdam([{"params": [resumed_params[0]]}, {"params": [resumed_params[1]],
+                                                                                "lr": 3e-3}], lr=1e-2)
+    resumed_sched = getattr(L, name)(resumed_opt, **config)
+    resumed_opt.load_state_dict(saved["opt"])
+    resumed_sched.load_state_dict(saved["sched"])
+    for _ in range(40):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, q, g in zip(ours, resumed_params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        resumed_opt.step()
+        sched.step()
+        resumed_sched.step()
+        assert sched.get_last_lr() == resumed_sched.get_last_lr()
+    for p, q in zip(ours, resumed_params):
+        assert torch.equal(p, q)
+
+
+def test_resume_with_last_epoch_like_torch():
+    config = dict(T_max=50, eta_min=1e-4)
+    ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
+    for opt in (opt_ours, opt_theirs):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    sched_ours = L.CosineAnnealingLR(opt_ours, last_epoch=19, **config)
+    sched_theirs = T.CosineAnnealingLR(opt_theirs, last_epoch=19, **config)
+    assert sched_ours.last_epoch == sched_theirs.last_epoch == 20
+    closed_form = [1e-4 + (lr - 1e-4) * (1 + math.cos(math.pi * 20 / 50)) / 2 for lr in (1e-2, 3e-3)]
+    assert sched_ours.get_last_lr() == pytest.approx(closed_form, rel=1e-12)
+
+
+def test_other_optimizers_are_refused():
+    opt = torch.optim.Adam([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(TypeError, match="torch.optim.lr_scheduler.StepLR"):
+        L.StepLR(opt, step_size=3)
+
+
+def test_two_independent_schedulers_are_an_error():
+    _, _, opt, _ = twin_setup("cpu")
+    first = L.StepLR(opt, step_size=3)
+    L.ExponentialLR(opt, gamma=0.9)
+    with pytest.raises(RuntimeError, match="ChainedScheduler or SequentialLR"):
+        first.step()
+
+
+def test_manual_lr_write_under_a_scheduler_is_an_error():
+    ours, _, opt, _ = twin_setup("cpu")
+    L.StepLR(opt, step_size=3)
+    opt.param_groups[0]["lr"] = 0.5
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in ours]
+    with pytest.raises(RuntimeError, match=r"param_groups\[0\]\['lr'\] was set to 0.5"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, before))
+
+
+def test_lambda_horizon_is_enforced():
+    _, _, opt, _ = twin_setup("cpu")
+    sched = L.LambdaLR(opt, lambda t: 0.9 ** t, horizon=5)
+    for _ in range(4):
+        sched.step()
+    with pytest.raises(ValueError, match="horizon=5, asked for t=5"):
+        sched.step()
+
+
+def test_lambda_blocks_are_uploaded_ahead_of_the_clock():
+    ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
+    lam = lambda t: 1.0 + 0.5 * math.sin(t / 3.0)  # noqa: E731
+    sched_ours = L.LambdaLR(opt_ours, lam, capacity=7)  # many refills over the run
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.LambdaLR(opt_theirs, lam), 50)
+
+
+def test_warm_restarts_exact_where_torch_float_log_is_not():
+    _, _, opt, _ = twin_setup("cpu")
+    sched = L.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=3)
+    sched.step(363)  # 3 + 9 + 27 + 81 + 243 = 363: the first step of a new cycle
+    assert sched.T_cur == 0 and sched.T_i == 729
+    assert sched.get_last_lr()[0] == pytest.approx(1e-2, rel=1e-15)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        sched.step(3.5)
+
+
+def test_constant_lr_factor_zero_is_allowed():
+    _, _, opt, _ = twin_setup("cpu")
+    sched = L.ConstantLR(opt, factor=0.0, total_iters=2)
+    values = []
+    for _ in range(4):
+        values.append(sched.get_last_lr()[0])
+        sched.step()
+    assert values == [0.0, 0.0, 1e-2, 1e-2]
+
+
+def test_one_cycle_past_total_steps_raises_like_torch():
+    _, _, opt, _ = twin_setup("cpu")
+    sched = L.OneCycleLR(opt, max_lr=0.1, total_steps=3)
+    for _ in range(3):
+        sched.step()
+    with pytest.raises(ValueError, match="Tried to step 4 times"):
+        sched.step()

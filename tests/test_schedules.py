@@ -1,0 +1,161 @@
+"""Schedules: the Python reference, the C++ evaluator of csrc/common/lr_schedule.h, and their
+encoding agree; factories follow their documented formulas; bad arguments are refused."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lrfused import _ops, schedules as S
+
+finite = dict(allow_nan=False, allow_infinity=False)
+clocks = st.one_of(st.integers(0, 300), st.integers(0, 2 ** 40))
+
+
+def leaf_schedules():
+    pos = st.floats(1e-6, 10.0, **finite)
+    fraction = st.floats(0.0, 1.0, **finite)
+    return st.one_of(
+        st.builds(S.Constant, pos),
+        st.builds(S.Step, pos, st.integers(1, 1000), st.floats(0.01, 1.0, **finite)),
+        st.builds(S.MultiStep, pos, st.lists(st.integers(0, 500), max_size=6), st.floats(0.01, 1.0, **finite)),
+        st.builds(S.ConstantFactor, pos, fraction, st.integers(0, 100)),
+        st.builds(S.Linear, pos, fraction, fraction, st.integers(1, 1000)),
+        st.builds(S.Exponential, pos, st.floats(0.5, 1.0, **finite)),
+        st.builds(S.Polynomial, pos, st.integers(1, 1000), st.floats(0.1, 4.0, **finite), st.floats(0, 1e-3, **finite)),
+        st.builds(S.Cosine, pos, st.integers(1, 10 ** 6), st.floats(0, 1e-3, **finite), st.booleans()),
+        st.builds(S.WarmRestarts, pos, st.integers(1, 50), st.integers(1, 3), st.floats(0, 1e-3, **finite)),
+        st.builds(lambda b, m, total, ratio, mode, gamma, cm: S.Cyclic(b, b + m, total, ratio, mode=mode, gamma=gamma,
+                                                                        cycle_momentum=cm),
+                  pos, pos, st.integers(2, 4000).map(float), st.floats(0.05, 1.0, **finite), st.integers(0, 2),
+                  st.floats(0.9, 1.0, **finite), st.booleans()),
+        st.builds(lambda i, n, pct, three, cos, cm: S.OneCycle(i / 25, i, i / 25e4, n, pct_start=pct, three_phase=three,
+                                                              anneal_cos=cos, cycle_momentum=cm),
+                  pos, st.integers(100, 10 ** 6), st.floats(0.05, 0.45, **finite), st.booleans(), st.booleans(),
+                  st.booleans()),
+        st.builds(S.InverseSqrt, pos, st.floats(1.0, 1e4, **finite), st.floats(1.0, 1e4, **finite)),
+        st.builds(S.OneMinusSqrt, pos, st.floats(0, 1e-3, **finite), st.integers(1, 10 ** 5)),
+        st.builds(S.ExpRamp, st.floats(1e-7, 1e-3, **finite), st.floats(1e-2, 10, **finite), st.integers(2, 1000)),
+        st.builds(S.LinearRamp, st.floats(1e-7, 1e-3, **finite), st.floats(1e-2, 10, **finite), st.integers(2, 1000)),
+    )
+
+
+def composite_schedules():
+    leaves = leaf_schedules()
+    return st.one_of(
+        leaves,
+        st.builds(lambda a, b, k: S.join([a, b], [k]), leaves, leaves, st.integers(0, 200)),
+        st.builds(lambda a, b: S.product(a, b), leaves, leaves),
+        st.builds(lambda a, k: S.warmup(a, k), leaves, st.integers(1, 100)),
+    )
+
+
+def cpp_value(schedule, t):
+    program = torch.tensor(schedule.encode(), dtype=torch.float64)
+    return _ops.evaluate_schedule(program, t)
+
+
+def contains_one_cycle(schedule):
+    return isinstance(schedule, S.OneCycle) or any(contains_one_cycle(c) for c in schedule.children)
+
+
+def close(a, b):
+    return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) or (math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=400, deadline=None)
+@given(composite_schedules(), clocks)
+def test_python_and_cpp_agree(schedule, t):
+    lr, beta1 = schedule.value(t)
+    cpp_lr, cpp_beta1 = cpp_value(schedule, t)
+    assert close(lr, cpp_lr), (schedule, t, lr, cpp_lr)
+    assert math.isfinite(cpp_lr)
+    if not contains_one_cycle(schedule):
+        # OneCycleLR extrapolates one step past its end at t = total_steps, as torch does, which
+        # can dip below zero with linear annealing; every other kind stays non-negative.
+        assert cpp_lr >= 0
+    if beta1 is None:
+        assert math.isnan(cpp_beta1)
+    else:
+        assert close(beta1, cpp_beta1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(composite_schedules(), clocks)
+def test_decode_inverts_encode(schedule, t):
+    decoded = S.decode(schedule.encode())
+    assert decoded.encode() == schedule.encode()
+    assert close(decoded(t), schedule(t))
+
+
+def test_every_kind_is_evaluated_by_cpp():
+    # The Python numbering of kinds must be the C++ one: a kind the C++ side does not know is NaN.
+    examples = [S.Constant(2.0), S.Tabulated(lambda t: 3.0 + t, horizon=6), S.Step(1.0, 2), S.MultiStep(1.0, [1]),
+                S.ConstantFactor(1.0, 0.5, 3), S.Linear(1.0, 0.5, 1.0, 4), S.Exponential(1.0, 0.9),
+                S.Polynomial(1.0, 10), S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
+                S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0)], [3]),
+                S.product(S.Constant(2.0)), S.InverseSqrt(1.0, 10.0, 10.0), S.OneMinusSqrt(1.0, 0.0, 10),
+                S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10)]
+    assert sorted(type(s).kind for s in examples) == list(range(18))
+    for schedule in examples:
+        for t in (0, 1, 2, 5):
+            assert close(schedule(t), cpp_value(schedule, t)[0]), (schedule, t)
+
+
+def test_table_outside_its_window_is_nan_in_cpp():
+    table = S.Tabulated(lambda t: 1.0 + t, capacity=4)
+    assert cpp_value(table, 3)[0] == 4.0
+    assert math.isnan(cpp_value(table, 4)[0])
+
+
+def test_factories_follow_their_formulas():
+    cos = S.cosine_decay(100, alpha=0.1, init_value=2.0)
+    assert cos(0) == 2.0 and cos(100) == pytest.approx(0.2) and cos(150) == pytest.approx(0.2)
+    assert cos(50) == pytest.approx(0.2 + 1.8 * 0.5)
+    periodic = S.cosine_decay(100, init_value=1.0, periodic=True)
+    assert periodic(150) == pytest.approx(0.5)
+    wsd = S.warmup_stable_decay(10, 20, 30, peak_value=1.0, end_value=0.1, decay="1-sqrt")
+    assert wsd(0) == 0.0 and wsd(10) == 1.0 and wsd(29) == 1.0
+    assert wsd(30 + 15) == pytest.approx(0.1 + 0.9 * (1 - math.sqrt(0.5)))
+    assert wsd(100) == pytest.approx(0.1)
+    inv = S.inverse_sqrt(warmup_steps=4)
+    assert [inv(t) for t in range(5)] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert inv(16) == pytest.approx(1 / math.sqrt(16 / 4))
+    ramp = S.lr_range_exp(1e-6, 1.0, 7)
+    assert ramp(0) == pytest.approx(1e-6) and ramp(6) == pytest.approx(1.0) and ramp(3) == pytest.approx(1e-3)
+    assert S.lr_range_linear(0.0, 1.0, 11)(5) == pytest.approx(0.5)
+    assert S.step_decay(3, 0.5)(7) == 0.25
+    assert S.multistep_decay([2, 2, 5])(4) == pytest.approx(0.01)
+    assert S.exponential_decay(0.5)(3) == 0.125
+    assert S.polynomial_decay(10, power=2.0)(5) == 0.25
+    assert S.one_cycle(100, max_value=1.0)(29) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("factory,kwargs,fragment", [
+    (S.step_decay, dict(step_size=0), "Invalid step_size: 0"),
+    (S.cosine_decay, dict(decay_steps=0), "Invalid period: 0"),
+    (S.exponential_decay, dict(gamma=float("nan")), "Invalid gamma: nan"),
+    (S.one_cycle, dict(total_steps=0), "Invalid total_steps: 0"),
+    (S.one_cycle, dict(total_steps=10, pct_start=1.5), "pct_start, but got 1.5"),
+    (S.polynomial_decay, dict(total_steps=-3), "Invalid total_iters: -3"),
+    (S.lr_range_exp, dict(start_lr=0.0, end_lr=1.0, num_iter=10), "start_lr > 0"),
+    (S.cyclic, dict(base_value=0.1, max_value=1.0, mode="sawtooth"), "mode is invalid"),
+])
+def test_bad_factory_arguments(factory, kwargs, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        factory(**kwargs)
+
+
+def test_milestones_must_be_ints():
+    with pytest.raises(TypeError, match="milestones must be an int, got 2.5"):
+        S.multistep_decay([1, 2.5])
+
+
+def test_too_deep_nesting_is_refused():
+    s = S.constant(1.0)
+    for _ in range(4):
+        s = S.product(s)
+    with pytest.raises(ValueError, match="nests 5 levels deep"):
+        s.encode()
