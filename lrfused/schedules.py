@@ -508,10 +508,10 @@ class OneCycle(Schedule):
         self.base_momentum = _finite("base_momentum", base_momentum)
         self.max_momentum = _finite("max_momentum", max_momentum)
         ends = [phase[0] for phase in self._phases()]
-        if not all(later > earlier for earlier, later in zip([0.0] + ends, ends)):
-            # torch divides by zero at the first step of an empty phase.
+        if any(later == earlier for earlier, later in zip([0.0] + ends, ends)):
+            # torch divides by zero (0 / 0) when it reaches a phase that starts where it ends.
             raise ValueError(
-                f"OneCycle phases must each last at least one step, got phase ends {ends} for "
+                f"OneCycle has an empty phase (phase ends {ends}) for "
                 f"pct_start={pct_start}, total_steps={total_steps}, three_phase={three_phase}")
 
     @property
