@@ -7,6 +7,7 @@ Run with `pip install --no-build-isolation -e .`: the build needs the torch it w
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -36,14 +37,22 @@ def extension():
     debug = os.environ.get("LRFUSED_DEBUG", "0") == "1"
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
-    cxx_flags += ["-std=c++17", "-DPy_LIMITED_API=0x030b0000"]
+    cxx_flags += ["-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x030b0000"]
+    # at::parallel_for is an inline template: it only runs in parallel in code compiled with the
+    # OpenMP flag (the runtime is torch's own libgomp, already loaded by `import torch`).
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     extra = {"cxx": cxx_flags}
     if cuda_wanted():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo", "-DLRFUSED_WITH_CUDA"]
         cxx_flags.append("-DLRFUSED_WITH_CUDA")
-        return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra, py_limited_api=True)
-    return cpp_extension.CppExtension("lrfused._C", sources, extra_compile_args=extra, py_limited_api=True)
+        return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra,
+                                           extra_link_args=link_flags, py_limited_api=True)
+    return cpp_extension.CppExtension("lrfused._C", sources, extra_compile_args=extra, extra_link_args=link_flags,
+                                      py_limited_api=True)
 
 
 setup(

@@ -1,0 +1,150 @@
+"""CPU benchmark: one optimizer+scheduler step of lrfused against torch.optim.Adam (fused and
+foreach), each with a CosineAnnealingLR, plus in-place streaming ops as the machine's ceiling.
+
+    python benchmarks/bench_cpu.py [--repeats 30] [--out benchmarks/results]
+
+Every figure comes from this one run on this machine; ratios are against torch fused Adam with
+torch's scheduler measured in the same run. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import lrfused
+from lrfused import lr_scheduler as fused_schedulers
+
+ADAM_BYTES_PER_PARAM = 28  # fp32: p, g, m, v read; p, m, v written
+
+
+def machine_name() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def median_seconds(function, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        function()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def make_params(shapes):
+    torch.manual_seed(0)
+    params = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    return params
+
+
+def contenders():
+    """name -> (optimizer factory, scheduler factory)."""
+    cosine = dict(T_max=10_000, eta_min=1e-5)
+    return {
+        "lrfused FusedScheduledAdam + lrfused CosineAnnealingLR": (
+            lambda ps: lrfused.FusedScheduledAdam(ps, lr=1e-3),
+            lambda opt: fused_schedulers.CosineAnnealingLR(opt, **cosine)),
+        "torch Adam(fused=True) + CosineAnnealingLR": (
+            lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine)),
+        "torch Adam(foreach=True) + CosineAnnealingLR": (
+            lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine)),
+    }
+
+
+def bench_case(label: str, shapes, repeats: int) -> dict:
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    rows = {}
+    for name, (make_optimizer, make_scheduler) in contenders().items():
+        params = make_params(shapes)
+        optimizer = make_optimizer(params)
+        scheduler = make_scheduler(optimizer)
+
+        def step():
+            optimizer.step()
+            scheduler.step()
+
+        seconds = median_seconds(step, repeats)
+        rows[name] = {"ms_per_step": seconds * 1e3, "GB_per_s": ADAM_BYTES_PER_PARAM * numel / seconds / 1e9}
+        del params, optimizer, scheduler
+    baseline = rows["torch Adam(fused=True) + CosineAnnealingLR"]["ms_per_step"]
+    for row in rows.values():
+        row["ratio_vs_torch_fused"] = row["ms_per_step"] / baseline
+    return {"case": label, "tensors": len(shapes), "params": numel, "results": rows}
+
+
+def bench_streaming(numel: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    a, b, c = torch.randn(numel), torch.randn(numel), torch.randn(numel)
+    add = median_seconds(lambda: a.add_(b, alpha=1e-9), repeats)
+    addcmul = median_seconds(lambda: a.addcmul_(b, c, value=1e-9), repeats)
+    return {
+        "add_": {"ms": add * 1e3, "GB_per_s": 12 * numel / add / 1e9},  # a, b read; a written
+        "addcmul_": {"ms": addcmul * 1e3, "GB_per_s": 16 * numel / addcmul / 1e9},  # a, b, c read; a written
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--small", action="store_true", help="tiny sizes, for a smoke test")
+    args = parser.parse_args()
+
+    big = 1 << 14 if args.small else 1 << 24
+    many = (20, 4096) if args.small else (2000, 4096)
+    report = {
+        "machine": machine_name(),
+        "torch": torch.__version__,
+        "lrfused": lrfused.__version__,
+        "compiled_kernels": lrfused.has_kernels(),
+        "date": datetime.date.today().isoformat(),
+        "repeats": args.repeats,
+        "streaming": bench_streaming(big, args.repeats),
+        "cases": [
+            bench_case(f"(a) one tensor of {big} fp32", [(big,)], args.repeats),
+            bench_case(f"(b) {many[0]} tensors of {many[1]} fp32", [(many[1],)] * many[0], args.repeats),
+        ],
+    }
+    best_stream = max(v["GB_per_s"] for v in report["streaming"].values())
+    report["best_streaming_GB_per_s"] = best_stream
+
+    print(f"machine: {report['machine']}; torch {report['torch']}; median of {args.repeats}")
+    for name, row in report["streaming"].items():
+        print(f"  streaming {name:<9} {row['ms']:9.3f} ms  {row['GB_per_s']:7.2f} GB/s")
+    for case in report["cases"]:
+        print(f"\n{case['case']}  ({case['params']} params, 28 B/param)")
+        print(f"  {'contender':<58} {'ms/step':>9} {'GB/s':>7} {'vs torch fused':>15} {'% of streaming':>15}")
+        for name, row in case["results"].items():
+            row["fraction_of_best_streaming"] = row["GB_per_s"] / best_stream
+            print(f"  {name:<58} {row['ms_per_step']:9.3f} {row['GB_per_s']:7.2f} "
+                  f"{row['ratio_vs_torch_fused']:14.2f}x {100 * row['fraction_of_best_streaming']:14.0f}%")
+
+    os.makedirs(args.out, exist_ok=True)
+    suffix = "-small" if args.small else ""
+    path = os.path.join(args.out, f"cpu-{platform.node() or 'host'}-{report['date'].replace('-', '')}{suffix}.json")
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

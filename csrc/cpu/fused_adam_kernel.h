@@ -1,0 +1,163 @@
+// The CPU update loop, compiled once per instruction set (see note [CPU instruction sets] in
+// fused_adam.cpp): every file that includes this header defines LRFUSED_CPU_VARIANT first.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "../common/adam_math.h"
+#include "cpu_bucket.h"
+
+namespace lrfused {
+
+// Vectorized<float> is a distinct type in each instruction-set variant (at::vec's inline
+// namespace), so each variant file specialises this once.
+template <>
+struct OpMath<at::vec::Vectorized<float>> {
+  using Vec = at::vec::Vectorized<float>;
+  static Vec sqrt(const Vec& x) { return x.sqrt(); }
+  static Vec max(const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }
+};
+
+namespace LRFUSED_CPU_VARIANT {
+
+using FloatVec = at::vec::Vectorized<float>;
+
+// Elements per task of the parallel loop: ATen's grain size (at::internal::GRAIN_SIZE).
+constexpr int64_t kGrainSize = 32768;
+
+template <typename scalar_t>
+struct Segment {
+  scalar_t* param;
+  scalar_t* grad;
+  scalar_t* exp_avg;
+  scalar_t* exp_avg_sq;
+  scalar_t* max_exp_avg_sq;  // null without AMSGrad
+};
+
+// Elements [begin, end) of one tensor: full float vectors first, then a scalar tail.
+template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
+void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, const StepConfig& c) {
+  // Local copies: the vector stores may alias anything (GCC's unaligned stores are may_alias), so
+  // pointers and scalars read through references would be reloaded on every iteration.
+  scalar_t* const param = segment.param;
+  scalar_t* const grad = segment.grad;
+  scalar_t* const exp_avg = segment.exp_avg;
+  scalar_t* const exp_avg_sq = segment.exp_avg_sq;
+  scalar_t* const max_exp_avg_sq = segment.max_exp_avg_sq;
+  const AdamScalars scalars = c.scalars;
+  const bool maximize = c.maximize;
+  const bool has_weight_decay = c.has_weight_decay;
+  const bool unscale = c.grad_scale != nullptr;
+  const float scale = unscale ? *c.grad_scale : 1.0f;
+  int64_t i = begin;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    for (; i + FloatVec::size() <= end; i += FloatVec::size()) {
+      FloatVec p = FloatVec::loadu(param + i);
+      FloatVec g = FloatVec::loadu(grad + i);
+      FloatVec m = FloatVec::loadu(exp_avg + i);
+      FloatVec v = FloatVec::loadu(exp_avg_sq + i);
+      FloatVec vmax = kAmsgrad ? FloatVec::loadu(max_exp_avg_sq + i) : FloatVec(0.0f);
+      if (unscale) {
+        g = g / FloatVec(scale);
+        g.store(grad + i);
+      }
+      adam_update<FloatVec, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
+      p.store(param + i);
+      m.store(exp_avg + i);
+      v.store(exp_avg_sq + i);
+      if (kAmsgrad) vmax.store(max_exp_avg_sq + i);
+    }
+  } else {
+    // Reduced precision: each vector of scalar_t widens to two float vectors (fp32 opmath).
+    using Vec = at::vec::Vectorized<scalar_t>;
+    for (; i + Vec::size() <= end; i += Vec::size()) {
+      auto [p0, p1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(param + i));
+      auto [g0, g1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(grad + i));
+      auto [m0, m1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(exp_avg + i));
+      auto [v0, v1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(exp_avg_sq + i));
+      FloatVec x0(0.0f), x1(0.0f);
+      if (kAmsgrad) std::tie(x0, x1) = at::vec::convert_to_float<scalar_t>(Vec::loadu(max_exp_avg_sq + i));
+      if (unscale) {
+        g0 = g0 / FloatVec(scale);
+        g1 = g1 / FloatVec(scale);
+        at::vec::convert_from_float<scalar_t>(g0, g1).store(grad + i);
+      }
+      adam_update<FloatVec, kAmsgrad, kDecoupled>(p0, g0, m0, v0, x0, scalars, maximize, has_weight_decay);
+      adam_update<FloatVec, kAmsgrad, kDecoupled>(p1, g1, m1, v1, x1, scalars, maximize, has_weight_decay);
+      at::vec::convert_from_float<scalar_t>(p0, p1).store(param + i);
+      at::vec::convert_from_float<scalar_t>(m0, m1).store(exp_avg + i);
+      at::vec::convert_from_float<scalar_t>(v0, v1).store(exp_avg_sq + i);
+      if (kAmsgrad) at::vec::convert_from_float<scalar_t>(x0, x1).store(max_exp_avg_sq + i);
+    }
+  }
+  for (; i < end; ++i) {
+    float p = static_cast<float>(param[i]);
+    float g = static_cast<float>(grad[i]);
+    float m = static_cast<float>(exp_avg[i]);
+    float v = static_cast<float>(exp_avg_sq[i]);
+    float vmax = kAmsgrad ? static_cast<float>(max_exp_avg_sq[i]) : 0.0f;
+    if (unscale) {
+      g = g / scale;
+      grad[i] = static_cast<scalar_t>(g);
+    }
+    adam_update<float, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
+    param[i] = static_cast<scalar_t>(p);
+    exp_avg[i] = static_cast<scalar_t>(m);
+    exp_avg_sq[i] = static_cast<scalar_t>(v);
+    if (kAmsgrad) max_exp_avg_sq[i] = static_cast<scalar_t>(vmax);
+  }
+}
+
+template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
+void update_all(const std::vector<Segment<scalar_t>>& segments, const std::vector<int64_t>& offsets,
+                const StepConfig& config) {
+  const int64_t total = offsets.back();
+  at::parallel_for(0, total, kGrainSize, [&](int64_t begin, int64_t end) {
+    // offsets[k] is where tensor k starts; find the last tensor starting at or before `begin`.
+    size_t k = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
+    int64_t position = begin;
+    while (position < end) {
+      const int64_t tensor_end = std::min(end, offsets[k + 1]);
+      update_range<scalar_t, kAmsgrad, kDecoupled>(segments[k], position - offsets[k], tensor_end - offsets[k],
+                                                   config);
+      position = tensor_end;
+      ++k;
+    }
+  });
+}
+
+template <typename scalar_t>
+void update_typed(const CpuBucket& bucket, const StepConfig& config) {
+  std::vector<Segment<scalar_t>> segments;
+  segments.reserve(bucket.params.size());
+  for (size_t i = 0; i < bucket.params.size(); ++i) {
+    segments.push_back({static_cast<scalar_t*>(bucket.params[i]), static_cast<scalar_t*>(bucket.grads[i]),
+                        static_cast<scalar_t*>(bucket.exp_avgs[i]), static_cast<scalar_t*>(bucket.exp_avg_sqs[i]),
+                        bucket.amsgrad ? static_cast<scalar_t*>(bucket.max_exp_avg_sqs[i]) : nullptr});
+  }
+  if (bucket.amsgrad) {
+    bucket.decoupled ? update_all<scalar_t, true, true>(segments, bucket.offsets, config)
+                     : update_all<scalar_t, true, false>(segments, bucket.offsets, config);
+  } else {
+    bucket.decoupled ? update_all<scalar_t, false, true>(segments, bucket.offsets, config)
+                     : update_all<scalar_t, false, false>(segments, bucket.offsets, config);
+  }
+}
+
+inline void update_bucket(const CpuBucket& bucket, const StepConfig& config) {
+  switch (bucket.dtype) {
+    case at::kFloat: update_typed<float>(bucket, config); break;
+    case at::kHalf: update_typed<at::Half>(bucket, config); break;
+    default: update_typed<at::BFloat16>(bucket, config); break;
+  }
+}
+
+}  // namespace LRFUSED_CPU_VARIANT
+}  // namespace lrfused
