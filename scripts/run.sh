@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's two commands: `bash scripts/run.sh demo` and `bash scripts/run.sh test`.
+# Installs what is missing into the current Python environment, builds lrfused, then runs.
+#   LRFUSED_TORCH   the torch requirement installed when torch is missing (default torch==2.13.0)
+#   PYTHON          the interpreter (default python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+what=${1:-}
+shift || true
+case "$what" in
+  demo|test) ;;
+  *) echo "usage: bash scripts/run.sh demo|test [arguments for the demo or pytest]" >&2; exit 2 ;;
+esac
+
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "installing ${LRFUSED_TORCH:-torch==2.13.0}"
+  "$PYTHON" -m pip install --quiet "${LRFUSED_TORCH:-torch==2.13.0}"
+fi
+# Everything else the build and the tests use (torch itself is never upgraded here).
+"$PYTHON" -m pip install --quiet ninja numpy pytest hypothesis
+if [ "$what" = demo ]; then
+  "$PYTHON" -m pip install --quiet matplotlib tqdm
+fi
+"$PYTHON" -m pip install --quiet --no-build-isolation --no-deps -e .
+
+if [ "$what" = demo ]; then
+  exec "$PYTHON" -m lrfused demo "$@"
+fi
+export LRFUSED_REQUIRE_KERNELS=1
+exec "$PYTHON" -m pytest "$@"
