@@ -72,6 +72,14 @@ def fused_adam_(
     )
 
 
+def validate_schedule(schedule: torch.Tensor) -> None:
+    """Raises RuntimeError when a CPU program is malformed (the C++ validator)."""
+    if _LOAD_ERROR is None:
+        torch.ops.lrfused.evaluate_schedule(schedule, 0)
+    else:
+        _reference.schedule_value(schedule, 0)
+
+
 def evaluate_schedule(schedule: torch.Tensor, t: int) -> tuple[float, float]:
     """The (lr, beta1) that the C++ evaluator gives at clock t; beta1 is NaN when not cycled."""
     lr, beta1 = torch.ops.lrfused.evaluate_schedule(schedule, t)

@@ -303,6 +303,9 @@ class FusedScheduledAdam(Optimizer):
         words: list[float] = []
         for schedule in binding.schedules:
             program = schedule.encode()
+            # Checked here, on the host, once: the CUDA op trusts the structure of its program
+            # (reading it back on every step would be a sync).
+            _ops.validate_schedule(torch.tensor(program, dtype=torch.float64))
             binding.offsets.append(len(words))
             binding.lengths.append(len(program))
             words += program

@@ -5,6 +5,10 @@
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define LRFUSED_HOST_DEVICE __host__ __device__ __forceinline__
+// For the schedule evaluator: one thread of a block runs it once per step, so it is compiled once
+// per translation unit instead of being inlined into every kernel instantiation.
+#define LRFUSED_HOST_DEVICE_OUTLINED __host__ __device__ __noinline__  // templates only
 #else
 #define LRFUSED_HOST_DEVICE inline
+#define LRFUSED_HOST_DEVICE_OUTLINED inline
 #endif

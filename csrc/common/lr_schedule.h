@@ -186,7 +186,7 @@ LRFUSED_HOST_DEVICE ScheduleValue one_cycle(const double* p, int64_t step) {
 }
 
 template <int Depth>
-LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t);
+LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int64_t t);
 
 // CyclicLR, including torch's float arithmetic for the position in the cycle.
 template <int Depth>
@@ -220,7 +220,7 @@ LRFUSED_HOST_DEVICE ScheduleValue cyclic(const double* p, int64_t step) {
 }
 
 template <int Depth>
-LRFUSED_HOST_DEVICE ScheduleValue evaluate_node(const double* node, int64_t t) {
+LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int64_t t) {
   if constexpr (Depth <= 0) {
     return ScheduleValue{schedule_nan(), schedule_nan()};
   } else {
