@@ -5,6 +5,7 @@ CUDA-graph capturable, no recompilation under torch.compile when the lr changes.
 """
 
 from . import lr_scheduler, schedules
+from .finder import LRFinder
 from ._ops import has_cuda_kernels, has_kernels
 from ._version import __version__
 from .optim import FusedScheduledAdam, FusedScheduledAdamW
@@ -12,6 +13,7 @@ from .optim import FusedScheduledAdam, FusedScheduledAdamW
 __all__ = [
     "FusedScheduledAdam",
     "FusedScheduledAdamW",
+    "LRFinder",
     "schedules",
     "lr_scheduler",
     "has_kernels",

@@ -17,11 +17,8 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   echo "installing ${LRFUSED_TORCH:-torch==2.13.0}"
   "$PYTHON" -m pip install --quiet "${LRFUSED_TORCH:-torch==2.13.0}"
 fi
-# Everything else the build and the tests use (torch itself is never upgraded here).
-"$PYTHON" -m pip install --quiet ninja numpy pytest hypothesis
-if [ "$what" = demo ]; then
-  "$PYTHON" -m pip install --quiet matplotlib tqdm
-fi
+# Everything else the build, the tests and the demo use (torch itself is never upgraded here).
+"$PYTHON" -m pip install --quiet ninja numpy pytest hypothesis matplotlib tqdm
 "$PYTHON" -m pip install --quiet --no-build-isolation --no-deps -e .
 
 if [ "$what" = demo ]; then

@@ -1,0 +1,197 @@
+"""LRFinder against a straightforward per-iteration reference (pytorch-lr-finder's algorithm with
+a host read every iteration), on the same seed."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import lrfused
+from lrfused import LRFinder
+
+
+def make_problem(seed=0, n=512):
+    torch.manual_seed(seed)
+    x = torch.randn(n, 8)
+    y = x @ torch.randn(8, 1) + 0.1 * torch.randn(n, 1)
+    dataset = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    return model, loader
+
+
+def reference_range_test(model, optimizer, loader, start_lr, end_lr, num_iter, smooth_f, diverge_th,
+                         accumulation_steps=1):
+    """pytorch-lr-finder's loop, reading the loss on the host every iteration."""
+    history = {"lr": [], "loss": []}
+    best = None
+    batches = iter(loader)
+
+    def next_batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            return next(batches)
+
+    for iteration in range(num_iter):
+        lr = start_lr * (end_lr / start_lr) ** (iteration / (num_iter - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        total = 0.0
+        for _ in range(accumulation_steps):
+            x, y = next_batch()
+            loss = torch.nn.functional.mse_loss(model(x), y) / accumulation_steps
+            loss.backward()
+            total += loss.item()
+        optimizer.step()
+        loss = total
+        history["lr"].append(lr)
+        if iteration == 0:
+            best = loss
+        else:
+            loss = smooth_f * loss + (1 - smooth_f) * history["loss"][-1]
+            best = min(best, loss)
+        history["loss"].append(loss)
+        if loss > diverge_th * best:
+            break
+    return history
+
+
+class ReadCounter:
+    """Counts every way Python code can read a tensor's value on the host, except the reads that
+    torch's DataLoader makes of its own CPU seed when it starts an epoch (any loop makes those)."""
+
+    NAMES = ("item", "tolist", "__float__", "__int__", "__bool__", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self_, *args, _original=original, **kwargs):
+                caller = sys._getframe(1).f_globals.get("__name__", "")
+                if not caller.startswith("torch.utils.data"):
+                    self.count += 1
+                return _original(self_, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("check_every", [1, 7, 100])
+@pytest.mark.parametrize("end_lr", [10.0, 0.05])  # diverges, and does not
+def test_matches_per_iteration_reference(check_every, end_lr, monkeypatch):
+    num_iter = 60
+    model, loader = make_problem()
+    reference_model, _ = make_problem()
+    reference_model.load_state_dict(model.state_dict())
+    optimizer = lrfused.FusedScheduledAdam(model.parameters(), lr=1e-4)
+    reference_optimizer = lrfused.FusedScheduledAdam(reference_model.parameters(), lr=1e-4)
+
+    expected = reference_range_test(reference_model, reference_optimizer, loader, 1e-4, end_lr, num_iter, 0.05, 5)
+    finder = LRFinder(model, optimizer, torch.nn.functional.mse_loss)
+    counter = ReadCounter(monkeypatch)
+    finder.range_test(loader, start_lr=1e-4, end_lr=end_lr, num_iter=num_iter, check_every=check_every,
+                      progress=False)
+    monkeypatch.undo()
+
+    assert counter.count <= math.ceil(num_iter / check_every) + 1
+    assert finder.reads <= math.ceil(num_iter / check_every) + 1
+    assert len(finder.history["loss"]) == len(expected["loss"]), "same stop point"
+    assert finder.history["lr"] == pytest.approx(expected["lr"], rel=1e-12)
+    assert finder.history["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    if len(expected["loss"]) > 20:
+        for method in ("steep", "valley", "minimum"):
+            assert finder.suggestion(method) == pytest.approx(_suggest(expected, method), rel=1e-12)
+
+
+def _suggest(history, method, skip_start=10, skip_end=5):
+    lrs = history["lr"][skip_start:len(history["lr"]) - skip_end]
+    losses = history["loss"][skip_start:len(history["loss"]) - skip_end]
+    if method == "steep":
+        return lrs[int(np.gradient(np.array(losses)).argmin())]
+    if method == "minimum":
+        return lrs[int(np.argmin(losses))] / 10
+    return lrs[lrfused.finder._valley_index(losses)]
+
+
+def test_model_and_optimizer_restored_bit_identical():
+    model, loader = make_problem()
+    optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-3)
+    scheduler = lrfused.lr_scheduler.StepLR(optimizer, step_size=5)
+    for x, y in list(loader)[:3]:  # some optimizer state to restore
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        scheduler.step()
+    params_before = [p.detach().clone() for p in model.parameters()]
+    state_before = {k: v.clone() for p in model.parameters() for k, v in optimizer.state[p].items()}
+    LRFinder(model, optimizer, torch.nn.functional.mse_loss, cache="disk").range_test(
+        loader, end_lr=1.0, num_iter=30, progress=False)
+    for p, q in zip(model.parameters(), params_before):
+        assert torch.equal(p, q)
+    state_after = {k: v for p in model.parameters() for k, v in optimizer.state[p].items()}
+    assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
+    # The scheduler drives the optimizer again, from where it was.
+    x, y = next(iter(loader))
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]] == [pytest.approx(1e-3)]
+
+
+def test_torch_optimizer_and_custom_train_step_with_dict_batches():
+    model, loader = make_problem()
+    dict_batches = [{"x": x, "y": y} for x, y in loader]
+
+    class WithLoss(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, y):
+            return torch.nn.functional.mse_loss(self.inner(x), y)
+
+    wrapped = WithLoss(model)
+    optimizer = torch.optim.SGD(wrapped.parameters(), lr=1e-3, momentum=0.9)
+    finder = LRFinder(wrapped, optimizer)
+    history = finder.range_test(dict_batches, end_lr=10, num_iter=50, train_step=lambda m, b: m(b["x"], b["y"]),
+                                accumulation_steps=2, progress=False)
+    assert 2 <= len(history["loss"]) <= 50
+    assert history["lr"][0] == pytest.approx(1e-3)
+    assert optimizer.param_groups[0]["lr"] == 1e-3, "restored"
+
+
+def test_val_loader_and_amp_bf16():
+    model, loader = make_problem()
+    val = list(loader)[:2]
+    optimizer = lrfused.FusedScheduledAdam(model.parameters(), lr=1e-4)
+    finder = LRFinder(model, optimizer, torch.nn.functional.mse_loss)
+    history = finder.range_test(loader, val_loader=val, end_lr=1.0, num_iter=20, amp=torch.bfloat16,
+                                progress=False)
+    assert len(history["loss"]) >= 2 and all(math.isfinite(v) for v in history["loss"])
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    model, loader = make_problem()
+    finder = LRFinder(model, lrfused.FusedScheduledAdam(model.parameters(), lr=1e-4), torch.nn.functional.mse_loss)
+    finder.range_test(loader, end_lr=10, num_iter=60, progress=False)
+    path = tmp_path / "finder.png"
+    finder.plot(path=str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_arguments():
+    model, loader = make_problem()
+    finder = LRFinder(model, lrfused.FusedScheduledAdam(model.parameters()), torch.nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="step_mode must be 'exp' or 'linear', got 'cos'"):
+        finder.range_test(loader, step_mode="cos")
+    with pytest.raises(ValueError, match="check_every must be a positive int, got 0"):
+        finder.range_test(loader, check_every=0)
+    with pytest.raises(ValueError, match="too few to suggest"):
+        finder.suggestion()
