@@ -128,6 +128,11 @@ class FusedScheduledAdam(Optimizer):
         maximize: maximize the objective instead of minimizing it.
         decoupled_weight_decay: AdamW's decay.
         schedule: a :class:`lrfused.schedules.Schedule` multiplying each group's lr.
+        check_finite: skip, on the device and without a sync, every step in which a gradient
+            holds a NaN or an infinity (nothing changes, step counters included), and count the
+            skipped steps in the device tensor ``skipped_steps``. Off by default: like
+            torch.optim.Adam, lrfused then applies non-finite gradients as they are (and a
+            GradScaler, when used, already skips them).
 
     The state keeps torch's keys (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``);
     ``step`` is an int64 tensor on the param's device that the kernel advances (float32 counters
@@ -150,6 +155,7 @@ class FusedScheduledAdam(Optimizer):
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
         schedule: Schedule | None = None,
+        check_finite: bool = False,
     ):
         validate_hyperparameters(lr, betas, eps, weight_decay)
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -161,6 +167,9 @@ class FusedScheduledAdam(Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
         self._schedule = schedule
+        self._check_finite = bool(check_finite)
+        # Steps skipped by check_finite, counted on the device (reading it is a sync).
+        self.skipped_steps: Tensor | None = None
         self._binding: _Binding | None = None
         self._plans: dict[int, _Plan] = {}
         self._lr_seen: dict[int, Any] = {}
@@ -213,6 +222,17 @@ class FusedScheduledAdam(Optimizer):
                 f" but this optimizer's is {type(self._schedule).__name__}")
         for group in state_dict["param_groups"]:
             validate_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, param_state in state_dict["state"].items():
+            if not isinstance(index, int) or not 0 <= index < len(params):
+                raise ValueError(f"load_state_dict: state for param {index!r}, but the optimizer has {len(params)} params")
+            expected = params[index]
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                value = param_state.get(key)
+                if isinstance(value, Tensor) and value.shape != expected.shape:
+                    raise ValueError(
+                        f"load_state_dict: state[{index}]['{key}'] has shape {tuple(value.shape)} but param {index} "
+                        f"has shape {tuple(expected.shape)}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "lrfused"})
         self._share_loaded_steps()
         self._invalidate()
@@ -394,13 +414,19 @@ class FusedScheduledAdam(Optimizer):
             binding.owner._check_owns(self)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        plans, all_grads = [], []
         for index, group in enumerate(self.param_groups):
-            params = group["params"]
-            grads = [p.grad for p in params]
+            grads = [p.grad for p in group["params"]]
             plan = self._plans.get(index)
             has_grad = tuple(g is not None for g in grads)
             if plan is None or plan.has_grad != has_grad:
                 plan = self._plans[index] = self._make_plan(group, grads)
+            plans.append(plan)
+            all_grads.append(grads)
+        if self._check_finite:
+            found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
+        for index, group in enumerate(self.param_groups):
+            plan, grads = plans[index], all_grads[index]
             beta1, beta2 = group["betas"]
             if binding.owner is not None:
                 beta1 = binding.owner._kernel_beta1(index, beta1)
@@ -419,6 +445,30 @@ class FusedScheduledAdam(Optimizer):
                 )
         return loss
 
+    def _non_finite_grads(self, all_grads, found_inf: Tensor | None, grad_scale: Tensor | None) -> Tensor:
+        """found_inf (float32, 1 element) that is non-zero when any grad is NaN or infinite."""
+        by_device: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for grads in all_grads:
+            for g in grads:
+                if g is not None:
+                    g = torch.view_as_real(g) if g.is_complex() else g
+                    by_device.setdefault((g.device, g.dtype), []).append(g)
+        device = self._first_device()
+        found = torch.zeros(1, dtype=torch.float32, device=device)
+        one = torch.ones(1, dtype=torch.float32, device=device)
+        for (grad_device, _), grads in by_device.items():
+            local = found if grad_device == device else torch.zeros(1, dtype=torch.float32, device=grad_device)
+            # The AMP check, with a scale of one: grads multiplied by 1.0 keep their values.
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, local, one.to(grad_device))
+            if local is not found:
+                found.add_(local.to(device, non_blocking=True))
+        if self.skipped_steps is None:
+            self.skipped_steps = torch.zeros((), dtype=torch.int64, device=device)
+        if found_inf is not None:
+            found.add_(found_inf.to(device, non_blocking=True).reshape(1))
+        self.skipped_steps.add_((found > 0).reshape(()).to(torch.int64))
+        return found
+
 
 class FusedScheduledAdamW(FusedScheduledAdam):
     """:class:`FusedScheduledAdam` with decoupled weight decay (AdamW), ``weight_decay=1e-2``."""
@@ -434,9 +484,10 @@ class FusedScheduledAdamW(FusedScheduledAdam):
         amsgrad: bool = False,
         maximize: bool = False,
         schedule: Schedule | None = None,
+        check_finite: bool = False,
     ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, schedule=schedule)
+                         decoupled_weight_decay=True, schedule=schedule, check_finite=check_finite)
 
 
 def _has_open_table(schedule: Schedule) -> bool:

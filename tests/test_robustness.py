@@ -1,0 +1,182 @@
+"""Nothing silently wrong: non-finite gradients, odd layouts, long runs, a missing library."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lrfused
+from lrfused import _reference, schedules
+from conftest import max_relative_error
+
+
+def test_non_finite_grads_without_scaler_follow_torch():
+    # Like torch.optim.Adam: no hidden check, a NaN gradient makes NaN parameters where it lands.
+    base = torch.randn(10)
+    ours, theirs = base.clone().requires_grad_(), base.clone().requires_grad_()
+    opt_ours, opt_theirs = lrfused.FusedScheduledAdam([ours]), torch.optim.Adam([theirs])
+    g = torch.randn(10)
+    g[3] = float("nan")
+    ours.grad, theirs.grad = g.clone(), g.clone()
+    opt_ours.step()
+    opt_theirs.step()
+    assert torch.equal(ours.isnan(), theirs.isnan()) and ours.isnan().sum() == 1
+
+
+def test_check_finite_skips_on_device_and_counts():
+    torch.manual_seed(0)
+    base = [torch.randn(100), torch.randn(7, 3)]
+    ours = [b.clone().requires_grad_() for b in base]
+    clean = [b.clone().requires_grad_() for b in base]
+    opt = lrfused.FusedScheduledAdam(ours, lr=1e-2, check_finite=True)
+    opt_clean = lrfused.FusedScheduledAdam(clean, lr=1e-2)
+    for step in range(12):
+        grads = [torch.randn_like(b) for b in base]
+        for p, g in zip(ours, grads):
+            p.grad = g.clone()
+        if step in (4, 9):
+            ours[1].grad[2, 1] = float("inf") if step == 4 else float("nan")
+            before = [p.detach().clone() for p in ours] + [opt.state[ours[0]]["exp_avg"].clone()]
+            opt.step()
+            after = [p.detach() for p in ours] + [opt.state[ours[0]]["exp_avg"]]
+            assert all(torch.equal(a, b) for a, b in zip(before, after)), "a skipped step changes nothing"
+            continue
+        for p, g in zip(clean, grads):
+            p.grad = g.clone()
+        opt.step()
+        opt_clean.step()
+    assert int(opt.skipped_steps) == 2
+    assert int(opt.state[ours[0]]["step"]) == int(opt_clean.state[clean[0]]["step"]) == 10
+    for a, b in zip(ours, clean):
+        assert torch.equal(a, b)
+
+
+def layouts():
+    """(param, grad) pairs of odd sizes and layouts: empty, one element, transposed, offset views."""
+    sizes = st.integers(0, 70)
+    return st.tuples(sizes, sizes, st.sampled_from(["contiguous", "transposed", "offset", "grad_transposed"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(layouts(), min_size=1, max_size=4), st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       st.booleans(), st.integers(0, 2 ** 40))
+def test_compiled_op_equals_reference_on_any_layout(shapes, dtype, amsgrad, clock):
+    torch.manual_seed(0)
+
+    def build():
+        params, grads = [], []
+        for rows, cols, layout in shapes:
+            torch.manual_seed(rows * 100 + cols)
+            if layout == "transposed":
+                p = torch.randn(cols, rows).to(dtype).t()
+            elif layout == "offset":
+                p = torch.randn(rows * cols + 1).to(dtype)[1:].view(rows, cols)
+            else:
+                p = torch.randn(rows, cols).to(dtype)
+            g = torch.randn(rows, cols).to(dtype)
+            if layout == "grad_transposed":
+                g = torch.randn(cols, rows).to(dtype).t()
+            params.append(p)
+            grads.append(g)
+        states = [[torch.zeros_like(p) for p in params] for _ in range(3)]
+        return params, grads, states
+
+    program = torch.tensor(schedules.warmup_cosine(10, 10 ** 6, peak_value=1e-2).encode(), dtype=torch.float64)
+    results = []
+    for op in (torch.ops.lrfused.fused_adam_, _reference.fused_adam_):
+        params, grads, (m, v, x) = build()
+        step = torch.tensor(5)
+        op(params, grads, m, v, x if amsgrad else [], step, torch.tensor(clock), program, beta1=0.9, beta2=0.99,
+           eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True, amsgrad=amsgrad, maximize=False)
+        results.append(params + m + v + [step])
+    tolerance = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    for a, b in zip(*results):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, **tolerance)
+        else:
+            assert torch.equal(a, b)
+
+
+def test_counters_do_not_stop_at_two_to_the_24():
+    # torch keeps step in float32, where 2**24 + 1 == 2**24; lrfused's counters are int64.
+    assert torch.tensor(2.0 ** 24, dtype=torch.float32) + 1 == 2.0 ** 24
+    w = torch.zeros(4, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], lr=1e-3, schedule=schedules.exponential_decay(1 - 1e-7))
+    w.grad = torch.ones(4)
+    opt.step()
+    start = 2 ** 24 + 3
+    opt.state[w]["step"].fill_(start)
+    for _ in range(3):
+        opt.step()
+    assert int(opt.state[w]["step"]) == start + 3
+    # The schedule is evaluated at the exact clock, in float64.
+    program = torch.tensor(schedules.exponential_decay(1 - 1e-7).encode(), dtype=torch.float64)
+    for t in (2 ** 24 + 1, 10 ** 6, 2 ** 40 + 7):
+        lr, _ = lrfused._ops.evaluate_schedule(program, t)
+        assert lr == (1 - 1e-7) ** float(t)
+
+
+def test_scheduler_clock_past_a_million_steps():
+    w = torch.zeros(4, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], lr=1.0)
+    sched = lrfused.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=1000, T_mult=2)
+    sched.step(10 ** 6 + 17)
+    expected = sched._schedules[0](10 ** 6 + 17)
+    assert sched.get_last_lr() == [expected]
+    lr, _ = lrfused._ops.evaluate_schedule(opt._group_program(0, torch.device("cpu")), int(sched._clock))
+    assert lr == expected
+
+
+def test_load_state_dict_that_does_not_match_is_refused():
+    w = torch.zeros(4, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], schedule=schedules.exponential_decay(0.9))
+    w.grad = torch.ones(4)
+    opt.step()
+    state = opt.state_dict()
+    other = torch.zeros(5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(4,\) but param 0 has shape \(5,\)"):
+        lrfused.FusedScheduledAdam([other], schedule=schedules.exponential_decay(0.9)).load_state_dict(state)
+    fresh = lrfused.FusedScheduledAdam([torch.zeros(4, requires_grad=True)], schedule=schedules.step_decay(3))
+    with pytest.raises(ValueError, match="checkpoint's schedule is a Exponential"):
+        fresh.load_state_dict(state)
+
+
+def test_sparse_gradients_are_refused_before_any_change():
+    w = torch.zeros(4, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w])
+    w.grad = torch.ones(4).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+    assert torch.equal(w, torch.zeros(4)) and not opt.state[w]
+
+
+@pytest.mark.parametrize("require", ["0", "1"])
+def test_missing_library_falls_back_or_fails_as_asked(require):
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['lrfused._C'] = None  # as if the library were absent or built for another torch\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lrfused, torch\n"
+        "    import lrfused.optim\n"
+        "messages = [str(w.message) for w in caught if 'compiled kernels' in str(w.message)]\n"
+        "assert len(messages) == 1 and 'pip install --no-build-isolation -e .' in messages[0], messages\n"
+        "assert not lrfused.has_kernels()\n"
+        "w = torch.ones(3, requires_grad=True)\n"
+        "opt = lrfused.FusedScheduledAdam([w], lr=0.1)\n"
+        "w.grad = torch.ones(3)\n"
+        "opt.step()\n"
+        "assert torch.allclose(w, torch.full((3,), 0.9)), w\n"
+        "print('fallback ok')\n"
+    )
+    env = dict(os.environ, LRFUSED_REQUIRE_KERNELS=require)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if require == "1":
+        assert result.returncode != 0 and "compiled kernels could not be loaded" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "fallback ok" in result.stdout
