@@ -35,12 +35,16 @@ def cuda_wanted() -> bool:
 
 def extension():
     debug = os.environ.get("LRFUSED_DEBUG", "0") == "1"
+    # LRFUSED_SANITIZE=1: AddressSanitizer and UndefinedBehaviorSanitizer (scripts/sanitize.sh).
+    sanitize = os.environ.get("LRFUSED_SANITIZE", "0") == "1"
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
+    if sanitize:
+        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     cxx_flags += ["-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x030b0000"]
     # at::parallel_for is an inline template: it only runs in parallel in code compiled with the
     # OpenMP flag (the runtime is torch's own libgomp, already loaded by `import torch`).
-    link_flags = []
+    link_flags = ["-fsanitize=address,undefined"] if sanitize else []
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")

@@ -299,7 +299,10 @@ class Linear(Schedule):
 
     def lr(self, t):
         done = min(t, self.total_iters)
-        return self.init * (self.start_factor + (self.end_factor - self.start_factor) * done / self.total_iters)
+        factor = self.start_factor + (self.end_factor - self.start_factor) * done / self.total_iters
+        # Kept inside [start, end]: torch's formula can round past the end (see lr_schedule.h).
+        low, high = sorted((self.start_factor, self.end_factor))
+        return self.init * min(max(factor, low), high)
 
     def params(self):
         return [self.init, self.start_factor, self.end_factor, self.total_iters]

@@ -241,7 +241,12 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         return {p[0] * (td < p[2] ? p[1] : 1.0), nan};
       case kLinear: {
         const double done = td < p[3] ? td : p[3];
-        return {p[0] * (p[1] + (p[2] - p[1]) * done / p[3]), nan};
+        double factor = p[1] + (p[2] - p[1]) * done / p[3];
+        // torch's formula, kept inside [start, end]: at the end it can round past it (to -7e-18
+        // for an end factor of 0), which would make a negative lr.
+        const double low = p[1] < p[2] ? p[1] : p[2], high = p[1] < p[2] ? p[2] : p[1];
+        factor = factor < low ? low : (factor > high ? high : factor);
+        return {p[0] * factor, nan};
       }
       case kExponential:
         return {p[0] * ::pow(p[1], td), nan};
