@@ -410,7 +410,9 @@ class FusedScheduledAdam(Optimizer):
         binding = self._binding
         if binding.owner is None:
             self._follow_group_lrs()
-        else:
+        elif not torch.compiler.is_compiling():
+            # A host-side consistency check of values that change every step: under torch.compile
+            # it would make each value a guard, and each step a recompilation.
             binding.owner._check_owns(self)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
