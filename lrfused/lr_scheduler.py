@@ -85,9 +85,18 @@ class _InKernelSchedule:
     def _base(self, index: int, base: float | None) -> float:
         return float(self.base_lrs[index]) if base is None else base
 
+    # The names that lrfused.schedules uses, as torch's constructor calls them (for messages).
+    _torch_names: dict[str, str] = {}
+
     def _install(self, clock_value: int) -> None:
         optimizer = self.optimizer
-        self._schedules = [self._schedule_for(i) for i in range(len(optimizer.param_groups))]
+        try:
+            self._schedules = [self._schedule_for(i) for i in range(len(optimizer.param_groups))]
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            for ours, theirs in self._torch_names.items():
+                message = message.replace(f" {ours}", f" {theirs}")
+            raise type(error)(f"{type(self).__name__}: {message}") from None
         device = _primary_device(optimizer)
         clock = getattr(self, "_clock", None)
         if clock is None or clock.device != device:
@@ -277,6 +286,8 @@ class ConstantLR(_InKernelSchedule, torch_schedulers.ConstantLR):
 class LinearLR(_InKernelSchedule, torch_schedulers.LinearLR):
     """torch's LinearLR: ``base_lr * (start + (end - start) * min(t, T) / T)``."""
 
+    _torch_names = {"init": "base lr"}
+
     def _schedule_for(self, index, base=None):
         return S.Linear(self._base(index, base), self.start_factor, self.end_factor, self.total_iters)
 
@@ -300,6 +311,7 @@ class CosineAnnealingLR(_InKernelSchedule, torch_schedulers.CosineAnnealingLR):
     periodic past ``T_max`` as torch's closed form is."""
 
     _multiplicative = False
+    _torch_names = {"period": "T_max", "floor": "eta_min"}
 
     def _schedule_for(self, index, base=None):
         return S.Cosine(self._base(index, base), self.T_max, self.eta_min)
@@ -319,6 +331,7 @@ class CosineAnnealingWarmRestarts(_InKernelSchedule, torch_schedulers.CosineAnne
     every restart is exact, also after ``step(epoch)`` (torch's float log misplaces some)."""
 
     _multiplicative = False
+    _torch_names = {"floor": "eta_min"}
 
     def _schedule_for(self, index, base=None):
         return S.WarmRestarts(self._base(index, base), self.T_0, self.T_mult, self.eta_min)

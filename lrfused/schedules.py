@@ -74,6 +74,13 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def _positive(name: str, value: float) -> float:
+    value = _finite(name, value)
+    if value <= 0:
+        raise ValueError(f"Invalid {name}: {value} (must be > 0)")
+    return value
+
+
 def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -229,7 +236,7 @@ class Step(Schedule):
     def __init__(self, init: float, step_size: int, gamma: float = 0.1):
         self.init = _finite("init", init)
         self.step_size = _positive_int("step_size", step_size)
-        self.gamma = _finite("gamma", gamma)
+        self.gamma = _positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** math.floor(t / self.step_size)
@@ -252,7 +259,7 @@ class MultiStep(Schedule):
         for m in milestones:
             _non_negative_int("milestones", m)
         self.milestones = sorted(milestones)
-        self.gamma = _finite("gamma", gamma)
+        self.gamma = _positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** float(bisect.bisect_right(self.milestones, t))
@@ -319,7 +326,7 @@ class Exponential(Schedule):
 
     def __init__(self, init: float, gamma: float):
         self.init = _finite("init", init)
-        self.gamma = _finite("gamma", gamma)
+        self.gamma = _positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** float(t)

@@ -180,3 +180,51 @@ def test_missing_library_falls_back_or_fails_as_asked(require):
     else:
         assert result.returncode == 0, result.stderr
         assert "fallback ok" in result.stdout
+
+
+def _fresh():
+    w = torch.zeros(3, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    return w, opt
+
+
+@pytest.mark.parametrize("build,error,fragment", [
+    (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=0), ValueError, "Invalid step_size: 0"),
+    (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=3, gamma=0.0), ValueError, "Invalid gamma: 0.0"),
+    (lambda o: lrfused.lr_scheduler.ExponentialLR(o, gamma=-0.5), ValueError, "Invalid gamma: -0.5"),
+    (lambda o: lrfused.lr_scheduler.CosineAnnealingLR(o, T_max=0), ValueError, "Invalid T_max: 0"),
+    (lambda o: lrfused.lr_scheduler.MultiStepLR(o, milestones=[2, 3.5]), TypeError, "milestones must be an int"),
+    (lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=0), ValueError, "total_steps"),
+    (lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.5), ValueError,
+     "pct_start"),
+    (lambda o: lrfused.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0"),
+])
+def test_bad_scheduler_arguments_change_nothing(build, error, fragment):
+    w, opt = _fresh()
+    before_w, before_state = w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items()}
+    before_lr = opt.param_groups[0]["lr"]
+    with pytest.raises(error, match=fragment):
+        build(opt)
+    assert torch.equal(w, before_w)
+    assert all(torch.equal(v, before_state[k]) for k, v in opt.state[w].items())
+    # The optimizer still steps with its own lr: a refused scheduler is not attached.
+    assert opt._binding is None or opt._binding.owner is None
+    if opt.param_groups[0]["lr"] == before_lr:
+        opt.step()
+
+
+def test_mixed_dtypes_in_one_op_call_are_refused():
+    # (mixed devices are checked by the same code; a CPU-only machine cannot build that call)
+    program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
+    kwargs = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+                  maximize=False)
+    params = [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)]
+    step = torch.tensor(0)
+    with pytest.raises(RuntimeError, match=r"params\[1\] has dtype BFloat16 but params\[0\] has dtype Float"):
+        torch.ops.lrfused.fused_adam_(params, [torch.ones(3), torch.ones(3, dtype=torch.bfloat16)],
+                                      [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)],
+                                      [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)], [], step, None, program,
+                                      **kwargs)
+    assert torch.equal(params[0], torch.zeros(3)) and int(step) == 0
