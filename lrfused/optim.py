@@ -222,16 +222,20 @@ class FusedScheduledAdam(Optimizer):
                 f" but this optimizer's is {type(self._schedule).__name__}")
         for group in state_dict["param_groups"]:
             validate_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
+        # Saved ids map to params in order, as torch.optim.Optimizer maps them (ids may be ints or,
+        # through torch.distributed.checkpoint, parameter names).
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         params = [p for group in self.param_groups for p in group["params"]]
-        for index, param_state in state_dict["state"].items():
-            if not isinstance(index, int) or not 0 <= index < len(params):
-                raise ValueError(f"load_state_dict: state for param {index!r}, but the optimizer has {len(params)} params")
-            expected = params[index]
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                value = param_state.get(key)
+        id_map = dict(zip(saved_ids, params))
+        for key, param_state in state_dict["state"].items():
+            expected = id_map.get(key)
+            if expected is None:
+                continue
+            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                value = param_state.get(name)
                 if isinstance(value, Tensor) and value.shape != expected.shape:
                     raise ValueError(
-                        f"load_state_dict: state[{index}]['{key}'] has shape {tuple(value.shape)} but param {index} "
+                        f"load_state_dict: state[{key!r}]['{name}'] has shape {tuple(value.shape)} but its param "
                         f"has shape {tuple(expected.shape)}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "lrfused"})
         self._share_loaded_steps()
@@ -292,13 +296,14 @@ class FusedScheduledAdam(Optimizer):
                 for i in indices:
                     self.state[params[i]]["step"] = own
         plan = _Plan(tuple(g is not None for g in grads))
+        local = _local_tensor
         by_key: dict[tuple, _Bucket] = {}
         for i, g in enumerate(grads):
             if g is None:
                 continue
             p = params[i]
             state = self.state[p]
-            real = torch.view_as_real if p.is_complex() else (lambda x: x)
+            real = (lambda x: torch.view_as_real(local(x))) if p.is_complex() else local
             key = (p.device, p.dtype, id(state["step"]))
             if key not in by_key:
                 by_key[key] = _Bucket([], [], [], [], [], state["step"], [])
@@ -434,7 +439,7 @@ class FusedScheduledAdam(Optimizer):
                 beta1 = binding.owner._kernel_beta1(index, beta1)
             for bucket in plan.buckets:
                 device = bucket.step.device
-                bucket_grads = [torch.view_as_real(grads[i]) if c else grads[i]
+                bucket_grads = [torch.view_as_real(_local_tensor(grads[i])) if c else _local_tensor(grads[i])
                                 for i, c in zip(bucket.indices, bucket.complex_)]
                 _ops.fused_adam_(
                     bucket.params, bucket_grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs,
@@ -490,6 +495,12 @@ class FusedScheduledAdamW(FusedScheduledAdam):
     ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
                          decoupled_weight_decay=True, schedule=schedule, check_finite=check_finite)
+
+
+def _local_tensor(tensor: Tensor) -> Tensor:
+    """The shard a DTensor (FSDP2) holds on this rank, updated in place; other tensors as they are."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
 
 
 def _has_open_table(schedule: Schedule) -> bool:

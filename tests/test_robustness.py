@@ -138,7 +138,7 @@ def test_load_state_dict_that_does_not_match_is_refused():
     opt.step()
     state = opt.state_dict()
     other = torch.zeros(5, requires_grad=True)
-    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(4,\) but param 0 has shape \(5,\)"):
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(4,\) but its param has shape \(5,\)"):
         lrfused.FusedScheduledAdam([other], schedule=schedules.exponential_decay(0.9)).load_state_dict(state)
     fresh = lrfused.FusedScheduledAdam([torch.zeros(4, requires_grad=True)], schedule=schedules.step_decay(3))
     with pytest.raises(ValueError, match="checkpoint's schedule is a Exponential"):
