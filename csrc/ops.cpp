@@ -112,6 +112,22 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   }
 }
 
+GradsInParamLayout::GradsInParamLayout(at::TensorList params, at::TensorList grads)
+    : tensors_(grads.begin(), grads.end()) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (grads[i].strides() != params[i].strides()) {
+      tensors_[i] = at::empty_like(params[i]).copy_(grads[i]);
+      copied_.push_back(i);
+    }
+  }
+}
+
+void GradsInParamLayout::write_back(at::TensorList grads) const {
+  for (size_t i : copied_) {
+    grads[i].copy_(tensors_[i]);
+  }
+}
+
 void check_schedule_program(const at::Tensor& schedule) {
   TORCH_CHECK(schedule.device().is_cpu(), "check_schedule_program needs a CPU tensor");
   const char* error = validate_schedule(schedule.data_ptr<double>(), schedule.numel());

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <optional>
+#include <vector>
 
 namespace lrfused {
 
@@ -29,6 +30,20 @@ struct FusedAdamArgs {
 
 // Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.
 void check_fused_adam_args(const FusedAdamArgs& args);
+
+// The grads of a call in their params' memory layout, which the kernels walk: a grad with other
+// strides is copied into its param's layout, and with AMP (the kernels write the unscaled grad)
+// the copies are written back afterwards.
+class GradsInParamLayout {
+ public:
+  GradsInParamLayout(at::TensorList params, at::TensorList grads);
+  const std::vector<at::Tensor>& tensors() const { return tensors_; }
+  void write_back(at::TensorList grads) const;
+
+ private:
+  std::vector<at::Tensor> tensors_;
+  std::vector<size_t> copied_;
+};
 
 // Raises when a CPU schedule program is malformed (see note [Schedule encoding]).
 void check_schedule_program(const at::Tensor& schedule);

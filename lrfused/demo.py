@@ -313,24 +313,17 @@ def write_figures(out: str, finder, skips, torch_run, fused_run) -> list[str]:
         written.append("lr_finder.png")
     except ValueError as error:
         print(f"no LR-finder figure: {error}")
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(torch_run["lr"], label="torch scheduler", linewidth=3, alpha=0.5)
-    ax.plot(fused_run["lr"], label="lrfused (in kernel)", linestyle="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.legend()
-    figure.savefig(os.path.join(out, "learning_rate.png"), dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    written.append("learning_rate.png")
-    figure, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(torch_run["loss"], label="torch AdamW(fused) + scheduler", linewidth=3, alpha=0.5)
-    ax.plot(fused_run["loss"], label="lrfused FusedScheduledAdamW + scheduler", linestyle="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (nats/byte)")
-    ax.legend()
-    figure.savefig(os.path.join(out, "loss.png"), dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    written.append("loss.png")
+    for name, key, ylabel in (("learning_rate.png", "lr", "learning rate"),
+                              ("loss.png", "loss", "training loss (nats/byte)")):
+        figure, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(torch_run[key], label="torch AdamW(fused) + torch scheduler", linewidth=3, alpha=0.5)
+        ax.plot(fused_run[key], label="lrfused FusedScheduledAdamW + lrfused scheduler", linestyle="--")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        figure.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        written.append(name)
     return written
 
 

@@ -65,16 +65,7 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   TORCH_CHECK(step_beta1 >= 0.0 && step_beta1 < 1.0, "fused_adam_: the schedule gives beta1=", step_beta1,
               " at clock ", t);
 
-  // A grad whose strides differ from its param's is copied into the param's layout; with AMP the
-  // unscaled copy is written back afterwards.
-  std::vector<at::Tensor> laid_out_grads(grads.begin(), grads.end());
-  std::vector<size_t> copied;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (grads[i].strides() != params[i].strides()) {
-      laid_out_grads[i] = at::empty_like(params[i]).copy_(grads[i]);
-      copied.push_back(i);
-    }
-  }
+  const GradsInParamLayout laid_out_grads(params, grads);
 
   StepConfig config;
   config.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, *step_ptr + 1);
@@ -85,7 +76,7 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   CpuBucket bucket{params[0].scalar_type(), amsgrad, decoupled_weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
     bucket.params.push_back(params[i].data_ptr());
-    bucket.grads.push_back(laid_out_grads[i].data_ptr());
+    bucket.grads.push_back(laid_out_grads.tensors()[i].data_ptr());
     bucket.exp_avgs.push_back(exp_avgs[i].data_ptr());
     bucket.exp_avg_sqs.push_back(exp_avg_sqs[i].data_ptr());
     bucket.max_exp_avg_sqs.push_back(amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr);
@@ -94,9 +85,7 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
   update_bucket(bucket, config);
 
   if (grad_scale.has_value()) {
-    for (size_t i : copied) {
-      grads[i].copy_(laid_out_grads[i]);
-    }
+    laid_out_grads.write_back(grads);
   }
   *step_ptr += 1;
 }

@@ -122,20 +122,13 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const c10::cuda::CUDAGuard guard(params[0].device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  std::vector<at::Tensor> laid_out_grads(grads.begin(), grads.end());
-  std::vector<size_t> copied;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (grads[i].strides() != params[i].strides()) {
-      laid_out_grads[i] = at::empty_like(params[i]).copy_(grads[i]);
-      copied.push_back(i);
-    }
-  }
+  const GradsInParamLayout laid_out_grads(params, grads);
 
   std::vector<TensorEntry> entries;
   entries.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
-    TensorEntry e{params[i].data_ptr(), laid_out_grads[i].data_ptr(), exp_avgs[i].data_ptr(),
+    TensorEntry e{params[i].data_ptr(), laid_out_grads.tensors()[i].data_ptr(), exp_avgs[i].data_ptr(),
                   exp_avg_sqs[i].data_ptr(), amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr, params[i].numel(),
                   0, 0};
     e.aligned = aligned16(e.param) && aligned16(e.grad) && aligned16(e.exp_avg) && aligned16(e.exp_avg_sq) &&
@@ -179,9 +172,7 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   C10_CUDA_CHECK(cuda::launch_fused_adam(type, amsgrad, decoupled_weight_decay, launch, num_blocks, stream));
 
   if (grad_scale.has_value()) {
-    for (size_t i : copied) {
-      grads[i].copy_(laid_out_grads[i]);
-    }
+    laid_out_grads.write_back(grads);
   }
 }
 
