@@ -7,8 +7,8 @@
 // parameters and states never move and the caching allocator hands the gradients the same
 // addresses step after step, so the table is built once and every later step is a single kernel
 // launch with no copy at all. When a pointer does change the table is rebuilt with an
-// asynchronous copy from pinned memory (still no sync). The cache entry keeps its pinned source
-// alive, so a copy recorded into a CUDA graph stays valid for every replay.
+// asynchronous copy from pinned memory on the current stream (still no sync). The cache entry
+// keeps its pinned source alive, so a copy recorded into a CUDA graph stays valid for every replay.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -48,7 +48,7 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 class TableCache {
  public:
   // The device table for these tensors on the current stream, built if it is not cached.
-  const Table& get(const std::vector<TensorEntry>& entries, int device, cudaStream_t stream) {
+  const Table& get(const std::vector<TensorEntry>& entries, int device) {
     TableKey key{device, {}};
     key.words.reserve(entries.size() * 6);
     for (const TensorEntry& e : entries) {
@@ -65,13 +65,13 @@ class TableCache {
         return tables_.front();
       }
     }
-    tables_.push_front(build(std::move(key), entries, stream));
+    tables_.push_front(build(std::move(key), entries));
     if (tables_.size() > kMaxCachedTables) tables_.pop_back();
     return tables_.front();
   }
 
  private:
-  static Table build(TableKey key, const std::vector<TensorEntry>& entries, cudaStream_t stream) {
+  static Table build(TableKey key, const std::vector<TensorEntry>& entries) {
     std::vector<ChunkTask> tasks;
     for (size_t i = 0; i < entries.size(); ++i) {
       const int64_t chunks = (entries[i].numel + cuda::kChunkSize - 1) / cuda::kChunkSize;
@@ -90,7 +90,8 @@ class TableCache {
     std::memcpy(host + tasks_offset, tasks.data(), tasks.size() * sizeof(ChunkTask));
     table.device = at::empty({static_cast<int64_t>(bytes)},
                              at::dtype(at::kByte).device(at::kCUDA, static_cast<c10::DeviceIndex>(table.key.device)));
-    C10_CUDA_CHECK(cudaMemcpyAsync(table.device.data_ptr(), host, bytes, cudaMemcpyHostToDevice, stream));
+    // Through torch's copy, so that the pinned block is not reused before the copy has run.
+    table.device.copy_(table.pinned, /*non_blocking=*/true);
     return table;
   }
 
@@ -145,7 +146,7 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
     return;
   }
 
-  const Table& table = table_cache().get(entries, params[0].get_device(), stream);
+  const Table& table = table_cache().get(entries, params[0].get_device());
   uint8_t* base = table.device.data_ptr<uint8_t>();
   cuda::LaunchArgs launch{};
   launch.blocks_done = reinterpret_cast<unsigned int*>(base);
