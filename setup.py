@@ -41,7 +41,8 @@ def extension():
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     if sanitize:
         cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    cxx_flags += ["-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x030b0000"]
+    # The C++ standard is left to torch's extension tools, which know what its headers need.
+    cxx_flags += ["-ffp-contract=off", "-DPy_LIMITED_API=0x030b0000"]
     # at::parallel_for is an inline template: it only runs in parallel in code compiled with the
     # OpenMP flag (the runtime is torch's own libgomp, already loaded by `import torch`).
     link_flags = ["-fsanitize=address,undefined"] if sanitize else []
@@ -51,7 +52,7 @@ def extension():
     extra = {"cxx": cxx_flags}
     if cuda_wanted():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo", "-DLRFUSED_WITH_CUDA"]
+        extra["nvcc"] = ["-O3", "-lineinfo", "-DLRFUSED_WITH_CUDA"]
         cxx_flags.append("-DLRFUSED_WITH_CUDA")
         return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra,
                                            extra_link_args=link_flags, py_limited_api=True)
