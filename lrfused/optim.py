@@ -349,16 +349,16 @@ class FusedScheduledAdam(Optimizer):
 
     def _self_binding(self) -> _Binding:
         """The optimizer's own programs: ``lr * schedule`` per group, or the constant ``lr``."""
-        schedules, slots = [], []
+        schedules = []
         for group in self.param_groups:
             lr = group["lr"]
             initial = float(lr) if not isinstance(lr, Tensor) else 0.0  # a tensor lr is copied in below
             if self._schedule is None:
                 schedules.append(Constant(initial))
-                slots.append(2)
             else:
                 schedules.append(Product([self._schedule], init=initial))
-                slots.append(2)
+        # Word 2 of both programs holds the group's lr: Constant's value, Product's init.
+        slots = [2] * len(schedules)
         self._bind(schedules, None, None, slots)
         return self._binding
 
@@ -413,6 +413,10 @@ class FusedScheduledAdam(Optimizer):
         if self._binding is None:
             self._self_binding()
         binding = self._binding
+        if len(binding.schedules) != len(self.param_groups):
+            raise RuntimeError(
+                f"{type(binding.owner).__name__} was attached to {len(binding.schedules)} param groups, the optimizer "
+                f"now has {len(self.param_groups)}: attach the scheduler after adding param groups")
         if binding.owner is None:
             self._follow_group_lrs()
         elif not torch.compiler.is_compiling():

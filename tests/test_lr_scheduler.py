@@ -276,3 +276,14 @@ def test_one_cycle_past_total_steps_raises_like_torch():
         sched.step()
     with pytest.raises(ValueError, match="Tried to step 4 times"):
         sched.step()
+
+
+def test_param_group_added_after_the_scheduler_is_an_error():
+    ours, _, opt, _ = twin_setup("cpu")
+    L.StepLR(opt, step_size=3)
+    extra = torch.zeros(2, requires_grad=True)
+    opt.add_param_group({"params": [extra]})
+    for p in ours + [extra]:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="attached to 2 param groups, the optimizer now has 3"):
+        opt.step()
