@@ -104,7 +104,7 @@ class _InKernelSchedule:
         else:
             self._clock.fill_(clock_value)
         for table in (t for s in self._schedules for _, t in s.tables()):
-            table.first_t = max(clock_value, 0)
+            table.first_t = self._table_index(clock_value)
         # A cycled beta1 comes from the schedule; the op's beta1 argument is then held constant so
         # that a compiled step sees the same constant every step.
         self._beta1_arg = [
@@ -123,9 +123,13 @@ class _InKernelSchedule:
             self._clock.fill_(self.last_epoch)
         self._upload_tables()
 
+    def _table_index(self, t: int) -> int:
+        """Where the kernel reads this scheduler's tables at clock t (CyclicLR reads by cycle)."""
+        return max(t, 0)
+
     def _upload_tables(self) -> None:
         binding = self.optimizer._binding
-        t = max(self.last_epoch, 0)
+        t = self._table_index(self.last_epoch)
         for index, schedule in enumerate(self._schedules):
             for offset, table in schedule.tables():
                 if table.covers(t):
@@ -135,7 +139,7 @@ class _InKernelSchedule:
                         f"{type(self).__name__}: the schedule was tabulated up to horizon={table.horizon}, "
                         f"asked for t={t}")
                 table.first_t = t
-                words = torch.tensor(table.window(t)[:2 + table.capacity], dtype=torch.float64)
+                words = torch.tensor(table.window(t), dtype=torch.float64)
                 buffer = binding.buffers[binding.primary]
                 start = binding.offsets[index] + offset + 2
                 if buffer.is_cuda:
@@ -369,25 +373,10 @@ class CyclicLR(_InKernelSchedule, torch_schedulers.CyclicLR):
             base_momentum=self.base_momentums[index] if cycle_momentum else 0.0,
             max_momentum=self.max_momentums[index] if cycle_momentum else 0.0, scale_table=table)
 
-    def _install(self, clock_value):
-        super()._install(clock_value)
-        if self._scale_fn_custom is not None:
-            for schedule in self._schedules:
-                # By cycle the table is read at cycle = floor(1 + t / total) >= 1.
-                schedule.children[0].first_t = 0
-                schedule.children[0].capacity = max(schedule.children[0].capacity, 2)
-
-    def _upload_tables(self):
-        if self._scale_fn_custom is None or self.scale_mode != "cycle":
-            return super()._upload_tables()
-        # The table is indexed by the cycle, not by t: keep the cycle of t inside its window.
-        cycle = math.floor(1 + max(self.last_epoch, 0) / self.total_size)
-        saved = self.last_epoch
-        self.last_epoch = cycle
-        try:
-            super()._upload_tables()
-        finally:
-            self.last_epoch = saved
+    def _table_index(self, t):
+        if self._scale_fn_custom is not None and self.scale_mode == "cycle":
+            return math.floor(1 + max(t, 0) / self.total_size)  # the scale table is indexed by cycle
+        return super()._table_index(t)
 
 
 class OneCycleLR(_InKernelSchedule, torch_schedulers.OneCycleLR):
