@@ -102,6 +102,10 @@ def worker(rank, world, port, mode, folder):
         dist.barrier()  # both ranks done before the process group goes away
     finally:
         dist.destroy_process_group()
+    # Every check above has passed. Leave without the interpreter's teardown: with FSDP2 and
+    # torch.distributed.checkpoint on gloo, a helper thread of torch's is sometimes still joinable
+    # then, and std::terminate aborts the process after the test's work is done.
+    os._exit(0)
 
 
 def checkpoint_round_trip(model, opt, data, folder):
