@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Attributes rebuilt from last_epoch and the constructor arguments, never saved.
-_TRANSIENT = ("_clock", "_schedules", "_beta1_arg", "_published", "_owner_ready")
+_TRANSIENT = ("_clock", "_schedules", "_tables", "_beta1_arg", "_published", "_owner_ready")
 
 
 def _require_fused(optimizer: Any, name: str) -> None:
@@ -103,7 +103,11 @@ class _InKernelSchedule:
             self._clock = torch.full((), clock_value, dtype=torch.int64, device=device)
         else:
             self._clock.fill_(clock_value)
-        for table in (t for s in self._schedules for _, t in s.tables()):
+        # (group, word offset, table) of every tabulated node, found once: scheduler.step() only
+        # checks whether the clock left each table's window.
+        self._tables = [(index, offset, table) for index, schedule in enumerate(self._schedules)
+                        for offset, table in schedule.tables()]
+        for _, _, table in self._tables:
             table.first_t = self._table_index(clock_value)
         # A cycled beta1 comes from the schedule; the op's beta1 argument is then held constant so
         # that a compiled step sees the same constant every step.
@@ -130,21 +134,20 @@ class _InKernelSchedule:
     def _upload_tables(self) -> None:
         binding = self.optimizer._binding
         t = self._table_index(self.last_epoch)
-        for index, schedule in enumerate(self._schedules):
-            for offset, table in schedule.tables():
-                if table.covers(t):
-                    continue
-                if table.horizon is not None and t >= table.horizon:
-                    raise ValueError(
-                        f"{type(self).__name__}: the schedule was tabulated up to horizon={table.horizon}, "
-                        f"asked for t={t}")
-                table.first_t = t
-                words = torch.tensor(table.window(t), dtype=torch.float64)
-                buffer = binding.buffers[binding.primary]
-                start = binding.offsets[index] + offset + 2
-                if buffer.is_cuda:
-                    words = words.pin_memory()
-                buffer.narrow(0, start, words.numel()).copy_(words, non_blocking=True)
+        for index, offset, table in self._tables:
+            if table.covers(t):
+                continue
+            if table.horizon is not None and t >= table.horizon:
+                raise ValueError(
+                    f"{type(self).__name__}: the schedule was tabulated up to horizon={table.horizon}, "
+                    f"asked for t={t}")
+            table.first_t = t
+            words = torch.tensor(table.window(t), dtype=torch.float64)
+            buffer = binding.buffers[binding.primary]
+            start = binding.offsets[index] + offset + 2
+            if buffer.is_cuda:
+                words = words.pin_memory()
+            buffer.narrow(0, start, words.numel()).copy_(words, non_blocking=True)
 
     def _publish(self) -> None:
         """Writes the host mirror of lr (and beta1) into the param groups."""

@@ -139,15 +139,23 @@ class Schedule:
             body += child.encode()
         return [float(self.kind), float(len(body) + 2)] + body
 
+    def param_count(self) -> int:
+        """How many words :meth:`params` gives (without evaluating a table)."""
+        return len(self.params())
+
+    def encoded_length(self) -> int:
+        """``len(self.encode())``, computed without encoding."""
+        return 2 + self.param_count() + sum(child.encoded_length() for child in self.children)
+
     def tables(self) -> list[tuple[int, Tabulated]]:
         """(word offset, table) of every tabulated node in :meth:`encode`'s output."""
         found: list[tuple[int, Tabulated]] = []
-        offset = 2 + len(self.params())
+        offset = 2 + self.param_count()
         if isinstance(self, Tabulated):
             found.append((0, self))
         for child in self.children:
             found += [(offset + o, table) for o, table in child.tables()]
-            offset += len(child.encode())
+            offset += child.encoded_length()
         return found
 
     def __repr__(self) -> str:
@@ -209,6 +217,9 @@ class Tabulated(Schedule):
 
     def params(self):
         return self.window(self.first_t)
+
+    def param_count(self):
+        return 2 + self.capacity
 
     @classmethod
     def from_params(cls, p, children):

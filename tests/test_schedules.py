@@ -87,6 +87,7 @@ def test_python_and_cpp_agree(schedule, t):
 def test_decode_inverts_encode(schedule, t):
     decoded = S.decode(schedule.encode())
     assert decoded.encode() == schedule.encode()
+    assert schedule.encoded_length() == len(schedule.encode())
     assert close(decoded(t), schedule(t))
 
 
