@@ -86,6 +86,7 @@ class _Binding:
     lengths: list[int] = field(default_factory=list)
     buffers: dict[torch.device, Tensor] = field(default_factory=dict)
     clocks: dict[torch.device, Tensor] = field(default_factory=dict)
+    views: dict[tuple[int, torch.device], Tensor] = field(default_factory=dict)
     primary: torch.device | None = None
 
 
@@ -362,26 +363,30 @@ class FusedScheduledAdam(Optimizer):
         self._bind(schedules, None, None, slots)
         return self._binding
 
-    def _group_program(self, index: int, device: torch.device) -> Tensor:
+    def _mirror_to(self, devices: set[torch.device]) -> None:
+        """Copies the programs and the clock to the other devices this step updates (device to
+        device, no sync), once per step whatever the number of groups there."""
         binding = self._binding
-        buffer = binding.buffers[binding.primary]
-        if device != binding.primary:
-            # Params on another device than the schedule's: mirror the programs there before every
-            # step, device to device, without a sync.
-            mirror = binding.buffers.setdefault(device, torch.empty_like(buffer, device=device))
-            mirror.copy_(buffer, non_blocking=True)
-            buffer = mirror
-        return buffer.narrow(0, binding.offsets[index], binding.lengths[index])
+        for device in devices - {binding.primary}:
+            if device not in binding.buffers:
+                binding.buffers[device] = torch.empty_like(binding.buffers[binding.primary], device=device)
+            binding.buffers[device].copy_(binding.buffers[binding.primary], non_blocking=True)
+            if binding.clock is not None:
+                if device not in binding.clocks:
+                    binding.clocks[device] = torch.empty_like(binding.clock, device=device)
+                binding.clocks[device].copy_(binding.clock, non_blocking=True)
+
+    def _group_program(self, index: int, device: torch.device) -> Tensor:
+        """Group ``index``'s program on ``device`` (a view, made once per binding)."""
+        binding = self._binding
+        key = (index, device)
+        if key not in binding.views:
+            binding.views[key] = binding.buffers[device].narrow(0, binding.offsets[index], binding.lengths[index])
+        return binding.views[key]
 
     def _clock_on(self, device: torch.device) -> Tensor | None:
         binding = self._binding
-        if binding.clock is None:
-            return None
-        if device == binding.primary:
-            return binding.clock
-        mirror = binding.clocks.setdefault(device, torch.empty_like(binding.clock, device=device))
-        mirror.copy_(binding.clock, non_blocking=True)
-        return mirror
+        return None if binding.clock is None else binding.clocks[device]
 
     def _follow_group_lrs(self) -> None:
         """Keeps each program's lr word equal to ``group["lr"]`` (only when the optimizer owns it)."""
@@ -434,6 +439,9 @@ class FusedScheduledAdam(Optimizer):
                 plan = self._plans[index] = self._make_plan(group, grads)
             plans.append(plan)
             all_grads.append(grads)
+        devices = {bucket.step.device for plan in plans for bucket in plan.buckets}
+        if devices != {binding.primary}:
+            self._mirror_to(devices)
         if self._check_finite:
             found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
         for index, group in enumerate(self.param_groups):
