@@ -42,7 +42,8 @@ def extension():
     if sanitize:
         cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
     # The C++ standard is left to torch's extension tools, which know what its headers need.
-    cxx_flags += ["-ffp-contract=off", "-DPy_LIMITED_API=0x030b0000"]
+    # Py_LIMITED_API is defined by torch's extension tools (py_limited_api=True).
+    cxx_flags += ["-ffp-contract=off"]
     # at::parallel_for is an inline template: it only runs in parallel in code compiled with the
     # OpenMP flag (the runtime is torch's own libgomp, already loaded by `import torch`).
     link_flags = ["-fsanitize=address,undefined"] if sanitize else []

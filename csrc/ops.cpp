@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/lr_schedule.h"
+#include "handle.h"
 #include "ops.h"
 
 extern "C" {
@@ -67,6 +68,11 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
                 "fused_adam_: found_inf must be a one-element float32 tensor, got ", a.found_inf->scalar_type(),
                 " with ", a.found_inf->numel(), " elements");
   }
+  if (a.invalid_steps.has_value()) {
+    TORCH_CHECK(a.invalid_steps->numel() == 1 && a.invalid_steps->scalar_type() == at::kLong,
+                "fused_adam_: invalid_steps must be a one-element int64 tensor, got ",
+                a.invalid_steps->scalar_type(), " with ", a.invalid_steps->numel(), " elements");
+  }
   if (n == 0) {
     return;
   }
@@ -80,6 +86,7 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   if (a.clock.has_value()) scalar_tensors_ok(*a.clock, "clock");
   if (a.grad_scale.has_value()) scalar_tensors_ok(*a.grad_scale, "grad_scale");
   if (a.found_inf.has_value()) scalar_tensors_ok(*a.found_inf, "found_inf");
+  if (a.invalid_steps.has_value()) scalar_tensors_ok(*a.invalid_steps, "invalid_steps");
 
   const auto dtype = first.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -153,7 +160,10 @@ TORCH_LIBRARY(lrfused, m) {
       "fused_adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
       "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!) step, Tensor? clock, Tensor schedule, *, float beta1, "
       "float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(g!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  // A bucket's handle (note [Bucket handles] in handle.h).
+  m.def("new_handle() -> Tensor");
+  m.impl("new_handle", c10::DispatchKey::CompositeExplicitAutograd, &new_handle);
   m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
   m.impl("evaluate_schedule", &evaluate_schedule_op);
 }

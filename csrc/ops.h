@@ -26,6 +26,7 @@ struct FusedAdamArgs {
   bool maximize;
   const std::optional<at::Tensor>& grad_scale;
   const std::optional<at::Tensor>& found_inf;
+  const std::optional<at::Tensor>& invalid_steps;
 };
 
 // Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.

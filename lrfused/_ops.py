@@ -61,15 +61,26 @@ def fused_adam_(
     maximize: bool,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    invalid_steps: torch.Tensor | None = None,
+    handle: torch.Tensor | None = None,
 ) -> None:
-    """One Adam/AdamW step of every tensor, at the lr the schedule gives at the clock (or the step)."""
+    """One Adam/AdamW step of every tensor, at the lr the schedule gives at the clock (or the step).
+
+    A schedule value Adam cannot use (a non-finite lr, a scheduled beta1 outside [0, 1)) skips the
+    call and adds one to ``invalid_steps``; ``handle`` (from :func:`new_handle`) keeps the CUDA
+    tables of one bucket for as long as it lives."""
     op = torch.ops.lrfused.fused_adam_ if _LOAD_ERROR is None else _reference.fused_adam_
     op(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
         beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-        grad_scale=grad_scale, found_inf=found_inf,
+        grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle,
     )
+
+
+def new_handle() -> torch.Tensor | None:
+    """A bucket's handle: what the CUDA op keeps for the bucket is freed with it (None without the library)."""
+    return torch.ops.lrfused.new_handle() if _LOAD_ERROR is None else None
 
 
 def validate_schedule(schedule: torch.Tensor) -> None:
@@ -91,6 +102,10 @@ if _LOAD_ERROR is None:
     @torch.library.register_fake("lrfused::fused_adam_")
     def _fused_adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *,
                          beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                         grad_scale=None, found_inf=None) -> None:
+                         grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
         # Mutates its inputs in place and returns nothing: no new tensors to describe.
         return None
+
+    @torch.library.register_fake("lrfused::new_handle")
+    def _new_handle_fake() -> torch.Tensor:
+        return torch.empty(1, dtype=torch.int64)

@@ -25,16 +25,20 @@ def _f32(x: float) -> torch.Tensor:
 
 @torch.no_grad()
 def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1, beta2, eps,
-                weight_decay, decoupled_weight_decay, amsgrad, maximize, grad_scale=None, found_inf=None) -> None:
+                weight_decay, decoupled_weight_decay, amsgrad, maximize, grad_scale=None, found_inf=None, invalid_steps=None,
+                handle=None) -> None:
     if len(params) == 0:
         return
     if found_inf is not None and found_inf.item() != 0.0:
         return
     t = int(clock.item()) if clock is not None else int(step.item())
     lr, scheduled_beta1 = schedule_value(schedule, t)
-    if not math.isfinite(lr):
-        raise RuntimeError(f"fused_adam_: the schedule gives lr={lr} at clock {t}")
     b1 = beta1 if math.isnan(scheduled_beta1) else scheduled_beta1
+    if not (math.isfinite(lr) and 0.0 <= b1 < 1.0):
+        # note [Unusable schedule values] (csrc/common/step_scalars.h): skipped and counted.
+        if invalid_steps is not None:
+            invalid_steps.add_(1)
+        return
     n = int(step.item()) + 1
     step_size = lr / (1.0 - b1 ** float(n))
     bc2_sqrt = math.sqrt(1.0 - beta2 ** float(n))

@@ -60,6 +60,8 @@ class _Bucket:
     max_exp_avg_sqs: list[Tensor]
     step: Tensor
     complex_: list[bool]
+    # Keeps what the CUDA op builds for this bucket (its tensor tables) for as long as it lives.
+    handle: Tensor | None = None
 
 
 @dataclass
@@ -171,6 +173,8 @@ class FusedScheduledAdam(Optimizer):
         self._check_finite = bool(check_finite)
         # Steps skipped by check_finite, counted on the device (reading it is a sync).
         self.skipped_steps: Tensor | None = None
+        # Updates skipped because the schedule gave an unusable value, per device (invalid_steps).
+        self._invalid_steps: dict[torch.device, Tensor] = {}
         self._binding: _Binding | None = None
         self._plans: dict[int, _Plan] = {}
         self._lr_seen: dict[int, Any] = {}
@@ -307,7 +311,8 @@ class FusedScheduledAdam(Optimizer):
             real = (lambda x: torch.view_as_real(local(x))) if p.is_complex() else local
             key = (p.device, p.dtype, id(state["step"]))
             if key not in by_key:
-                by_key[key] = _Bucket([], [], [], [], [], state["step"], [])
+                handle = _ops.new_handle() if p.device.type == "cuda" else None
+                by_key[key] = _Bucket([], [], [], [], [], state["step"], [], handle)
                 plan.buckets.append(by_key[key])
             bucket = by_key[key]
             bucket.indices.append(i)
@@ -461,8 +466,28 @@ class FusedScheduledAdam(Optimizer):
                     maximize=group["maximize"],
                     grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
                     found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
+                    invalid_steps=self._invalid_counter(device), handle=bucket.handle,
                 )
         return loss
+
+    def _invalid_counter(self, device: torch.device) -> Tensor:
+        counter = self._invalid_steps.get(device)
+        if counter is None:
+            counter = self._invalid_steps[device] = torch.zeros((), dtype=torch.int64, device=device)
+        return counter
+
+    @property
+    def invalid_steps(self) -> Tensor:
+        """How many updates were skipped because the schedule gave an lr that is not finite or a
+        beta1 outside [0, 1): an int64 tensor on the first param's device, counting one per param
+        group, device and dtype skipped. The kernels cannot raise there without a host sync, so
+        the CPU and CUDA kernels both skip such an update (params, states and step counters stay
+        as they were) and count it here; reading it as a number is a sync."""
+        device = self._first_device()
+        total = torch.zeros((), dtype=torch.int64, device=device)
+        for counter in self._invalid_steps.values():
+            total += counter.to(device)
+        return total
 
     def _non_finite_grads(self, all_grads, found_inf: Tensor | None, grad_scale: Tensor | None) -> Tensor:
         """found_inf (float32, 1 element) that is non-zero when any grad is NaN or infinite."""

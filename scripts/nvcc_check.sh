@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Compiles the torch-free CUDA sources (csrc/cuda/*_kernel.cu) with nvcc for sm_80 and sm_90, as a
-# compile check on machines with a CUDA toolkit and no GPU. Skips, saying so, where nvcc is absent.
+# Compiles the torch-free CUDA sources (csrc/cuda/*_kernel.cu) with nvcc for sm_80 and sm_90 and
+# fails when any kernel entry spills registers (note [Block shape] in fused_adam_kernel.cuh), then
+# builds the standalone kernel test (tests/cuda/test_kernel.cu), which runs where there is a GPU.
+# Skips, saying so, where nvcc is absent. The flags are those of setup.py: --fmad=false keeps the
+# CUDA kernel to the CPU kernel's roundings (no contraction into fused multiply-adds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/bin/nvcc)}
@@ -8,18 +11,24 @@ if [ ! -x "$NVCC" ]; then
   echo "nvcc not found: skipping the CUDA compile check"
   exit 0
 fi
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-shopt -s nullglob
-sources=(csrc/cuda/*_kernel.cu)
-if [ ${#sources[@]} -eq 0 ]; then
-  echo "no torch-free CUDA sources to compile"
-  exit 0
-fi
-for source in "${sources[@]}"; do
+out=${LRFUSED_NVCC_OUT:-$(mktemp -d)}
+mkdir -p "$out"
+flags=(-std=c++17 -O3 --fmad=false -Xcompiler -Wall --Werror all-warnings
+       -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
+for source in csrc/cuda/*_kernel.cu; do
   echo "nvcc: $source (sm_80, sm_90)"
-  "$NVCC" -std=c++17 -O3 -Xcompiler -Wall --Werror all-warnings \
-    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -c "$source" -o "$out/$(basename "$source" .cu).o"
+  "$NVCC" "${flags[@]}" -Xptxas -v -c "$source" -o "$out/$(basename "$source" .cu).o" 2> "$out/ptxas.log" \
+    || { cat "$out/ptxas.log"; exit 1; }
+  # ptxas prints, per kernel, "Compiling entry function ...", "Function properties ..." and then
+  # its stack and spill line.
+  spills=$(awk '/Compiling entry function/ {entry=$0; getline; getline;
+                if ($0 ~ /[1-9][0-9]* bytes spill (stores|loads)/) print entry " -> " $0}' \
+    "$out/ptxas.log")
+  if [ -n "$spills" ]; then
+    echo "register spills in kernel entries:"; echo "$spills"; exit 1
+  fi
+  echo "  $(grep -c 'Compiling entry function' "$out/ptxas.log") kernel entries, none spills"
 done
-echo "CUDA compile check passed"
+echo "nvcc: tests/cuda/test_kernel.cu"
+"$NVCC" "${flags[@]}" -lineinfo -Icsrc tests/cuda/test_kernel.cu csrc/cuda/fused_adam_kernel.cu -o "$out/test_kernel"
+echo "CUDA compile check passed ($out/test_kernel runs the kernel test on a GPU)"

@@ -11,8 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../common/adam_math.h"
-#include "../common/lr_schedule.h"
+#include "../common/step_scalars.h"
 #include "../ops.h"
 #include "cpu_bucket.h"
 
@@ -41,10 +40,11 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, const at::Tensor& step,
                     const std::optional<at::Tensor>& clock, const at::Tensor& schedule, double beta1, double beta2,
                     double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    const std::optional<at::Tensor>& invalid_steps, const std::optional<at::Tensor>& /*handle*/) {
   const FusedAdamArgs args{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
                            beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                           grad_scale, found_inf};
+                           grad_scale, found_inf, invalid_steps};
   check_fused_adam_args(args);
   check_schedule_program(schedule);
   if (params.empty()) {
@@ -56,19 +56,19 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
   int64_t* step_ptr = step.data_ptr<int64_t>();
   const int64_t t = clock.has_value() ? clock->item<int64_t>() : *step_ptr;
-  const ScheduleValue value = evaluate_schedule(schedule.data_ptr<double>(), t);
-  // A finite negative lr is what torch computes for some chains (a cosine with eta_min after a
-  // decay to zero): it is followed, as torch follows it. Non-finite values never are.
-  TORCH_CHECK(std::isfinite(value.lr), "fused_adam_: the schedule gives lr=", value.lr,
-              " at clock ", t, " (a tabulated schedule asked past what was uploaded?)");
-  const double step_beta1 = std::isnan(value.beta1) ? beta1 : value.beta1;
-  TORCH_CHECK(step_beta1 >= 0.0 && step_beta1 < 1.0, "fused_adam_: the schedule gives beta1=", step_beta1,
-              " at clock ", t);
+  const StepScalars scalars = step_scalars(schedule.data_ptr<double>(), t, beta1, beta2, eps, weight_decay, *step_ptr);
+  if (!scalars.usable) {
+    // note [Unusable schedule values]: skipped and counted, as on CUDA, where raising needs a sync.
+    if (invalid_steps.has_value()) {
+      invalid_steps->add_(1);
+    }
+    return;
+  }
 
   const GradsInParamLayout laid_out_grads(params, grads);
 
   StepConfig config;
-  config.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, *step_ptr + 1);
+  config.scalars = scalars.scalars;
   config.maximize = maximize;
   config.has_weight_decay = weight_decay != 0.0;
   config.grad_scale = grad_scale.has_value() ? grad_scale->data_ptr<float>() : nullptr;

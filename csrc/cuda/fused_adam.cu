@@ -1,24 +1,40 @@
-// lrfused::fused_adam_ on CUDA: argument checks, the tensor table, and one launch on the current
-// stream (the kernel is csrc/cuda/fused_adam_kernel.cu).
+// lrfused::fused_adam_ on CUDA: argument checks, the tensor tables, and one launch on the current
+// stream (the kernel is csrc/cuda/fused_adam_kernel.cu). Only c10's CUDA headers are included:
+// ATen/cuda/CUDAContext.h would pull in the cuBLAS, cuSPARSE and cuSOLVER headers, which a CUDA
+// toolkit need not have.
 //
 // note [Tensor tables]
-// The kernel reads its tensors from a table in device memory. Building it means one host-to-device
-// copy, so tables are cached by the exact list of pointers and sizes: in a training loop the
-// parameters and states never move and the caching allocator hands the gradients the same
-// addresses step after step, so the table is built once and every later step is a single kernel
-// launch with no copy at all. When a pointer does change the table is rebuilt with an
-// asynchronous copy from pinned memory on the current stream (still no sync). The cache entry
-// keeps its pinned source alive, so a copy recorded into a CUDA graph stays valid for every replay.
+// The kernel reads its tensors from a table in device memory: [counter pairs | TensorEntry[] |
+// ChunkTask[]]. Each bucket of the optimizer has its own set of tables, kept under the bucket's
+// handle (note [Bucket handles]) and freed with it, so a table lives as long as what uses it:
+//
+// * Steady state builds nothing. The table is compared with the call's pointers on the host; in
+//   a training loop params and states never move and the caching allocator hands the grads the
+//   same addresses step after step, so every later step is one launch and no copy.
+// * A table is never written once filled. When the pointers change, a new table is built (an
+//   asynchronous copy from pinned memory on the current stream, no sync) and the old one is freed,
+//   unless a CUDA graph captured a launch that reads it: then it is kept until the handle dies.
+// * Built while the stream is capturing, the table's copy is recorded into the graph (so every
+//   replay refills it before the kernel reads it) and eager calls never use that table: before
+//   the first replay its memory holds nothing. Warming up with the same grad tensors that the
+//   capture will use (zero_grad(set_to_none=False)) avoids that copy in the replays.
+// * Every launch has its own pair of counters (LaunchCounters): eager launches one per stream, a
+//   captured launch one of its own, so launches that overlap never share one.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstring>
-#include <list>
+#include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
+#include "../handle.h"
 #include "../ops.h"
 #include "fused_adam_kernel.cuh"
 
@@ -26,94 +42,153 @@ namespace lrfused {
 namespace {
 
 using cuda::ChunkTask;
+using cuda::LaunchCounters;
 using cuda::TensorEntry;
 
-struct TableKey {
-  int device;
-  std::vector<uintptr_t> words;  // every pointer and size of the call, in order
-  bool operator==(const TableKey& other) const { return device == other.device && words == other.words; }
-};
-
-struct Table {
-  TableKey key;
-  at::Tensor pinned;   // host source of the last copy (kept alive, see the note)
-  at::Tensor device;   // [blocks_done counter | TensorEntry[] | ChunkTask[]]
-  int32_t num_tasks;
-};
-
-constexpr size_t kMaxCachedTables = 16;
+// Counter pairs per table: eager streams and captures take one each, first come first served.
+constexpr int kCounterSlots = 32;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-class TableCache {
- public:
-  // The device table for these tensors on the current stream, built if it is not cached.
-  const Table& get(const std::vector<TensorEntry>& entries, int device) {
-    TableKey key{device, {}};
-    key.words.reserve(entries.size() * 6);
-    for (const TensorEntry& e : entries) {
-      key.words.insert(key.words.end(), {reinterpret_cast<uintptr_t>(e.param), reinterpret_cast<uintptr_t>(e.grad),
-                                         reinterpret_cast<uintptr_t>(e.exp_avg),
-                                         reinterpret_cast<uintptr_t>(e.exp_avg_sq),
-                                         reinterpret_cast<uintptr_t>(e.max_exp_avg_sq),
-                                         static_cast<uintptr_t>(e.numel)});
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = tables_.begin(); it != tables_.end(); ++it) {
-      if (it->key == key) {
-        tables_.splice(tables_.begin(), tables_, it);  // most recently used first
-        return tables_.front();
-      }
-    }
-    tables_.push_front(build(std::move(key), entries));
-    if (tables_.size() > kMaxCachedTables) tables_.pop_back();
-    return tables_.front();
-  }
-
- private:
-  static Table build(TableKey key, const std::vector<TensorEntry>& entries) {
-    std::vector<ChunkTask> tasks;
-    for (size_t i = 0; i < entries.size(); ++i) {
-      const int64_t chunks = (entries[i].numel + cuda::kChunkSize - 1) / cuda::kChunkSize;
-      for (int64_t c = 0; c < chunks; ++c) {
-        tasks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
-      }
-    }
-    const size_t entries_offset = 16;  // the counter, padded to the entries' alignment
-    const size_t tasks_offset = round_up(entries_offset + entries.size() * sizeof(TensorEntry), 16);
-    const size_t bytes = tasks_offset + tasks.size() * sizeof(ChunkTask);
-    Table table{std::move(key), at::empty({static_cast<int64_t>(bytes)}, at::dtype(at::kByte).pinned_memory(true)),
-                at::Tensor(), static_cast<int32_t>(tasks.size())};
-    uint8_t* host = table.pinned.data_ptr<uint8_t>();
-    std::memset(host, 0, entries_offset);
-    std::memcpy(host + entries_offset, entries.data(), entries.size() * sizeof(TensorEntry));
-    std::memcpy(host + tasks_offset, tasks.data(), tasks.size() * sizeof(ChunkTask));
-    table.device = at::empty({static_cast<int64_t>(bytes)},
-                             at::dtype(at::kByte).device(at::kCUDA, static_cast<c10::DeviceIndex>(table.key.device)));
-    // Through torch's copy, so that the pinned block is not reused before the copy has run.
-    table.device.copy_(table.pinned, /*non_blocking=*/true);
-    return table;
-  }
-
-  std::mutex mutex_;
-  std::list<Table> tables_;
+struct Table {
+  std::vector<uintptr_t> key;  // every pointer and size of the call, in order
+  at::Tensor device;
+  at::Tensor pinned;  // the host source of the copy, kept for a copy recorded into a graph
+  cudaStream_t allocation_stream = nullptr;
+  size_t entries_offset = 0;
+  size_t tasks_offset = 0;
+  int32_t num_tasks = 0;
+  bool filled_in_capture = false;  // its content arrives with each replay: never used eagerly
+  bool read_by_graph = false;      // a captured launch reads it: kept until the handle dies
+  std::vector<std::pair<cudaStream_t, int>> eager_slots;
+  int slots_used = 0;
 };
 
-TableCache& table_cache() {
-  static TableCache cache;
-  return cache;
+struct TableSet {
+  std::mutex mutex;
+  std::unique_ptr<Table> current;
+  std::vector<std::unique_ptr<Table>> kept_for_graphs;
+};
+
+std::vector<uintptr_t> table_key(const std::vector<TensorEntry>& entries) {
+  std::vector<uintptr_t> key;
+  key.reserve(entries.size() * 6);
+  for (const TensorEntry& e : entries) {
+    key.insert(key.end(), {reinterpret_cast<uintptr_t>(e.param), reinterpret_cast<uintptr_t>(e.grad),
+                           reinterpret_cast<uintptr_t>(e.exp_avg), reinterpret_cast<uintptr_t>(e.exp_avg_sq),
+                           reinterpret_cast<uintptr_t>(e.max_exp_avg_sq), static_cast<uintptr_t>(e.numel)});
+  }
+  return key;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % cuda::kVectorBytes == 0; }
+std::unique_ptr<Table> build_table(std::vector<uintptr_t> key, const std::vector<TensorEntry>& entries, int device,
+                                   cudaStream_t stream, bool capturing) {
+  std::vector<ChunkTask> tasks;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const int64_t chunks = (entries[i].numel + cuda::kChunkSize - 1) / cuda::kChunkSize;
+    for (int64_t c = 0; c < chunks; ++c) {
+      tasks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
+    }
+  }
+  auto table = std::make_unique<Table>();
+  table->key = std::move(key);
+  table->allocation_stream = stream;
+  table->num_tasks = static_cast<int32_t>(tasks.size());
+  table->entries_offset = round_up(kCounterSlots * sizeof(LaunchCounters), 16);
+  table->tasks_offset = round_up(table->entries_offset + entries.size() * sizeof(TensorEntry), 16);
+  const size_t bytes = table->tasks_offset + tasks.size() * sizeof(ChunkTask);
+  {
+    // A pinned allocation may call cudaHostAlloc, which a capture in the default (global) mode
+    // refuses from this thread; it has nothing to do with the captured work.
+    c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+    table->pinned = at::empty({static_cast<int64_t>(bytes)}, at::dtype(at::kByte).pinned_memory(true));
+  }
+  uint8_t* host = table->pinned.data_ptr<uint8_t>();
+  std::memset(host, 0, table->entries_offset);  // every counter pair starts at zero
+  std::memcpy(host + table->entries_offset, entries.data(), entries.size() * sizeof(TensorEntry));
+  std::memcpy(host + table->tasks_offset, tasks.data(), tasks.size() * sizeof(ChunkTask));
+  table->device = at::empty({static_cast<int64_t>(bytes)},
+                            at::dtype(at::kByte).device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
+  if (capturing) {
+    // Recorded into the graph: each replay refills the table first. The pinned source lives as
+    // long as the table, which the set keeps while the handle lives.
+    C10_CUDA_CHECK(cudaMemcpyAsync(table->device.data_ptr(), host, bytes, cudaMemcpyHostToDevice, stream));
+    table->filled_in_capture = true;
+    table->read_by_graph = true;
+  } else {
+    // Through torch's copy, which keeps the pinned block from being reused before the copy ran.
+    table->device.copy_(table->pinned, /*non_blocking=*/true);
+  }
+  return table;
+}
+
+// The counter pair of this launch (note [Tensor tables]); -1 when the table has none left.
+int counter_slot(Table& table, cudaStream_t stream, bool capturing) {
+  if (!capturing) {
+    for (const auto& [s, slot] : table.eager_slots) {
+      if (s == stream) return slot;
+    }
+  }
+  if (table.slots_used == kCounterSlots) return -1;
+  const int slot = table.slots_used++;
+  if (!capturing) table.eager_slots.emplace_back(stream, slot);
+  return slot;
+}
+
+struct Launch {
+  const Table* table;
+  int slot;
+};
+
+// The table and counter pair for this call, built or replaced as note [Tensor tables] says.
+Launch prepare_launch(TableSet& set, const std::vector<TensorEntry>& entries, int device, cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  const bool capturing = status == cudaStreamCaptureStatusActive;
+  std::vector<uintptr_t> key = table_key(entries);
+  std::lock_guard<std::mutex> lock(set.mutex);
+  const auto retire_current = [&] {
+    if (set.current && set.current->read_by_graph) set.kept_for_graphs.push_back(std::move(set.current));
+    set.current.reset();
+  };
+  // A capture-filled table serves only the capture that filled it.
+  const bool usable = set.current && set.current->key == key && !set.current->filled_in_capture;
+  if (!usable) {
+    retire_current();
+    set.current = build_table(std::move(key), entries, device, stream, capturing);
+  }
+  int slot = counter_slot(*set.current, stream, capturing);
+  if (slot < 0) {
+    // Every counter pair is taken (many streams or captures): the same content, a new table.
+    std::vector<uintptr_t> same_key = set.current->key;
+    retire_current();
+    set.current = build_table(std::move(same_key), entries, device, stream, capturing);
+    slot = counter_slot(*set.current, stream, capturing);
+  }
+  Table& table = *set.current;
+  if (capturing) {
+    table.read_by_graph = true;
+  } else if (stream != table.allocation_stream) {
+    // Freed later, the table must not be reused before this stream's launch has run.
+    c10::cuda::CUDACachingAllocator::recordStream(table.device.storage().data_ptr(),
+                                                  c10::cuda::getStreamFromExternal(stream, device));
+  }
+  return {&table, slot};
+}
+
+size_t pack_bytes(cuda::ElementType type) { return cuda::kPackElements * cuda::element_size(type); }
+
+bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                      at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, const at::Tensor& step,
                      const std::optional<at::Tensor>& clock, const at::Tensor& schedule, double beta1, double beta2,
                      double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                     const std::optional<at::Tensor>& invalid_steps, const std::optional<at::Tensor>& handle) {
   const FusedAdamArgs args{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
                            beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                           grad_scale, found_inf};
+                           grad_scale, found_inf, invalid_steps};
   check_fused_adam_args(args);
   // The program's structure is checked where it is built (the Python encoder validates it with
   // the CPU op before uploading); reading it back here would cost a sync on every step.
@@ -121,7 +196,13 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
     return;
   }
   const c10::cuda::CUDAGuard guard(params[0].device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int device = params[0].get_device();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
+
+  cuda::ElementType type = cuda::ElementType::kFloat32;
+  if (params[0].scalar_type() == at::kHalf) type = cuda::ElementType::kFloat16;
+  if (params[0].scalar_type() == at::kBFloat16) type = cuda::ElementType::kBFloat16;
+  const size_t pack = pack_bytes(type);
 
   const GradsInParamLayout laid_out_grads(params, grads);
 
@@ -132,8 +213,8 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
     TensorEntry e{params[i].data_ptr(), laid_out_grads.tensors()[i].data_ptr(), exp_avgs[i].data_ptr(),
                   exp_avg_sqs[i].data_ptr(), amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr, params[i].numel(),
                   0, 0};
-    e.aligned = aligned16(e.param) && aligned16(e.grad) && aligned16(e.exp_avg) && aligned16(e.exp_avg_sq) &&
-                (!amsgrad || aligned16(e.max_exp_avg_sq));
+    e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
+                aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
     entries.push_back(e);
   }
   if (entries.empty()) {
@@ -146,13 +227,20 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
     return;
   }
 
-  const Table& table = table_cache().get(entries, params[0].get_device());
-  uint8_t* base = table.device.data_ptr<uint8_t>();
+  // Without a handle (a direct call of the op) the tables live for this call only.
+  const std::shared_ptr<TableSet> set =
+      handle.has_value() ? handle_state<TableSet>(*handle) : std::make_shared<TableSet>();
+  const Launch launch_table = prepare_launch(*set, entries, device, stream);
+  const Table& table = *launch_table.table;
+  // Without a handle the set dies with this call: a table that a graph reads must outlive it.
+  TORCH_CHECK(handle.has_value() || !table.read_by_graph,
+              "fused_adam_: a call captured in a CUDA graph needs a handle (lrfused::new_handle()) so that its "
+              "table outlives the capture");
+  uint8_t* base = static_cast<uint8_t*>(table.device.data_ptr());
   cuda::LaunchArgs launch{};
-  launch.blocks_done = reinterpret_cast<unsigned int*>(base);
-  launch.tensors = reinterpret_cast<const TensorEntry*>(base + 16);
-  launch.tasks = reinterpret_cast<const ChunkTask*>(
-      base + round_up(16 + entries.size() * sizeof(TensorEntry), 16));
+  launch.counters = reinterpret_cast<LaunchCounters*>(base) + launch_table.slot;
+  launch.tensors = reinterpret_cast<const TensorEntry*>(base + table.entries_offset);
+  launch.tasks = reinterpret_cast<const ChunkTask*>(base + table.tasks_offset);
   launch.num_tasks = table.num_tasks;
   launch.step = step.data_ptr<int64_t>();
   launch.clock = clock.has_value() ? clock->data_ptr<int64_t>() : nullptr;
@@ -164,12 +252,11 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   launch.maximize = maximize;
   launch.grad_scale = grad_scale.has_value() ? grad_scale->data_ptr<float>() : nullptr;
   launch.found_inf = found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr;
+  launch.invalid_steps = invalid_steps.has_value() ? invalid_steps->data_ptr<int64_t>() : nullptr;
 
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int num_blocks = std::min<int>(table.num_tasks, sms * cuda::kMinBlocksPerSM * 8);
-  cuda::ElementType type = cuda::ElementType::kFloat32;
-  if (params[0].scalar_type() == at::kHalf) type = cuda::ElementType::kFloat16;
-  if (params[0].scalar_type() == at::kBFloat16) type = cuda::ElementType::kBFloat16;
+  // note [Grid size] in fused_adam_kernel.cuh.
+  const int num_blocks =
+      std::min<int>(table.num_tasks, cuda::resident_blocks(type, amsgrad, decoupled_weight_decay, device));
   C10_CUDA_CHECK(cuda::launch_fused_adam(type, amsgrad, decoupled_weight_decay, launch, num_blocks, stream));
 
   if (grad_scale.has_value()) {

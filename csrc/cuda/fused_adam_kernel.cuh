@@ -1,16 +1,29 @@
 // The CUDA kernel of lrfused::fused_adam_, free of torch so that CI compiles it with nvcc alone
-// (csrc/cuda/fused_adam_kernel.cu). The torch glue is csrc/cuda/fused_adam.cu.
+// (csrc/cuda/fused_adam_kernel.cu) and tests it without torch (tests/cuda/test_kernel.cu). The
+// torch glue is csrc/cuda/fused_adam.cu.
 //
 // note [One launch per step]
 // All the tensors of a call are described by a table in device memory (TensorEntry), and the work
 // by a list of chunks (ChunkTask: a tensor and a range of kChunkSize elements), so any number of
-// tensors goes in one launch; the glue builds the table once per set of pointers and reuses it.
+// tensors goes in one launch; the glue builds the table once per set of pointers and keeps it.
 // Each block evaluates the schedule at the clock and the bias corrections once (thread 0, float64,
-// the shared csrc/common code) and then walks its chunks with 16-byte vector accesses. The step
-// counter is advanced inside the same launch by the last block to finish: every block reads the
-// counter before it takes its ticket from `blocks_done`, so the block holding the last ticket
-// knows that all reads are done. found_inf (AMP) is read on the device: a skipped step changes
-// nothing, the counter included.
+// the shared csrc/common code), then claims chunks one at a time from the launch's counters until
+// none is left, and walks each with vector accesses of kPackElements elements.
+//
+// The step counter is advanced inside the same launch by the last block to finish: every block
+// reads the counter before it takes its ticket from `counters->blocks_done`, so the block holding
+// the last ticket knows that all reads are done; it also puts both counters back to zero.
+// found_inf (AMP) is read on the device: a skipped step changes nothing, the counter included.
+//
+// note [Grid size]
+// The grid is what the device holds resident at once (kMinBlocksPerSM blocks of kBlockThreads
+// per SM, the occupancy API says how many), never more than there are chunks. With dynamic
+// claiming that costs one float64 schedule evaluation per resident block (not one per chunk, and
+// never in a second wave of blocks), and the load stays balanced to within one chunk whatever the
+// mix of tensor sizes: a block that drew small chunks simply claims more of them.
+//
+// A schedule value Adam cannot use skips the call on the device and is counted: see note
+// [Unusable schedule values] in csrc/common/step_scalars.h.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,14 +39,25 @@ namespace lrfused {
 namespace cuda {
 
 constexpr int kChunkSize = 65536;    // elements of one tensor per task
-constexpr int kBlockThreads = 512;
-// Two resident blocks per SM (at most 64 registers a thread): enough loads in flight to saturate
-// HBM, as torch's fused Adam reached after trimming its registers to 64.
+// note [Block shape]
+// The schedule is evaluated by a call (the float64 evaluator is outlined, as it must be: inlined
+// into every variant it spills kilobytes), and a call costs the caller registers under the ABI:
+// at 64 registers a thread (512 x 2 blocks) every variant spilled 4 to 36 bytes. 256 threads and
+// two resident blocks per SM leave 128 registers, with no spill in any variant (nvcc -Xptxas -v,
+// sm_80 and sm_90), and while one block evaluates its schedule the other keeps memory busy. The
+// lower thread count is made up in loads in flight: each thread moves kUnroll packs of every
+// array per iteration, loaded before any is stored (128 bytes of float32 in flight per thread).
+constexpr int kBlockThreads = 256;
 constexpr int kMinBlocksPerSM = 2;
-constexpr int kVectorBytes = 16;
+// Elements per vector access (16 bytes of float32, 8 of a 16-bit type), and packs per thread and
+// iteration of the vector loop.
+constexpr int kPackElements = 4;
+constexpr int kUnroll = 2;
 
 // Element types, as the torch glue names them without including torch.
 enum class ElementType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+inline int element_size(ElementType type) { return type == ElementType::kFloat32 ? 4 : 2; }
 
 struct TensorEntry {
   void* param;
@@ -42,13 +66,20 @@ struct TensorEntry {
   void* exp_avg_sq;
   void* max_exp_avg_sq;  // null without AMSGrad
   int64_t numel;
-  int32_t aligned;  // every pointer 16-byte aligned: the vector path applies
+  int32_t aligned;  // every pointer aligned to a pack (kPackElements elements): the vector path applies
   int32_t padding;
 };
 
 struct ChunkTask {
   int32_t tensor;
   int32_t chunk;  // elements [chunk * kChunkSize, min(numel, (chunk + 1) * kChunkSize))
+};
+
+// The two counters one launch uses, zero before and after it. Launches that may overlap (two
+// streams, a graph replay beside an eager call) must each have their own pair.
+struct LaunchCounters {
+  unsigned int blocks_done;
+  unsigned int next_task;
 };
 
 struct LaunchArgs {
@@ -65,8 +96,12 @@ struct LaunchArgs {
   bool maximize;
   const float* grad_scale;  // null without AMP
   const float* found_inf;   // null without AMP
-  unsigned int* blocks_done;  // zero before and after every launch
+  int64_t* invalid_steps;   // null: not counted (note [Unusable schedule values])
+  LaunchCounters* counters;
 };
+
+// Blocks of this variant the device holds resident at once (the grid of note [Grid size]).
+int resident_blocks(ElementType type, bool amsgrad, bool decoupled, int device);
 
 // Launches the kernel on `stream`; returns the launch's error code.
 cudaError_t launch_fused_adam(ElementType type, bool amsgrad, bool decoupled, const LaunchArgs& args,

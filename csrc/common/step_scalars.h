@@ -1,0 +1,39 @@
+// The scalars of one step, from the schedule at the clock: what the CPU and the CUDA kernel both
+// compute once per call (per block on CUDA) before touching any element.
+//
+// note [Unusable schedule values]
+// A non-finite lr (a tabulated schedule asked past what was uploaded, a function that returned
+// NaN, a NaN tensor lr copied in on the device) or a scheduled beta1 outside [0, 1) cannot raise
+// on a GPU without a host sync. Both backends follow one rule, decided here: the call is skipped
+// (params, states and the step counter unchanged) and the op's `invalid_steps` counter, when
+// given, goes up by one. A finite negative lr is used as it is: torch computes one for some
+// chains (a cosine with eta_min after a decay to zero) and follows it.
+#pragma once
+
+#include <cstdint>
+
+#include "adam_math.h"
+#include "host_device.h"
+#include "lr_schedule.h"
+
+namespace lrfused {
+
+struct StepScalars {
+  AdamScalars scalars;
+  bool usable;  // false: skip the call (see the note above)
+};
+
+// `beta1` is the optimizer's; a schedule that cycles beta1 overrides it. `step` is the count
+// before this step.
+LRFUSED_HOST_DEVICE StepScalars step_scalars(const double* schedule, int64_t clock, double beta1, double beta2,
+                                             double eps, double weight_decay, int64_t step) {
+  const ScheduleValue value = evaluate_schedule(schedule, clock);
+  const double step_beta1 = schedule_is_nan(value.beta1) ? beta1 : value.beta1;
+  StepScalars result;
+  // x - x is 0 for every finite x and NaN for NaN and the infinities.
+  result.usable = value.lr - value.lr == 0.0 && step_beta1 >= 0.0 && step_beta1 < 1.0;
+  result.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, step + 1);
+  return result;
+}
+
+}  // namespace lrfused
