@@ -53,8 +53,9 @@ def extension():
     extra = {"cxx": cxx_flags}
     if cuda_wanted():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        extra["nvcc"] = ["-O3", "-lineinfo", "-DLRFUSED_WITH_CUDA"]
-        cxx_flags.append("-DLRFUSED_WITH_CUDA")
+        # --fmad=false: no contraction into fused multiply-adds, the rule of the CPU build
+        # (-ffp-contract=off), so that float32 results are bit-identical between the two kernels.
+        extra["nvcc"] = ["-O3", "-lineinfo", "--fmad=false"]
         return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra,
                                            extra_link_args=link_flags, py_limited_api=True)
     return cpp_extension.CppExtension("lrfused._C", sources, extra_compile_args=extra, extra_link_args=link_flags,

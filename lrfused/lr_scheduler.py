@@ -119,6 +119,7 @@ class _InKernelSchedule:
 
     def _advance(self, epoch: int | None) -> None:
         """last_epoch and the device clock move together: an add (or a fill) on the device."""
+        self._refuse_capture_of_open_tables()
         if epoch is None:
             self.last_epoch += 1
             self._clock.add_(1)
@@ -126,6 +127,18 @@ class _InKernelSchedule:
             self.last_epoch = int(epoch)
             self._clock.fill_(self.last_epoch)
         self._upload_tables()
+
+    def _refuse_capture_of_open_tables(self) -> None:
+        """A replayed step() advances the clock on the device with no host to upload the next block
+        of a table, so a capture needs every table whole on the device (``horizon=``)."""
+        if not any(table.horizon is None for _, _, table in getattr(self, "_tables", ())):
+            return
+        if self._clock.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"{type(self).__name__}.step() is being captured in a CUDA graph, but its schedule is a Python "
+                "function tabulated on the host a block at a time, and graph replays cannot upload the next block: "
+                f"pass horizon=N to {type(self).__name__} (N = the number of steps to tabulate, at least as many as "
+                "will be replayed) so that the whole table is on the device before capture")
 
     def _table_index(self, t: int) -> int:
         """Where the kernel reads this scheduler's tables at clock t (CyclicLR reads by cycle)."""
@@ -357,10 +370,18 @@ class CosineAnnealingWarmRestarts(_InKernelSchedule, torch_schedulers.CosineAnne
 class CyclicLR(_InKernelSchedule, torch_schedulers.CyclicLR):
     """torch's CyclicLR with beta1 cycling computed in the kernel (``cycle_momentum=True``).
 
-    A custom ``scale_fn`` is tabulated on the host like a LambdaLR (by cycle or by iteration).
+    A custom ``scale_fn`` is tabulated on the host like a LambdaLR (by cycle or by iteration);
+    ``horizon=N`` (keyword, lrfused's) tabulates it whole for the first N steps, which a CUDA
+    graph that captures ``step()`` needs.
     """
 
     _multiplicative = False
+
+    def __init__(self, optimizer, *args, horizon: int | None = None, **kwargs):
+        _require_fused(optimizer, "CyclicLR")
+        self._horizon = None if horizon is None else S._positive_int("horizon", horizon)
+        torch_schedulers.CyclicLR.__init__(self, optimizer, *args, **kwargs)
+        self._take_over()
 
     def _schedule_for(self, index, base=None):
         mode = {"triangular": S.CYCLIC_TRIANGULAR, "triangular2": S.CYCLIC_TRIANGULAR2,
@@ -368,7 +389,10 @@ class CyclicLR(_InKernelSchedule, torch_schedulers.CyclicLR):
         table = None
         if self._scale_fn_custom is not None:
             mode = S.CYCLIC_TABLE_BY_CYCLE if self.scale_mode == "cycle" else S.CYCLIC_TABLE_BY_ITERATION
-            table = S.Tabulated(lambda x: float(self._scale_fn_custom(x)))
+            horizon = self._horizon
+            if horizon is not None and self.scale_mode == "cycle":
+                horizon = self._table_index(horizon - 1) + 1  # the cycles of steps [0, horizon)
+            table = S.Tabulated(lambda x: float(self._scale_fn_custom(x)), horizon=horizon)
         cycle_momentum = bool(self.cycle_momentum)
         return S.Cyclic(
             float(self.base_lrs[index]), float(self.max_lrs[index]), self.total_size, self.step_ratio, mode=mode, gamma=self.gamma,
@@ -451,18 +475,19 @@ class ChainedScheduler(_InKernelSchedule, torch_schedulers.ChainedScheduler):
     Multiplicative children give the product of their closed forms. With a cosine (eta_min != 0
     makes the chain affine, not a product), cyclic, one-cycle or warm-restart child, the exact
     recurrence ``lr_t = a(t) lr_{t-1} + b(t)`` of torch's chain is evaluated on the host ahead of
-    the clock and uploaded in blocks (``capacity`` steps at a time).
+    the clock and uploaded in blocks (``capacity`` steps at a time), or whole for the first
+    ``horizon`` steps (needed when a CUDA graph captures ``step()``).
     """
 
     _multiplicative = False
 
-    def __init__(self, schedulers, optimizer=None, *, capacity: int = 1024):
+    def __init__(self, schedulers, optimizer=None, *, capacity: int = 1024, horizon: int | None = None):
         schedulers = list(schedulers)
         _require_children(schedulers, "ChainedScheduler")
         optimizer = optimizer or (schedulers[0].optimizer if schedulers else None)
         _require_fused(optimizer, "ChainedScheduler")
         torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
-        self._capacity = capacity
+        self._capacity, self._horizon = capacity, horizon
         self.last_epoch = max(child.last_epoch for child in schedulers)
         self.base_lrs = list(schedulers[0].base_lrs)
         self._take_over()
@@ -478,7 +503,7 @@ class ChainedScheduler(_InKernelSchedule, torch_schedulers.ChainedScheduler):
                 lr = a * lr + b
             return lr
 
-        return S.Tabulated(_Recurrence(base, chained), capacity=self._capacity)
+        return S.Tabulated(_Recurrence(base, chained), capacity=self._capacity, horizon=self._horizon)
 
     def step(self):
         self._update_lr()

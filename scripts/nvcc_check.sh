@@ -11,8 +11,14 @@ if [ ! -x "$NVCC" ]; then
   echo "nvcc not found: skipping the CUDA compile check"
   exit 0
 fi
-out=${LRFUSED_NVCC_OUT:-$(mktemp -d)}
-mkdir -p "$out"
+# LRFUSED_NVCC_OUT keeps the objects and the test binary (the GPU runbook runs it from there).
+if [ -n "${LRFUSED_NVCC_OUT:-}" ]; then
+  out=$LRFUSED_NVCC_OUT
+  mkdir -p "$out"
+else
+  out=$(mktemp -d)
+  trap 'rm -rf "$out"' EXIT
+fi
 flags=(-std=c++17 -O3 --fmad=false -Xcompiler -Wall --Werror all-warnings
        -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90)
 for source in csrc/cuda/*_kernel.cu; do
@@ -31,4 +37,4 @@ for source in csrc/cuda/*_kernel.cu; do
 done
 echo "nvcc: tests/cuda/test_kernel.cu"
 "$NVCC" "${flags[@]}" -lineinfo -Icsrc tests/cuda/test_kernel.cu csrc/cuda/fused_adam_kernel.cu -o "$out/test_kernel"
-echo "CUDA compile check passed ($out/test_kernel runs the kernel test on a GPU)"
+echo "CUDA compile check passed"

@@ -330,7 +330,7 @@ inline const char* validate_schedule_node(const double* node, int64_t available,
   if (available < 2) return "schedule node is truncated";
   const double kind_word = node[0];
   const double length_word = node[1];
-  if (!(kind_word >= 0 && kind_word < kNumScheduleKinds) || kind_word != ::floor(kind_word)) {
+  if (!(kind_word >= 0 && kind_word < static_cast<double>(kNumScheduleKinds)) || kind_word != ::floor(kind_word)) {
     return "schedule node has an unknown kind";
   }
   if (!(length_word >= 2 && length_word <= static_cast<double>(available)) || length_word != ::floor(length_word)) {
