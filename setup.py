@@ -63,6 +63,7 @@ def extension():
 
 
 setup(
+    license="BSD-3-Clause",
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp311"}},

@@ -308,3 +308,46 @@ def test_float64_params_are_refused_clearly():
     with pytest.raises(RuntimeError, match="float32, float16 or bfloat16, got Double"):
         opt.step()
     assert torch.equal(w, torch.zeros(3, dtype=torch.float64))
+
+
+def test_unusable_lr_skips_the_update_and_counts_it(device):
+    # note [Unusable schedule values]: the same rule on every backend, since CUDA cannot raise
+    # without a sync. A NaN tensor lr is copied in on the device, never read by the host.
+    torch.manual_seed(0)
+    ours = [torch.randn(5000, device=device, requires_grad=True)]
+    theirs = [ours[0].detach().clone().requires_grad_()]
+    opt = lrfused.FusedScheduledAdam(ours, lr=torch.tensor(1e-2, device=device))
+    opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
+    run_pair(ours, theirs, opt, opt_theirs, 3)
+    before = ours[0].detach().clone()
+    state_before = {k: v.clone() for k, v in opt.state[ours[0]].items()}
+    opt.param_groups[0]["lr"].fill_(float("nan"))
+    for _ in range(2):
+        ours[0].grad = torch.randn_like(ours[0])
+        opt.step()
+    assert torch.equal(ours[0].detach(), before)
+    for key, value in opt.state[ours[0]].items():
+        assert torch.equal(value, state_before[key]), key
+    assert int(opt.invalid_steps) == 2
+    # A usable lr again: the trajectory continues as torch's does from the same state.
+    opt.param_groups[0]["lr"].fill_(1e-2)
+    run_pair(ours, theirs, opt, opt_theirs, 3)
+    assert max_relative_error(ours[0], theirs[0]) < 1e-6
+    assert int(opt.state[ours[0]]["step"]) == 6
+
+
+def test_scheduled_beta1_outside_its_range_skips_the_update(device):
+    from lrfused import lr_scheduler as L
+
+    w = torch.randn(100, device=device, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], lr=1e-2)
+    # torch's CyclicLR accepts any momentum: beta1(t) = 0.9 - 1.4 * t / 4 goes below 0 at t = 3.
+    # (A constructor-set beta1 outside [0, 1), such as max_momentum=1.5, is refused on the host.)
+    sched = L.CyclicLR(opt, base_lr=1e-3, max_lr=1e-2, step_size_up=4, base_momentum=-0.5, max_momentum=0.9)
+    for t in range(4):
+        w.grad = torch.randn_like(w)
+        before = w.detach().clone()
+        opt.step()
+        sched.step()
+        assert torch.equal(w.detach(), before) == (t == 3), t
+    assert int(opt.invalid_steps) == 1 and int(opt.state[w]["step"]) == 3
