@@ -242,6 +242,29 @@ def test_lambda_horizon_is_enforced():
         sched.step()
 
 
+@pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
+def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode):
+    # horizon= puts the whole table on the device (what a captured scheduler.step() needs).
+    config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x), scale_mode=scale_mode)
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+    sched_ours = L.CyclicLR(opt_ours, **config, horizon=30)
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.CyclicLR(opt_theirs, **config), 29)
+    # By cycle, the table holds whole cycles: the one holding step 29 ends at step 31.
+    with pytest.raises(ValueError, match="horizon"):
+        for _ in range(3 if scale_mode == "cycle" else 1):
+            sched_ours.step()
+
+
+def test_affine_chain_with_horizon(device):
+    ours, theirs, opt_ours, opt_theirs = twin_setup(device)
+    build = lambda module, opt, **kw: module.ChainedScheduler(  # noqa: E731
+        [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)], **kw)
+    sched_ours = build(L, opt_ours, horizon=40)
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, build(T, opt_theirs), 39)
+    with pytest.raises(ValueError, match="horizon=40"):
+        sched_ours.step()
+
+
 def test_lambda_blocks_are_uploaded_ahead_of_the_clock():
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
     lam = lambda t: 1.0 + 0.5 * math.sin(t / 3.0)  # noqa: E731
