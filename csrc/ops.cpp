@@ -162,7 +162,9 @@ TORCH_LIBRARY(lrfused, m) {
       "float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(g!)? invalid_steps=None, Tensor? handle=None) -> ()");
   // A bucket's handle (note [Bucket handles] in handle.h).
-  m.def("new_handle() -> Tensor");
+  // Tagged so that no compiler pass may merge two calls (each bucket needs a handle of its own);
+  // torch 2.13's aot_eager and inductor keep them apart even without the tag.
+  m.def("new_handle() -> Tensor", {at::Tag::nondeterministic_seeded});
   m.impl("new_handle", c10::DispatchKey::CompositeExplicitAutograd, &new_handle);
   m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
   m.impl("evaluate_schedule", &evaluate_schedule_op);

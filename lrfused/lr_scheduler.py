@@ -486,6 +486,7 @@ class ChainedScheduler(_InKernelSchedule, torch_schedulers.ChainedScheduler):
         _require_children(schedulers, "ChainedScheduler")
         optimizer = optimizer or (schedulers[0].optimizer if schedulers else None)
         _require_fused(optimizer, "ChainedScheduler")
+        horizon = None if horizon is None else S._positive_int("horizon", horizon)
         torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
         self._capacity, self._horizon = capacity, horizon
         self.last_epoch = max(child.last_epoch for child in schedulers)
