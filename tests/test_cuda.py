@@ -162,55 +162,6 @@ def device_launches(profiler):
             and not e.name.startswith("ProfilerStep")]
 
 
-def test_cuda_graph_replays_match_eager():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)).cuda()
-    eager = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)).cuda()
-    eager.load_state_dict(model.state_dict())
-    data = [(torch.randn(16, 32, device="cuda"), torch.randn(16, 1, device="cuda")) for _ in range(53)]
-
-    opt = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-2)
-    sched = L.CosineAnnealingLR(opt, T_max=20, eta_min=1e-4)
-    opt_eager = torch.optim.AdamW(eager.parameters(), lr=1e-2)
-    sched_eager = torch.optim.lr_scheduler.CosineAnnealingLR(opt_eager, T_max=20, eta_min=1e-4)
-
-    static_x, static_y = data[0][0].clone(), data[0][1].clone()
-
-    def train_step():
-        opt.zero_grad(set_to_none=False)
-        loss = torch.nn.functional.mse_loss(model(static_x), static_y)
-        loss.backward()
-        opt.step()
-        sched.step()
-
-    # Warm up on a side stream (as torch's graph documentation asks), 3 real steps.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(3):
-            static_x.copy_(data[i][0])
-            static_y.copy_(data[i][1])
-            train_step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        train_step()  # captured: this is step 4 once replayed
-    for i in range(3, 53):
-        static_x.copy_(data[i][0])
-        static_y.copy_(data[i][1])
-        graph.replay()
-
-    for x, y in data:
-        opt_eager.zero_grad()
-        torch.nn.functional.mse_loss(eager(x), y).backward()
-        opt_eager.step()
-        sched_eager.step()
-    torch.cuda.synchronize()
-    for a, b in zip(model.parameters(), eager.parameters()):
-        assert max_relative_error(a, b) < 1e-5
-    assert math.isclose(sched_eager.get_last_lr()[0], sched._schedules[0](53), rel_tol=1e-9)
-
-
 def test_non_default_stream():
     ours, theirs = twins([(5000,)])
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)
@@ -284,10 +235,12 @@ SCHEDULES = {
 }
 
 
+@pytest.mark.parametrize("grads_from_graph_pool", [True, False])
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-def test_whole_step_graph_replayed_200_times_matches_eager(schedule):
-    # torch's documented whole-network recipe: grads set to None before capture, so backward
-    # allocates them from the graph's pool and lrfused builds its table while capturing.
+def test_whole_step_graph_replayed_200_times_matches_eager(schedule, grads_from_graph_pool):
+    # grads_from_graph_pool: torch's documented whole-network recipe, grads set to None before
+    # capture, so backward allocates them from the graph's pool and lrfused builds its table while
+    # capturing. Otherwise the grads are zeroed in place and the capture reuses the eager table.
     make_ours, make_theirs = SCHEDULES[schedule]
     model, eager = make_model(0), make_model(0)
     data = [(torch.randn(16, 32, device="cuda"), torch.randn(16, 1, device="cuda")) for _ in range(203)]
@@ -298,6 +251,8 @@ def test_whole_step_graph_replayed_200_times_matches_eager(schedule):
     static_x, static_y = data[0][0].clone(), data[0][1].clone()
 
     def train_step():
+        if not grads_from_graph_pool:
+            opt.zero_grad(set_to_none=False)
         loss = torch.nn.functional.mse_loss(model(static_x), static_y)
         loss.backward()
         opt.step()
@@ -307,15 +262,17 @@ def test_whole_step_graph_replayed_200_times_matches_eager(schedule):
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for i in range(3):
-            opt.zero_grad(set_to_none=True)
+            if grads_from_graph_pool:
+                opt.zero_grad(set_to_none=True)
             static_x.copy_(data[i][0])
             static_y.copy_(data[i][1])
             train_step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    opt.zero_grad(set_to_none=True)
+    if grads_from_graph_pool:
+        opt.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
-        train_step()
+        train_step()  # step 4 once replayed
     for i in range(3, 203):
         static_x.copy_(data[i][0])
         static_y.copy_(data[i][1])
@@ -330,6 +287,7 @@ def test_whole_step_graph_replayed_200_times_matches_eager(schedule):
     for a, b in zip(model.parameters(), eager.parameters()):
         assert max_relative_error(a, b) < 1e-5
     assert int(opt.invalid_steps) == 0
+    assert math.isclose(sched_eager.get_last_lr()[0], sched._schedules[0](203), rel_tol=1e-9)
 
 
 def test_eager_step_after_capture_does_not_read_the_captured_table():
