@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/lr_schedule.h"
+#include "common/lr_step.h"
 #include "handle.h"
 #include "ops.h"
 
@@ -141,7 +142,37 @@ void check_schedule_program(const at::Tensor& schedule) {
   TORCH_CHECK(error == nullptr, "fused_adam_: malformed schedule: ", error);
 }
 
+int64_t check_advance_lr_args(const at::Tensor& groups, const at::Tensor& clock, const at::Tensor& rules) {
+  TORCH_CHECK(groups.scalar_type() == at::kDouble && groups.dim() == 1 && groups.is_contiguous() &&
+                  groups.numel() % kHeldWords == 0,
+              "advance_lr_: groups must be a contiguous 1-d float64 tensor of ", kHeldWords,
+              " words per param group, got ", groups.scalar_type(), " of shape ", groups.sizes());
+  TORCH_CHECK(clock.scalar_type() == at::kLong && clock.numel() == 1,
+              "advance_lr_: clock must be a one-element int64 tensor, got ", clock.scalar_type(), " with ",
+              clock.numel(), " elements");
+  TORCH_CHECK(rules.scalar_type() == at::kDouble && rules.dim() == 1 && rules.is_contiguous(),
+              "advance_lr_: rules must be a contiguous 1-d float64 tensor, got ", rules.scalar_type(), " of shape ",
+              rules.sizes());
+  TORCH_CHECK(clock.device() == groups.device() && rules.device() == groups.device(),
+              "advance_lr_: groups, clock and rules must be on one device, got ", groups.device(), ", ",
+              clock.device(), " and ", rules.device());
+  return groups.numel() / kHeldWords;
+}
+
+void check_rules(const at::Tensor& rules, int64_t group_count) {
+  TORCH_CHECK(rules.device().is_cpu(), "check_rules needs a CPU tensor");
+  const char* error = validate_rules(rules.data_ptr<double>(), rules.numel(), group_count);
+  TORCH_CHECK(error == nullptr, "advance_lr_: malformed rules: ", error);
+}
+
 namespace {
+
+void validate_rules_op(const at::Tensor& rules, int64_t group_count) {
+  TORCH_CHECK(rules.scalar_type() == at::kDouble && rules.dim() == 1,
+              "validate_rules: rules must be a 1-d float64 tensor, got ", rules.scalar_type(), " of shape ",
+              rules.sizes());
+  check_rules(rules.cpu().contiguous(), group_count);
+}
 
 std::vector<double> evaluate_schedule_op(const at::Tensor& schedule, int64_t t) {
   TORCH_CHECK(schedule.scalar_type() == at::kDouble && schedule.dim() == 1,
@@ -168,6 +199,11 @@ TORCH_LIBRARY(lrfused, m) {
   m.impl("new_handle", c10::DispatchKey::CompositeExplicitAutograd, &new_handle);
   m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
   m.impl("evaluate_schedule", &evaluate_schedule_op);
+  // One scheduler step on the device (note [Scheduler steps on the device] in common/lr_step.h):
+  // the clock moves to clock + 1 (or to `epoch`) and each group's HELD words follow its rule.
+  m.def("advance_lr_(Tensor(a!) groups, Tensor(b!) clock, Tensor rules, int? epoch=None) -> ()");
+  m.def("validate_rules(Tensor rules, int group_count) -> ()");
+  m.impl("validate_rules", &validate_rules_op);
 }
 
 }  // namespace lrfused

@@ -49,4 +49,11 @@ class GradsInParamLayout {
 // Raises when a CPU schedule program is malformed (see note [Schedule encoding]).
 void check_schedule_program(const at::Tensor& schedule);
 
+// Raises when the arguments of lrfused::advance_lr_ are malformed (the rules' structure is checked
+// where they live on the CPU; see note [Scheduler steps on the device]). Returns the group count.
+int64_t check_advance_lr_args(const at::Tensor& groups, const at::Tensor& clock, const at::Tensor& rules);
+
+// Raises when a CPU rules array for `group_count` groups is malformed.
+void check_rules(const at::Tensor& rules, int64_t group_count);
+
 }  // namespace lrfused

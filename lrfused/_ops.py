@@ -91,6 +91,19 @@ def validate_schedule(schedule: torch.Tensor) -> None:
         _reference.schedule_value(schedule, 0)
 
 
+def advance_lr_(groups: torch.Tensor, clock: torch.Tensor, rules: torch.Tensor, epoch: int | None = None) -> None:
+    """One scheduler step on the device: ``clock`` moves to ``clock + 1`` (or ``epoch``) and each
+    param group's HELD words in ``groups`` follow its rule (note [Scheduler steps on the device])."""
+    op = torch.ops.lrfused.advance_lr_ if _LOAD_ERROR is None else _reference.advance_lr_
+    op(groups, clock, rules, epoch)
+
+
+def validate_rules(rules: torch.Tensor, group_count: int) -> None:
+    """Raises RuntimeError when a CPU rules array for ``group_count`` groups is malformed."""
+    if _LOAD_ERROR is None:
+        torch.ops.lrfused.validate_rules(rules, group_count)
+
+
 def evaluate_schedule(schedule: torch.Tensor, t: int) -> tuple[float, float]:
     """The (lr, beta1) that the C++ evaluator gives at clock t; beta1 is NaN when not cycled."""
     lr, beta1 = torch.ops.lrfused.evaluate_schedule(schedule, t)
@@ -104,6 +117,10 @@ if _LOAD_ERROR is None:
                          beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
                          grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
         # Mutates its inputs in place and returns nothing: no new tensors to describe.
+        return None
+
+    @torch.library.register_fake("lrfused::advance_lr_")
+    def _advance_lr_fake(groups, clock, rules, epoch=None) -> None:
         return None
 
     @torch.library.register_fake("lrfused::new_handle")

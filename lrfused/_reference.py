@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from . import _rules
 from .schedules import decode
 
 
@@ -68,3 +69,14 @@ def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clo
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)
     step.add_(1)
+
+
+@torch.no_grad()
+def advance_lr_(groups: torch.Tensor, clock: torch.Tensor, rules: torch.Tensor, epoch: int | None = None) -> None:
+    """``lrfused::advance_lr_`` (note [Scheduler steps on the device]) on the host's floats."""
+    if epoch is not None and epoch < 0:
+        raise RuntimeError(f"advance_lr_: epoch must be non-negative, got {epoch}")
+    t = int(epoch) if epoch is not None else int(clock.item()) + 1
+    words = _rules.apply_rules(rules.tolist(), groups.tolist(), t, epoch is not None)
+    groups.copy_(torch.tensor(words, dtype=torch.float64))
+    clock.fill_(t)

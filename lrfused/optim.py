@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops
-from .schedules import Constant, Product, Schedule, Tabulated
+from ._binding import Binding
+from .schedules import Schedule, Tabulated
 
 __all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
 
@@ -38,9 +39,9 @@ def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
     for index, beta in enumerate(betas):
-        if isinstance(beta, Tensor):
-            raise TypeError(f"betas[{index}] as a Tensor is not supported by FusedScheduledAdam, got {beta!r}")
         value = _check_number(f"beta parameter at index {index}", beta)
+        if isinstance(beta, Tensor):
+            continue  # read once on the host by _float_betas
         if not 0.0 <= value < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
     if _check_number("epsilon value", eps) < 0.0:
@@ -70,26 +71,6 @@ class _Plan:
 
     has_grad: tuple[bool, ...]
     buckets: list[_Bucket] = field(default_factory=list)
-
-
-@dataclass
-class _Binding:
-    """What drives each group's lr: the schedules, their clock, and who owns them.
-
-    ``owner`` is None when the optimizer drives itself (a constant lr, or ``schedule=``); then
-    each program has a word (``lr_slots``) that holds ``group["lr"]`` and follows its changes.
-    """
-
-    schedules: list[Schedule]
-    clock: Tensor | None
-    owner: Any
-    lr_slots: list[int | None]
-    offsets: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    buffers: dict[torch.device, Tensor] = field(default_factory=dict)
-    clocks: dict[torch.device, Tensor] = field(default_factory=dict)
-    views: dict[tuple[int, torch.device], Tensor] = field(default_factory=dict)
-    primary: torch.device | None = None
 
 
 class FusedScheduledAdam(Optimizer):
@@ -124,13 +105,24 @@ class FusedScheduledAdam(Optimizer):
         params: parameters or param groups, as for any torch optimizer. Float32, float16,
             bfloat16 or complex (viewed as real, as torch does) dense tensors.
         lr: learning rate (default: 1e-3).
-        betas: coefficients of the running averages of the gradient and its square.
+        betas: coefficients of the running averages of the gradient and its square (floats, or
+            1-element tensors, read once at construction).
         eps: added to the denominator for numerical stability.
         weight_decay: L2 penalty (Adam) or decoupled decay (AdamW).
-        amsgrad: use the maximum of past squared-gradient averages.
+        amsgrad: use the maximum of past squared-gradient averages (torch's 6th positional argument).
+        foreach, fused, capturable: torch's implementation switches, accepted and kept in the param
+            groups so that checkpoints move to and from torch unchanged. lrfused has one
+            implementation: always fused (one kernel per device and dtype) and always capturable
+            (step counters, lr and schedule on the device, no host sync).
+        differentiable: ``True`` is refused (the update is an in-place kernel autograd does not
+            trace through).
         maximize: maximize the objective instead of minimizing it.
         decoupled_weight_decay: AdamW's decay.
-        schedule: a :class:`lrfused.schedules.Schedule` multiplying each group's lr.
+        schedule: a :class:`lrfused.schedules.Schedule` multiplying each group's lr at the
+            optimizer's own step count. ``group["lr"]`` is then the base lr that the schedule
+            multiplies (a write to it changes that base), and the lr the kernel applies at step
+            ``t`` is ``group["lr"] * schedule(t)`` (:meth:`scheduled_lr`). A torch-compatible
+            lrfused scheduler cannot be attached as well (it raises).
         check_finite: skip, on the device and without a sync, every step in which a gradient
             holds a NaN or an infinity (nothing changes, step counters included), and count the
             skipped steps in the device tensor ``skipped_steps``. Off by default: like
@@ -150,35 +142,48 @@ class FusedScheduledAdam(Optimizer):
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        *,
         amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         schedule: Schedule | None = None,
         check_finite: bool = False,
     ):
         validate_hyperparameters(lr, betas, eps, weight_decay)
+        _check_implementation_flags(foreach=foreach, capturable=capturable, differentiable=differentiable, fused=fused)
+        betas = _float_betas(betas)
         if schedule is not None and not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be an lrfused.schedules.Schedule, got {type(schedule).__name__}")
         if isinstance(schedule, Tabulated) or (schedule is not None and _has_open_table(schedule)):
             raise ValueError(
                 "schedule= with a tabulated function needs horizon= (the optimizer's clock pauses on AMP "
                 "overflow without the host knowing, so it cannot upload blocks ahead of it)")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, decoupled_weight_decay=decoupled_weight_decay)
+        if schedule is not None:
+            # Checked once, here: the CUDA op trusts the structure of its program.
+            _ops.validate_schedule(torch.tensor(schedule.encode(), dtype=torch.float64))
+        # The implementation flags are kept as given, in torch's keys, so that a checkpoint moves
+        # between lrfused and torch.optim.Adam/AdamW unchanged; lrfused's kernel is always the same.
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
+                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
         self._schedule = schedule
         self._check_finite = bool(check_finite)
         # Steps skipped by check_finite, counted on the device (reading it is a sync).
         self.skipped_steps: Tensor | None = None
         # Updates skipped because the schedule gave an unusable value, per device (invalid_steps).
         self._invalid_steps: dict[torch.device, Tensor] = {}
-        self._binding: _Binding | None = None
+        self._binding: Binding | None = None
         self._plans: dict[int, _Plan] = {}
-        self._lr_seen: dict[int, Any] = {}
         super().__init__(params, defaults)
+        # Made now, outside any compiled region, so that torch.compile traces a step that only reads it.
+        self._binding_now()
 
     # --- param groups and state --------------------------------------------------------------
 
@@ -200,10 +205,8 @@ class FusedScheduledAdam(Optimizer):
         self._invalidate()
 
     def _invalidate(self) -> None:
+        # The binding stays: its next absorb follows whatever the groups now hold.
         self._plans = {}
-        if getattr(self, "_binding", None) is not None and self._binding.owner is None:
-            self._binding = None
-        self._lr_seen = {}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -324,92 +327,31 @@ class FusedScheduledAdam(Optimizer):
             bucket.complex_.append(p.is_complex())
         return plan
 
-    # --- schedules -----------------------------------------------------------------------------
+    # --- the binding (note [The binding] in _binding.py) ----------------------------------------
 
-    def _bind(self, schedules: list[Schedule], clock: Tensor | None, owner: Any, lr_slots: list[int | None]) -> None:
-        """Installs one schedule per param group, evaluated at ``clock`` (None: the step count)."""
-        if len(schedules) != len(self.param_groups):
-            raise ValueError(f"expected {len(self.param_groups)} schedules (one per param group), got {len(schedules)}")
-        binding = _Binding(list(schedules), clock, owner, list(lr_slots))
-        words: list[float] = []
-        for schedule in binding.schedules:
-            program = schedule.encode()
-            # Checked here, on the host, once: the CUDA op trusts the structure of its program
-            # (reading it back on every step would be a sync).
-            _ops.validate_schedule(torch.tensor(program, dtype=torch.float64))
-            binding.offsets.append(len(words))
-            binding.lengths.append(len(program))
-            words += program
-        binding.primary = clock.device if clock is not None else self._first_device()
-        binding.buffers[binding.primary] = torch.tensor(words, dtype=torch.float64).to(binding.primary)
-        if clock is not None:
-            binding.clocks[binding.primary] = clock
-        self._binding = binding
-        self._lr_seen = {}
+    def _binding_now(self) -> Binding:
+        """The words the kernel reads for each group's lr, made at the first use and grown with
+        ``add_param_group``."""
+        binding = self._binding
+        if binding is None:
+            binding = self._binding = Binding(self.param_groups, self._schedule, self._first_device())
+        elif binding.group_count != len(self.param_groups):
+            binding.grow(self.param_groups)
+        return binding
+
+    def _scheduler_binding(self, scheduler_name: str) -> Binding:
+        """The binding a torch-compatible scheduler steps (refused with ``schedule=``)."""
+        if self._schedule is not None:
+            raise ValueError(
+                f"{scheduler_name}: this optimizer was built with schedule={self._schedule!r}, which already "
+                "sets the lr the kernel applies at every step; use either schedule= or a scheduler, not both")
+        return self._binding_now()
 
     def _first_device(self) -> torch.device:
         for group in self.param_groups:
             for p in group["params"]:
                 return p.device
         return torch.device("cpu")
-
-    def _self_binding(self) -> _Binding:
-        """The optimizer's own programs: ``lr * schedule`` per group, or the constant ``lr``."""
-        schedules = []
-        for group in self.param_groups:
-            lr = group["lr"]
-            initial = float(lr) if not isinstance(lr, Tensor) else 0.0  # a tensor lr is copied in below
-            if self._schedule is None:
-                schedules.append(Constant(initial))
-            else:
-                schedules.append(Product([self._schedule], init=initial))
-        # Word 2 of both programs holds the group's lr: Constant's value, Product's init.
-        slots = [2] * len(schedules)
-        self._bind(schedules, None, None, slots)
-        return self._binding
-
-    def _mirror_to(self, devices: set[torch.device]) -> None:
-        """Copies the programs and the clock to the other devices this step updates (device to
-        device, no sync), once per step whatever the number of groups there."""
-        binding = self._binding
-        for device in devices - {binding.primary}:
-            if device not in binding.buffers:
-                binding.buffers[device] = torch.empty_like(binding.buffers[binding.primary], device=device)
-            binding.buffers[device].copy_(binding.buffers[binding.primary], non_blocking=True)
-            if binding.clock is not None:
-                if device not in binding.clocks:
-                    binding.clocks[device] = torch.empty_like(binding.clock, device=device)
-                binding.clocks[device].copy_(binding.clock, non_blocking=True)
-
-    def _group_program(self, index: int, device: torch.device) -> Tensor:
-        """Group ``index``'s program on ``device`` (a view, made once per binding)."""
-        binding = self._binding
-        key = (index, device)
-        if key not in binding.views:
-            binding.views[key] = binding.buffers[device].narrow(0, binding.offsets[index], binding.lengths[index])
-        return binding.views[key]
-
-    def _clock_on(self, device: torch.device) -> Tensor | None:
-        binding = self._binding
-        return None if binding.clock is None else binding.clocks[device]
-
-    def _follow_group_lrs(self) -> None:
-        """Keeps each program's lr word equal to ``group["lr"]`` (only when the optimizer owns it)."""
-        binding = self._binding
-        buffer = binding.buffers[binding.primary]
-        for index, group in enumerate(self.param_groups):
-            slot = binding.lr_slots[index]
-            lr = group["lr"]
-            if slot is None:
-                continue
-            word = buffer[binding.offsets[index] + slot]
-            if isinstance(lr, Tensor):
-                word.copy_(lr.detach().reshape(()), non_blocking=True)
-            elif self._lr_seen.get(index) != lr:
-                if not (math.isfinite(lr) and lr >= 0):
-                    raise ValueError(f"Invalid learning rate: {lr} (param_groups[{index}]['lr'])")
-                word.fill_(lr)
-                self._lr_seen[index] = lr
 
     # --- the step ------------------------------------------------------------------------------
 
@@ -420,19 +362,12 @@ class FusedScheduledAdam(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._binding is None:
-            self._self_binding()
-        binding = self._binding
-        if len(binding.schedules) != len(self.param_groups):
-            raise RuntimeError(
-                f"{type(binding.owner).__name__} was attached to {len(binding.schedules)} param groups, the optimizer "
-                f"now has {len(self.param_groups)}: attach the scheduler after adding param groups")
-        if binding.owner is None:
-            self._follow_group_lrs()
-        elif not torch.compiler.is_compiling():
-            # A host-side consistency check of values that change every step: under torch.compile
-            # it would make each value a guard, and each step a recompilation.
-            binding.owner._check_owns(self)
+        binding = self._binding_now()
+        if not (binding.driven and torch.compiler.is_compiling()):
+            # Host writes of group["lr"] (last writer wins). Under torch.compile with a scheduler
+            # driving the words, the comparison would make each lr a guard and each step a
+            # recompilation: the scheduler's own step absorbs them instead.
+            binding.absorb(self.param_groups)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans, all_grads = [], []
@@ -446,21 +381,20 @@ class FusedScheduledAdam(Optimizer):
             all_grads.append(grads)
         devices = {bucket.step.device for plan in plans for bucket in plan.buckets}
         if devices != {binding.primary}:
-            self._mirror_to(devices)
+            binding.mirror_to(devices)
         if self._check_finite:
             found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
         for index, group in enumerate(self.param_groups):
             plan, grads = plans[index], all_grads[index]
             beta1, beta2 = group["betas"]
-            if binding.owner is not None:
-                beta1 = binding.owner._kernel_beta1(index, beta1)
+            beta1 = binding.beta1_for(index, beta1)
             for bucket in plan.buckets:
                 device = bucket.step.device
                 bucket_grads = [torch.view_as_real(_local_tensor(grads[i])) if c else _local_tensor(grads[i])
                                 for i, c in zip(bucket.indices, bucket.complex_)]
                 _ops.fused_adam_(
                     bucket.params, bucket_grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs,
-                    bucket.step, self._clock_on(device), self._group_program(index, device),
+                    bucket.step, None, binding.program(index, device),
                     beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                     decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
                     maximize=group["maximize"],
@@ -475,6 +409,17 @@ class FusedScheduledAdam(Optimizer):
         if counter is None:
             counter = self._invalid_steps[device] = torch.zeros((), dtype=torch.int64, device=device)
         return counter
+
+    def scheduled_lr(self, index: int = 0) -> float:
+        """With ``schedule=``: the lr that the next step of group ``index`` applies,
+        ``group["lr"] * schedule(t)`` with ``t`` the group's step count (read from the device: a sync).
+        Without ``schedule=``: ``group["lr"]``."""
+        group = self.param_groups[index]
+        if self._schedule is None:
+            return group["lr"]
+        steps = [self.state[p]["step"] for p in group["params"] if p in self.state and "step" in self.state[p]]
+        t = int(steps[0].item()) if steps else 0
+        return float(group["lr"]) * self._schedule(t)
 
     @property
     def invalid_steps(self) -> Tensor:
@@ -515,23 +460,48 @@ class FusedScheduledAdam(Optimizer):
 
 
 class FusedScheduledAdamW(FusedScheduledAdam):
-    """:class:`FusedScheduledAdam` with decoupled weight decay (AdamW), ``weight_decay=1e-2``."""
+    """:class:`FusedScheduledAdam` with decoupled weight decay (AdamW), ``weight_decay=1e-2``:
+    torch.optim.AdamW's signature."""
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
-        *,
         amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         schedule: Schedule | None = None,
         check_finite: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad=amsgrad, maximize=maximize,
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, schedule=schedule, check_finite=check_finite)
+
+
+def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -> None:
+    """torch's implementation switches: accepted as torch accepts them, with lrfused's meaning."""
+    for name, value in (("foreach", foreach), ("fused", fused)):
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be None or a bool, got {value!r}")
+    for name, value in (("capturable", capturable), ("differentiable", differentiable)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    if differentiable:
+        raise ValueError(
+            "differentiable=True is not supported by FusedScheduledAdam: its update is an in-place kernel that "
+            "autograd does not trace through; use torch.optim.Adam(differentiable=True)")
+
+
+def _float_betas(betas) -> tuple[float, float]:
+    """Betas as floats: a 1-element tensor beta is read once, here (a sync if it is on a GPU)."""
+    return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
 
 
 def _local_tensor(tensor: Tensor) -> Tensor:

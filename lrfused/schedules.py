@@ -52,6 +52,7 @@ KIND_INVERSE_SQRT = 14
 KIND_ONE_MINUS_SQRT = 15
 KIND_EXP_RAMP = 16
 KIND_LINEAR_RAMP = 17
+KIND_HELD = 18
 
 # CyclicLR modes (enum CyclicMode).
 CYCLIC_TRIANGULAR = 0
@@ -180,6 +181,29 @@ class Constant(Schedule):
     @classmethod
     def from_params(cls, p, children):
         return cls(p[0])
+
+
+class Held(Schedule):
+    """A param group's current lr (and beta1, NaN when the optimizer's applies), as words that the
+    host and the scheduler ops write in place (note [Scheduler steps on the device])."""
+
+    kind = KIND_HELD
+
+    def __init__(self, lr: float, beta1: float = math.nan):
+        self.lr_, self.beta1_ = float(lr), float(beta1)
+
+    def value(self, t):
+        return self.lr_, None if math.isnan(self.beta1_) else self.beta1_
+
+    def lr(self, t):
+        return self.lr_
+
+    def params(self):
+        return [self.lr_, self.beta1_]
+
+    @classmethod
+    def from_params(cls, p, children):
+        return cls(p[0], p[1])
 
 
 class Tabulated(Schedule):

@@ -13,10 +13,10 @@
 // Adding a kind means adding an enumerator, one case in `evaluate_node` and one in
 // `expected_param_count`; the Python encoder mirrors the numbering (checked by the tests).
 //
-// Some parameters are slots that the device updates in place: the value of a CONSTANT node
-// (ReduceLROnPlateau's current lr, a tensor lr copied in without a sync) and the first_t and
-// values of a TABLE node (LambdaLR / MultiplicativeLR / custom scale functions, uploaded in
-// blocks ahead of the clock).
+// Some parameters are slots that the device updates in place: the lr and beta1 of a HELD node
+// (what a param group's lr is now: written by the host for a hand-written or tensor lr, by
+// `advance_lr_` for the torch-compatible schedulers, by ReduceLROnPlateau's device ops) and the
+// first_t and values of a TABLE node (tabulated Python functions).
 #pragma once
 
 #include <math.h>
@@ -45,7 +45,8 @@ enum ScheduleKind : int {
   kOneMinusSqrt = 15,  // [init, end, total_iters]
   kExpRamp = 16,       // [start, end, num_iter]
   kLinearRamp = 17,    // [start, end, num_iter]
-  kNumScheduleKinds = 18,
+  kHeld = 18,          // [lr, beta1]: words the host or a scheduler op writes (beta1 NaN: not set)
+  kNumScheduleKinds = 19,
 };
 
 // CyclicLR modes; the two table modes evaluate a child TABLE at the cycle or at t.
@@ -100,6 +101,7 @@ LRFUSED_HOST_DEVICE int64_t expected_param_count(int kind, const double* params,
     case kOneMinusSqrt: return 3;
     case kExpRamp: return 3;
     case kLinearRamp: return 3;
+    case kHeld: return 2;
     default: return -1;
   }
 }
@@ -309,6 +311,8 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         const double last = p[2] - 1.0;
         return {p[0] + (td < last ? td : last) / last * (p[1] - p[0]), nan};
       }
+      case kHeld:
+        return {p[0], p[1]};
       default:
         return {nan, nan};
     }

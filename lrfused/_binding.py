@@ -1,0 +1,216 @@
+"""The binding between a FusedScheduledAdam, the schedulers that drive it and the LR finder.
+
+note [The binding]
+Data flows one way: scheduler -> binding -> optimizer -> op -> kernel. The binding holds, on the
+device, the words the kernel reads for each param group's lr (and beta1): a HELD node per group
+(``[KIND_HELD, 4, lr, beta1]``), or with ``FusedScheduledAdam(schedule=s)`` the program
+``lr * s(step)`` whose lr word is ``group["lr"]``. Everything that changes a group's lr goes through
+one of four doors, and nothing else writes the words:
+
+* ``absorb(groups)``: the host's writes. Called before every optimizer step and every scheduler
+  step, it compares each ``group["lr"]`` (and ``group["betas"]``) with what the words were last
+  known to hold and writes what changed: a hand write, a stock torch scheduler, SWALR, a
+  framework's ``lr_find``, ``load_state_dict``. The last writer wins, as in torch.
+* ``advance(clock, rules, epoch)``: a scheduler step computed on the device (``advance_lr_``):
+  the words move without the host, so a captured ``scheduler.step()`` replays correctly.
+* ``write(groups)``: a scheduler step the host computed (a Python ``lr_lambda`` without
+  ``horizon=``, a fractional epoch): the host's values are written, like a hand write.
+* ``lr_words()``: ReduceLROnPlateau's device ops update the lr words in place.
+
+After a scheduler step, ``record(groups)`` notes the host mirror (the floats torch's own code
+computed, or the device tensors a plateau published) as what the words hold, so that the next
+``absorb`` writes nothing. The binding holds no reference to the optimizer or to any scheduler:
+deleting a scheduler frees it at once, and the optimizer deep-copies and pickles with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _ops, _rules
+from .schedules import Product, Schedule
+
+
+def check_lr_value(lr: Any, where: str) -> float:
+    """A float lr that a write put in a param group, checked as torch checks it at construction."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"Invalid learning rate: {lr!r} ({where}) must be a float or a 1-element tensor")
+    if not (math.isfinite(lr) and lr >= 0.0):
+        raise ValueError(f"Invalid learning rate: {lr} ({where})")
+    return float(lr)
+
+
+class Binding:
+    """The device words of every param group's lr, and the doors through which they change."""
+
+    def __init__(self, groups: list[dict[str, Any]], schedule: Schedule | None, device: torch.device):
+        self.schedule = schedule
+        self.primary = device
+        self.offsets: list[int] = []
+        self.lengths: list[int] = []
+        self.buffers: dict[torch.device, Tensor] = {}
+        self.views: dict[tuple[int, torch.device], Tensor] = {}
+        # What the lr word of each group was last known to hold on the host: the float written, or
+        # the tensor object a device scheduler published (None: unknown, written at the next absorb).
+        self._seen_lr: list[Any] = []
+        # The group["betas"] object the beta1 word agrees with.
+        self._seen_betas: list[Any] = []
+        # While a device schedule drives a group's beta1 word: the op's beta1 argument, held constant
+        # so that a compiled step sees the same constant every step (the kernel reads the word).
+        self._beta1_arg: list[float | None] = []
+        # A scheduler steps these words on the device: a compiled optimizer step then leaves the
+        # host comparisons out (each value would become a guard, each step a recompilation).
+        self.driven = False
+        self.buffers[device] = self._encode(groups, 0)
+
+    # --- layout --------------------------------------------------------------------------------
+
+    @property
+    def group_count(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def held(self) -> bool:
+        """Each group is a HELD node (no ``schedule=``): the scheduler ops can drive the words."""
+        return self.schedule is None
+
+    def _encode(self, groups: list[dict[str, Any]], first: int) -> Tensor:
+        words: list[float] = []
+        start = self.offsets[-1] + self.lengths[-1] if self.offsets else 0
+        for group in groups[first:]:
+            lr = group["lr"]
+            initial = float(lr) if not isinstance(lr, Tensor) else 0.0  # a tensor lr is copied in by absorb
+            if self.schedule is None:
+                program = _rules.held(initial)
+            else:
+                program = Product([self.schedule], init=initial).encode()  # validated by the optimizer
+            self.offsets.append(start + len(words))
+            self.lengths.append(len(program))
+            words += program
+            self._seen_lr.append(None)
+            self._seen_betas.append(None)
+            self._beta1_arg.append(None)
+        return torch.tensor(words, dtype=torch.float64).to(self.primary)
+
+    def grow(self, groups: list[dict[str, Any]]) -> None:
+        """Adds the words of groups added since (``add_param_group``); the others keep theirs."""
+        first = self.group_count
+        if len(groups) == first:
+            return
+        if len(groups) < first:
+            raise RuntimeError(f"the optimizer had {first} param groups and now has {len(groups)}")
+        added = self._encode(groups, first)
+        self.buffers = {self.primary: torch.cat([self.buffers[self.primary], added])}
+        self.views = {}
+
+    def program(self, index: int, device: torch.device) -> Tensor:
+        """Group ``index``'s program on ``device`` (a view, made once)."""
+        key = (index, device)
+        view = self.views.get(key)
+        if view is None:
+            view = self.views[key] = self.buffers[device].narrow(0, self.offsets[index], self.lengths[index])
+        return view
+
+    def mirror_to(self, devices: set[torch.device]) -> None:
+        """Copies the words to the other devices a step updates (device to device, no sync)."""
+        source = self.buffers[self.primary]
+        for device in devices - {self.primary}:
+            if device not in self.buffers:
+                self.buffers[device] = torch.empty_like(source, device=device)
+            self.buffers[device].copy_(source, non_blocking=True)
+
+    def lr_words(self) -> Tensor:
+        """The lr word of every group, a strided view (HELD layout only)."""
+        return self.buffers[self.primary].view(self.group_count, _rules.HELD_WORDS)[:, _rules.HELD_LR]
+
+    def _lr_word(self, index: int) -> Tensor:
+        return self.buffers[self.primary][self.offsets[index] + _rules.HELD_LR]
+
+    def _beta1_word(self, index: int) -> Tensor:
+        return self.buffers[self.primary][self.offsets[index] + _rules.HELD_BETA1]
+
+    # --- the doors -------------------------------------------------------------------------------
+
+    def absorb(self, groups: list[dict[str, Any]]) -> None:
+        """Writes into the words what the host changed since they were last known (last writer wins)."""
+        for index, group in enumerate(groups):
+            lr, seen = group["lr"], self._seen_lr[index]
+            if isinstance(lr, Tensor):
+                if lr is not seen:
+                    # A tensor lr of the user's is followed at every step (it may change in place).
+                    self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
+            elif seen is None or isinstance(seen, Tensor) or lr != seen:
+                self._lr_word(index).fill_(check_lr_value(lr, f"param_groups[{index}]['lr']"))
+                self._seen_lr[index] = lr
+            betas = group.get("betas")
+            if betas is not self._seen_betas[index]:
+                if self._beta1_arg[index] is not None:
+                    # A new betas written over a device-driven beta1: the group's value wins.
+                    self._beta1_word(index).fill_(math.nan)
+                    self._beta1_arg[index] = None
+                self._seen_betas[index] = betas
+
+    def write(self, groups: list[dict[str, Any]]) -> None:
+        """A step the host computed: its values become the words'."""
+        for index, group in enumerate(groups):
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
+            else:
+                self._lr_word(index).fill_(check_lr_value(lr, f"param_groups[{index}]['lr']"))
+            if self.held and self._beta1_arg[index] is not None:
+                self._beta1_word(index).fill_(math.nan)
+                self._beta1_arg[index] = None
+        self.record(groups)
+
+    def advance(self, clock: Tensor, rules: Tensor, epoch: int | None, beta1_from: list[float | None]) -> None:
+        """A step on the device; ``beta1_from[i]`` is group i's beta1 when the rules drive it, else None."""
+        _ops.advance_lr_(self.buffers[self.primary], clock, rules, epoch)
+        for index, beta1 in enumerate(beta1_from):
+            if beta1 is not None and self._beta1_arg[index] is None:
+                self._beta1_arg[index] = beta1
+        self.driven = True
+
+    def record(self, groups: list[dict[str, Any]]) -> None:
+        """Notes the host's values as what the words hold (after a step that set both). A tensor
+        lr of the user's is not noted: it can change in place, so absorb copies it at every step."""
+        for index, group in enumerate(groups):
+            lr = group["lr"]
+            if not isinstance(lr, Tensor) or lr is not self._seen_lr[index]:
+                self._seen_lr[index] = None if isinstance(lr, Tensor) else lr
+            self._seen_betas[index] = group.get("betas")
+
+    def publish(self, groups: list[dict[str, Any]], index: int, lr: Tensor) -> None:
+        """Puts a device tensor that lrfused made (a value only the device knows) in group
+        ``index``'s lr, as what its word holds; a tensor lr of the user's is updated in place."""
+        group = groups[index]
+        current = group["lr"]
+        if isinstance(current, Tensor) and current is not self._seen_lr[index]:
+            current.copy_(lr.reshape(current.shape), non_blocking=True)
+            return
+        group["lr"] = lr
+        self._seen_lr[index] = lr
+
+    def owns(self, index: int, lr: Any) -> bool:
+        """Whether ``lr`` is a device tensor that lrfused published for group ``index``."""
+        return isinstance(lr, Tensor) and lr is self._seen_lr[index]
+
+    def beta1_for(self, index: int, group_beta1: float) -> float:
+        """The op's beta1 argument for group ``index``."""
+        held = self._beta1_arg[index] if index < len(self._beta1_arg) else None
+        return group_beta1 if held is None else held
+
+    # --- the finder's save and restore -----------------------------------------------------------
+
+    def snapshot(self) -> tuple[Tensor, list[Any], list[Any], list[float | None]]:
+        return (self.buffers[self.primary].clone(), list(self._seen_lr), list(self._seen_betas),
+                list(self._beta1_arg))
+
+    def restore(self, snapshot: tuple[Tensor, list[Any], list[Any], list[float | None]]) -> None:
+        words, seen_lr, seen_betas, beta1_arg = snapshot
+        self.buffers[self.primary].copy_(words)
+        self._seen_lr, self._seen_betas, self._beta1_arg = list(seen_lr), list(seen_betas), list(beta1_arg)

@@ -1,0 +1,63 @@
+"""Schedulers made of schedulers: SequentialLR (one child at a time, chosen on the device) and
+ChainedScheduler (every child each step, each on the lr the previous one left)."""
+
+from __future__ import annotations
+
+from torch.optim import lr_scheduler as torch_schedulers
+
+from .. import _rules
+from ._device import OnDevice, unwrap_optimizer
+
+
+class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
+    """torch's SequentialLR: child ``i`` from ``milestones[i-1]`` on, restarted at its closed form.
+
+    The children are stepped by torch's code on the host; on the device one launch per step
+    picks the child from SequentialLR's clock and applies its rule, so a captured ``step()``
+    crosses milestones in its replays. A child without a device form (a LambdaLR without
+    ``horizon=``, a stock torch scheduler) makes every step host-computed.
+    """
+
+    def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
+        optimizer = unwrap_optimizer(optimizer, "SequentialLR")
+        for child in schedulers:
+            if isinstance(child, OnDevice):
+                child._parent = self  # torch's constructor steps the first child once more
+        torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
+        # torch's constructor wrote the groups from the host: the device follows.
+        binding = optimizer._scheduler_binding("SequentialLR")
+        binding.write(optimizer.param_groups)
+
+    def _leaf_rule(self, index):
+        children = []
+        for child in self._schedulers:
+            if not isinstance(child, OnDevice):
+                return None
+            rule = child._leaf_rule(index)
+            if rule is None or int(rule[0]) == _rules.RULE_SEQUENTIAL:
+                return None
+            children.append(rule)
+        return _rules.sequential(list(self._milestones), children)
+
+    def step(self):
+        self._run_step(lambda: torch_schedulers.SequentialLR.step(self), None)
+
+    def _update_lr(self, epoch=None):  # pragma: no cover - torch's SequentialLR never calls its own
+        raise NotImplementedError
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        for child in self._schedulers:
+            if isinstance(child, OnDevice):
+                child._parent = self
+
+
+class ChainedScheduler(torch_schedulers.ChainedScheduler):
+    """torch's ChainedScheduler: every child steps each time, in order, each from the lr the
+    previous one left. Each lrfused child's step runs on the device, so the chain does too."""
+
+    def __init__(self, schedulers, optimizer=None):
+        schedulers = list(schedulers)
+        if optimizer is not None:
+            optimizer = unwrap_optimizer(optimizer, "ChainedScheduler")
+        torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
