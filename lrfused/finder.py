@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _ops, _rules
 from . import schedules as S
 from .optim import FusedScheduledAdam
 
@@ -90,7 +91,10 @@ class LRFinder:
             "optimizer_state": {i: self.optimizer.state[p] for i, p in enumerate(params) if p in self.optimizer.state},
             "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups],
         }
-        extra = {"binding": getattr(self.optimizer, "_binding", None)}
+        # What the kernel reads for each group's lr: restored as it was (it may hold a value only the
+        # device knows, such as ReduceLROnPlateau's).
+        extra = {"lr_words": self.optimizer._binding_now().snapshot()
+                 if isinstance(self.optimizer, FusedScheduledAdam) else None}
         if self.cache == "memory":
             self._saved = (copy.deepcopy(state), extra)
         else:
@@ -117,22 +121,13 @@ class LRFinder:
             else:
                 self.optimizer.state.pop(p, None)
         if isinstance(self.optimizer, FusedScheduledAdam):
-            self.optimizer._binding = extra["binding"]
+            self.optimizer._binding_now().restore(extra["lr_words"])
             self.optimizer._plans = {}
-            self.optimizer._lr_seen = {}
 
     def __del__(self):
         saved = getattr(self, "_saved", None)
         if saved is not None and isinstance(saved[0], str) and os.path.exists(saved[0]):
             os.remove(saved[0])
-
-    # --- the schedule owner protocol (FusedScheduledAdam asks its owner these) ------------------
-
-    def _check_owns(self, optimizer) -> None:
-        return None
-
-    def _kernel_beta1(self, index: int, beta1: float) -> float:
-        return beta1
 
     # --- the test -------------------------------------------------------------------------------
 
@@ -180,9 +175,16 @@ class LRFinder:
         ramp = S.ExpRamp if step_mode == "exp" else S.LinearRamp
         ramps = [ramp(start, end_lr, num_iter) for start in starts]
         fused = isinstance(self.optimizer, FusedScheduledAdam)
-        clock = torch.zeros((), dtype=torch.int64, device=self.device)
         if fused:
-            self.optimizer._bind(ramps, clock, self, [None] * len(ramps))
+            # The ramp steps on the device like a scheduler (note [The binding]): the host never
+            # writes an lr during the test.
+            binding = self.optimizer._scheduler_binding("LRFinder")
+            rules = torch.tensor([w for ramp_ in ramps for w in _rules.set_(ramp_)], dtype=torch.float64)
+            _ops.validate_rules(rules, len(ramps))
+            rules = rules.to(binding.primary)
+            clock = torch.zeros((), dtype=torch.int64, device=binding.primary)
+            binding.absorb(groups)
+            binding.advance(clock, rules, 0, [None] * len(ramps))
 
         scaler = torch.amp.GradScaler(self.device.type) if amp == torch.float16 else None
         history = torch.zeros(num_iter, dtype=torch.float64, device=self.device)
@@ -214,7 +216,7 @@ class LRFinder:
                 diverged = (smoothed > diverge_th * best) & (first_diverged < 0)
                 first_diverged.copy_(torch.where(diverged, iteration, first_diverged))
                 if fused:
-                    clock.add_(1)
+                    binding.advance(clock, rules, None, [None] * len(ramps))
                 if bar is not None:
                     bar.update(1)
                 if (iteration + 1) % check_every == 0 and iteration + 1 < num_iter:

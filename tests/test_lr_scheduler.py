@@ -203,8 +203,11 @@ def test_resume_with_last_epoch_like_torch():
     sched_ours = L.CosineAnnealingLR(opt_ours, last_epoch=19, **config)
     sched_theirs = T.CosineAnnealingLR(opt_theirs, last_epoch=19, **config)
     assert sched_ours.last_epoch == sched_theirs.last_epoch == 20
-    closed_form = [1e-4 + (lr - 1e-4) * (1 + math.cos(math.pi * 20 / 50)) / 2 for lr in (1e-2, 3e-3)]
-    assert sched_ours.get_last_lr() == pytest.approx(closed_form, rel=1e-12)
+    assert sched_ours.get_last_lr() == sched_theirs.get_last_lr()
+    for _ in range(5):
+        sched_ours.step()
+        sched_theirs.step()
+        assert sched_ours.get_last_lr() == pytest.approx(sched_theirs.get_last_lr(), rel=1e-12)
 
 
 def test_other_optimizers_are_refused():
@@ -213,83 +216,51 @@ def test_other_optimizers_are_refused():
         L.StepLR(opt, step_size=3)
 
 
-def test_two_independent_schedulers_are_an_error():
-    _, _, opt, _ = twin_setup("cpu")
-    first = L.StepLR(opt, step_size=3)
-    L.ExponentialLR(opt, gamma=0.9)
-    with pytest.raises(RuntimeError, match="ChainedScheduler or SequentialLR"):
-        first.step()
-
-
-def test_manual_lr_write_under_a_scheduler_is_an_error():
-    ours, _, opt, _ = twin_setup("cpu")
-    L.StepLR(opt, step_size=3)
-    opt.param_groups[0]["lr"] = 0.5
-    for p in ours:
-        p.grad = torch.ones_like(p)
-    before = [p.detach().clone() for p in ours]
-    with pytest.raises(RuntimeError, match=r"param_groups\[0\]\['lr'\] was set to 0.5"):
-        opt.step()
-    assert all(torch.equal(p, q) for p, q in zip(ours, before))
-
-
-def test_lambda_horizon_is_enforced():
-    _, _, opt, _ = twin_setup("cpu")
-    sched = L.LambdaLR(opt, lambda t: 0.9 ** t, horizon=5)
-    for _ in range(4):
-        sched.step()
-    with pytest.raises(ValueError, match="horizon=5, asked for t=5"):
-        sched.step()
+def test_lambda_past_its_horizon_is_computed_on_the_host():
+    ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
+    lam = lambda t: 0.9 ** t  # noqa: E731
+    sched_ours = L.LambdaLR(opt_ours, lam, horizon=5)
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.LambdaLR(opt_theirs, lam), 12)
 
 
 @pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
 def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode):
-    # horizon= puts the whole table on the device (what a captured scheduler.step() needs).
+    # horizon= puts the whole table on the device (what a captured scheduler.step() needs); past
+    # it the host computes the steps, with the same values.
     config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x), scale_mode=scale_mode)
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     sched_ours = L.CyclicLR(opt_ours, **config, horizon=30)
-    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.CyclicLR(opt_theirs, **config), 29)
-    # By cycle, the table holds whole cycles: the one holding step 29 ends at step 31.
-    with pytest.raises(ValueError, match="horizon"):
-        for _ in range(3 if scale_mode == "cycle" else 1):
-            sched_ours.step()
+    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.CyclicLR(opt_theirs, **config), 40)
 
 
-def test_affine_chain_with_horizon(device):
+def test_affine_chain_on_the_device(device):
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
-    build = lambda module, opt, **kw: module.ChainedScheduler(  # noqa: E731
-        [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)], **kw)
-    sched_ours = build(L, opt_ours, horizon=40)
+    build = lambda module, opt: module.ChainedScheduler(  # noqa: E731
+        [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)])
+    sched_ours = build(L, opt_ours)
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, build(T, opt_theirs), 39)
-    with pytest.raises(ValueError, match="horizon=40"):
-        sched_ours.step()
+    words = opt_ours._binding.lr_words().tolist()
+    assert words == pytest.approx([g["lr"] for g in opt_theirs.param_groups], rel=1e-12)
 
 
-def test_lambda_blocks_are_uploaded_ahead_of_the_clock():
+def test_warm_restarts_explicit_epoch_follows_torch():
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
-    lam = lambda t: 1.0 + 0.5 * math.sin(t / 3.0)  # noqa: E731
-    sched_ours = L.LambdaLR(opt_ours, lam, capacity=7)  # many refills over the run
-    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.LambdaLR(opt_theirs, lam), 50)
+    sched_ours = L.CosineAnnealingWarmRestarts(opt_ours, T_0=3, T_mult=3)
+    sched_theirs = T.CosineAnnealingWarmRestarts(opt_theirs, T_0=3, T_mult=3)
+    for epoch in (363, 364, 3.5, 7, 7.25, 20):
+        sched_ours.step(epoch)
+        sched_theirs.step(epoch)
+        assert (sched_ours.T_cur, sched_ours.T_i) == (sched_theirs.T_cur, sched_theirs.T_i)
+        assert sched_ours.get_last_lr() == sched_theirs.get_last_lr()
+        assert opt_ours._binding.lr_words().tolist() == [g["lr"] for g in opt_theirs.param_groups]
 
 
-def test_warm_restarts_exact_where_torch_float_log_is_not():
-    _, _, opt, _ = twin_setup("cpu")
-    sched = L.CosineAnnealingWarmRestarts(opt, T_0=3, T_mult=3)
-    sched.step(363)  # 3 + 9 + 27 + 81 + 243 = 363: the first step of a new cycle
-    assert sched.T_cur == 0 and sched.T_i == 729
-    assert sched.get_last_lr()[0] == pytest.approx(1e-2, rel=1e-15)
-    with pytest.raises(ValueError, match="non-negative integer"):
-        sched.step(3.5)
-
-
-def test_constant_lr_factor_zero_is_allowed():
+def test_constant_lr_factor_zero_raises_like_torch():
     _, _, opt, _ = twin_setup("cpu")
     sched = L.ConstantLR(opt, factor=0.0, total_iters=2)
-    values = []
-    for _ in range(4):
-        values.append(sched.get_last_lr()[0])
+    sched.step()
+    with pytest.raises(ZeroDivisionError):
         sched.step()
-    assert values == [0.0, 0.0, 1e-2, 1e-2]
 
 
 def test_one_cycle_past_total_steps_raises_like_torch():
@@ -301,12 +272,3 @@ def test_one_cycle_past_total_steps_raises_like_torch():
         sched.step()
 
 
-def test_param_group_added_after_the_scheduler_is_an_error():
-    ours, _, opt, _ = twin_setup("cpu")
-    L.StepLR(opt, step_size=3)
-    extra = torch.zeros(2, requires_grad=True)
-    opt.add_param_group({"params": [extra]})
-    for p in ours + [extra]:
-        p.grad = torch.ones_like(p)
-    with pytest.raises(RuntimeError, match="attached to 2 param groups, the optimizer now has 3"):
-        opt.step()

@@ -98,8 +98,8 @@ def test_every_kind_is_evaluated_by_cpp():
                 S.Polynomial(1.0, 10), S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
                 S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0)], [3]),
                 S.product(S.Constant(2.0)), S.InverseSqrt(1.0, 10.0, 10.0), S.OneMinusSqrt(1.0, 0.0, 10),
-                S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10)]
-    assert sorted(type(s).kind for s in examples) == list(range(18))
+                S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), S.Held(0.25, 0.85)]
+    assert sorted(type(s).kind for s in examples) == list(range(19))
     for schedule in examples:
         for t in (0, 1, 2, 5):
             assert close(schedule(t), cpp_value(schedule, t)[0]), (schedule, t)

@@ -21,6 +21,24 @@ def _horizon(value) -> int | None:
     return None if value is None else S._positive_int("horizon", value)
 
 
+def _whole(value):
+    """An integral float (``T_max=100.0``, which torch accepts) as the int the encoder takes."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _check(name: str, build, torch_names: dict[str, str] | None = None) -> None:
+    """Refuses, before torch's constructor changes anything, arguments that torch would take and
+    then fail on or misuse (a zero step size or period, a negative gamma); the message uses
+    torch's argument names."""
+    try:
+        build()
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        for ours, theirs in (torch_names or {}).items():
+            message = message.replace(f" {ours}", f" {theirs}")
+        raise type(error)(f"{name}: {message}") from None
+
+
 class LambdaLR(OnDevice, torch_schedulers.LambdaLR):
     """torch's LambdaLR: ``lr = base_lr * lr_lambda(t)``, with ``lr_lambda`` called at each step as
     torch calls it (a list-indexing or stateful lambda works as in torch).
@@ -70,7 +88,9 @@ class StepLR(OnDevice, torch_schedulers.StepLR):
     """torch's StepLR: the lr times ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
-        torch_schedulers.StepLR.__init__(self, unwrap_optimizer(optimizer, "StepLR"), step_size, gamma, last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "StepLR")
+        _check("StepLR", lambda: S.Step(1.0, step_size, gamma))
+        torch_schedulers.StepLR.__init__(self, optimizer, step_size, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Step(self._base(index), self.step_size, self.gamma))
@@ -80,8 +100,10 @@ class MultiStepLR(OnDevice, torch_schedulers.MultiStepLR):
     """torch's MultiStepLR: the lr times ``gamma`` at each milestone (duplicates compound)."""
 
     def __init__(self, optimizer, milestones, gamma=0.1, last_epoch=-1):
-        torch_schedulers.MultiStepLR.__init__(self, unwrap_optimizer(optimizer, "MultiStepLR"), milestones, gamma,
-                                              last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "MultiStepLR")
+        milestones = list(milestones)
+        _check("MultiStepLR", lambda: S.MultiStep(1.0, sorted(milestones), gamma))
+        torch_schedulers.MultiStepLR.__init__(self, optimizer, milestones, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.MultiStep(self._base(index), sorted(self.milestones.elements()), self.gamma))
@@ -91,8 +113,8 @@ class ConstantLR(OnDevice, torch_schedulers.ConstantLR):
     """torch's ConstantLR: the lr times ``factor`` until ``total_iters``."""
 
     def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
-        torch_schedulers.ConstantLR.__init__(self, unwrap_optimizer(optimizer, "ConstantLR"), factor, total_iters,
-                                             last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "ConstantLR")
+        torch_schedulers.ConstantLR.__init__(self, optimizer, factor, total_iters, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.ConstantFactor(self._base(index), self.factor, self.total_iters))
@@ -113,7 +135,9 @@ class ExponentialLR(OnDevice, torch_schedulers.ExponentialLR):
     """torch's ExponentialLR: the lr times ``gamma`` at every step."""
 
     def __init__(self, optimizer, gamma, last_epoch=-1):
-        torch_schedulers.ExponentialLR.__init__(self, unwrap_optimizer(optimizer, "ExponentialLR"), gamma, last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "ExponentialLR")
+        _check("ExponentialLR", lambda: S.Exponential(1.0, gamma))
+        torch_schedulers.ExponentialLR.__init__(self, optimizer, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Exponential(self._base(index), self.gamma))
@@ -134,11 +158,12 @@ class CosineAnnealingLR(OnDevice, torch_schedulers.CosineAnnealingLR):
     """torch's CosineAnnealingLR, stepped with torch's recursive formula (an affine map of the lr)."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
-        torch_schedulers.CosineAnnealingLR.__init__(self, unwrap_optimizer(optimizer, "CosineAnnealingLR"), T_max,
-                                                    eta_min, last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "CosineAnnealingLR")
+        _check("CosineAnnealingLR", lambda: S.Cosine(1.0, _whole(T_max), eta_min), {"period": "T_max", "floor": "eta_min"})
+        torch_schedulers.CosineAnnealingLR.__init__(self, optimizer, T_max, eta_min, last_epoch)
 
     def _leaf_rule(self, index):
-        return _rules.chain(S.Cosine(self._base(index), self.T_max, self.eta_min))
+        return _rules.chain(S.Cosine(self._base(index), _whole(self.T_max), self.eta_min))
 
 
 class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarmRestarts):
