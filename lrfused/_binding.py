@@ -44,6 +44,15 @@ def check_lr_value(lr: Any, where: str) -> float:
     return float(lr)
 
 
+# Marks the device tensors lrfused puts in group["lr"] (ReduceLROnPlateau's): such a tensor is
+# replaced at each step, never updated in place, also after a deepcopy (load_state_dict makes one).
+PUBLISHED = "_lrfused_published"
+
+
+def is_published(lr: Any) -> bool:
+    return isinstance(lr, Tensor) and getattr(lr, PUBLISHED, False)
+
+
 class Binding:
     """The device words of every param group's lr, and the doors through which they change."""
 
@@ -143,6 +152,8 @@ class Binding:
                 if lr is not seen:
                     # A tensor lr of the user's is followed at every step (it may change in place).
                     self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
+                    if is_published(lr):
+                        self._seen_lr[index] = lr
             elif seen is None or isinstance(seen, Tensor) or lr != seen:
                 self._lr_word(index).fill_(check_lr_value(lr, f"param_groups[{index}]['lr']"))
                 self._seen_lr[index] = lr
@@ -181,7 +192,7 @@ class Binding:
         for index, group in enumerate(groups):
             lr = group["lr"]
             if not isinstance(lr, Tensor) or lr is not self._seen_lr[index]:
-                self._seen_lr[index] = None if isinstance(lr, Tensor) else lr
+                self._seen_lr[index] = lr if not isinstance(lr, Tensor) or is_published(lr) else None
             self._seen_betas[index] = group.get("betas")
 
     def publish(self, groups: list[dict[str, Any]], index: int, lr: Tensor) -> None:
@@ -189,15 +200,16 @@ class Binding:
         ``index``'s lr, as what its word holds; a tensor lr of the user's is updated in place."""
         group = groups[index]
         current = group["lr"]
-        if isinstance(current, Tensor) and current is not self._seen_lr[index]:
+        if isinstance(current, Tensor) and not is_published(current):
             current.copy_(lr.reshape(current.shape), non_blocking=True)
             return
+        setattr(lr, PUBLISHED, True)
         group["lr"] = lr
         self._seen_lr[index] = lr
 
     def owns(self, index: int, lr: Any) -> bool:
         """Whether ``lr`` is a device tensor that lrfused published for group ``index``."""
-        return isinstance(lr, Tensor) and lr is self._seen_lr[index]
+        return is_published(lr)
 
     def beta1_for(self, index: int, group_beta1: float) -> float:
         """The op's beta1 argument for group ``index``."""

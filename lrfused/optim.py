@@ -204,6 +204,26 @@ class FusedScheduledAdam(Optimizer):
         super().add_param_group(param_group)
         self._invalidate()
 
+    # Kept through deepcopy and pickle (torch.optim.Optimizer keeps only defaults, state and groups).
+    _PICKLED = ("_schedule", "_check_finite", "skipped_steps", "_invalid_steps", "_binding")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for key in self._PICKLED:
+            if key in self.__dict__:
+                state[key] = self.__dict__[key]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for key, default in (("_schedule", None), ("_check_finite", False), ("skipped_steps", None),
+                             ("_invalid_steps", {}), ("_binding", None)):
+            self.__dict__.setdefault(key, default)
+        # Plans hold views of the tensors they were made from: rebuilt at the next step.
+        self._plans = {}
+        if self._binding is not None:
+            self._binding.views = {}
+
     def _invalidate(self) -> None:
         # The binding stays: its next absorb follows whatever the groups now hold.
         self._plans = {}

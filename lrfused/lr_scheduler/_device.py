@@ -46,14 +46,16 @@ def unwrap_optimizer(optimizer: Any, name: str) -> FusedScheduledAdam:
         raise TypeError(
             f"lrfused.lr_scheduler.{name} drives a FusedScheduledAdam(W), got {type(optimizer).__name__}; "
             f"for other optimizers use torch.optim.lr_scheduler.{name}")
+    inner._scheduler_binding(name)  # refuses schedule= before anything changes
     return inner
 
 
 class OnDevice:
     """Mixin placed before a torch scheduler class (note [A scheduler step])."""
 
-    # Set by a SequentialLR that steps this scheduler: its own rules then cover this one's.
-    _parent: Any = None
+    # Set by a SequentialLR that steps this scheduler: its own rules then cover this one's. A flag,
+    # not a reference, so that no cycle keeps either alive.
+    _parent = False
     # A host-computed step multiplies the lr (MultiplicativeLR) rather than setting it.
     _cycles_beta1 = False
 
@@ -101,6 +103,10 @@ class OnDevice:
                 # Checked once, on the host: the CUDA op trusts the structure of its rules.
                 _ops.validate_rules(host, key)
                 rules = host.to(binding.primary)
+            # Not kept from the constructor's own step: torch's constructors may set base_lrs after it
+            # (CyclicLR does).
+            if getattr(self, "_is_initial", False):
+                return rules
             self._rules, self._rules_key = rules, key
         return self._rules
 
@@ -154,7 +160,7 @@ class OnDevice:
 
     def _update_lr(self, epoch=None):
         torch_update = super()._update_lr
-        if self._parent is not None:
+        if self._parent:
             torch_update(epoch)
             return
         self._run_step(lambda: torch_update(epoch), epoch)

@@ -191,7 +191,7 @@ class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarm
 
     def step(self, epoch=None):
         torch_step = torch_schedulers.CosineAnnealingWarmRestarts.step
-        if self._parent is not None:
+        if self._parent:
             torch_step(self, epoch)
             return
         if epoch is not None and self._device_form_at(epoch):

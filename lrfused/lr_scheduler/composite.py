@@ -22,7 +22,7 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
         optimizer = unwrap_optimizer(optimizer, "SequentialLR")
         for child in schedulers:
             if isinstance(child, OnDevice):
-                child._parent = self  # torch's constructor steps the first child once more
+                child._parent = True  # torch's constructor steps the first child once more
         torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
         # torch's constructor wrote the groups from the host: the device follows.
         binding = optimizer._scheduler_binding("SequentialLR")
@@ -49,7 +49,7 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
         super().load_state_dict(state_dict)
         for child in self._schedulers:
             if isinstance(child, OnDevice):
-                child._parent = self
+                child._parent = True
 
 
 class ChainedScheduler(torch_schedulers.ChainedScheduler):
