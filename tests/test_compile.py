@@ -88,3 +88,24 @@ def test_stock_torch_recompiles_with_a_float_lr():
             opt.zero_grad()
             sched.step()
     assert frames_compiled() >= 6, "torch recompiles as the float lr changes"
+
+
+@pytest.mark.parametrize("schedule", [None, "exponential"])
+def test_compiled_step_works_from_its_first_call(schedule):
+    # No scheduler, or schedule=: the first compiled call traces the step (nothing it runs needs a
+    # value only a real kernel can give), and its updates equal the eager optimizer's.
+    make = (lambda: lrfused.schedules.exponential_decay(0.8)) if schedule else (lambda: None)
+    torch.manual_seed(0)
+    start = torch.randn(16)
+    p, q = start.clone().requires_grad_(), start.clone().requires_grad_()
+    compiled_opt = lrfused.FusedScheduledAdamW([p], lr=0.1, schedule=make())
+    eager_opt = lrfused.FusedScheduledAdamW([q], lr=0.1, schedule=make())
+    compiled_step = torch.compile(compiled_opt.step, backend="aot_eager")
+    for _ in range(4):
+        g = torch.randn(16)
+        p.grad, q.grad = g.clone(), g.clone()
+        compiled_step()
+        eager_opt.step()
+        assert torch.equal(p, q)
+    if schedule:
+        assert compiled_opt.scheduled_lr() == pytest.approx(0.1 * 0.8 ** 4)
