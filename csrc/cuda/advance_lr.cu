@@ -1,5 +1,7 @@
 // lrfused::advance_lr_ on CUDA: argument checks and one single-thread launch on the current stream
-// (no sync, no copy, so a captured scheduler step replays from the device clock).
+// (no sync, no copy, so a captured scheduler step replays from the device clock). It mirrors
+// csrc/cpu/advance_lr.cpp line for line on purpose: the rule math is shared (common/lr_step.h),
+// only the way each backend reaches its memory differs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

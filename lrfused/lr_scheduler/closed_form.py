@@ -39,7 +39,18 @@ def _check(name: str, build, torch_names: dict[str, str] | None = None) -> None:
         raise type(error)(f"{name}: {message}") from None
 
 
-class LambdaLR(OnDevice, torch_schedulers.LambdaLR):
+class _Tabulated(OnDevice):
+    """A Python function tabulated once for the steps before ``horizon`` (when given): those steps
+    run on the device, the others are computed on the host."""
+
+    _horizon: int | None = None
+
+    def _device_form_at(self, epoch):
+        target = self.last_epoch + 1 if epoch is None else epoch
+        return self._horizon is not None and super()._device_form_at(epoch) and target < self._horizon
+
+
+class LambdaLR(_Tabulated, torch_schedulers.LambdaLR):
     """torch's LambdaLR: ``lr = base_lr * lr_lambda(t)``, with ``lr_lambda`` called at each step as
     torch calls it (a list-indexing or stateful lambda works as in torch).
 
@@ -60,12 +71,8 @@ class LambdaLR(OnDevice, torch_schedulers.LambdaLR):
         base, function = self._base(index), self.lr_lambdas[index]
         return _rules.set_(S.Tabulated(lambda t: base * function(t), horizon=self._horizon))
 
-    def _device_form_at(self, epoch):
-        target = self.last_epoch + 1 if epoch is None else epoch
-        return self._horizon is not None and super()._device_form_at(epoch) and target < self._horizon
 
-
-class MultiplicativeLR(OnDevice, torch_schedulers.MultiplicativeLR):
+class MultiplicativeLR(_Tabulated, torch_schedulers.MultiplicativeLR):
     """torch's MultiplicativeLR: ``lr_t = lr_{t-1} * lr_lambda(t)``; ``horizon=`` as LambdaLR's."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1, *, horizon: int | None = None):
@@ -78,10 +85,6 @@ class MultiplicativeLR(OnDevice, torch_schedulers.MultiplicativeLR):
             return None
         function = self.lr_lambdas[index]
         return _rules.chain(S.Tabulated(lambda t: function(t) if t > 0 else 1.0, horizon=self._horizon))
-
-    def _device_form_at(self, epoch):
-        target = self.last_epoch + 1 if epoch is None else epoch
-        return self._horizon is not None and super()._device_form_at(epoch) and target < self._horizon
 
 
 class StepLR(OnDevice, torch_schedulers.StepLR):
