@@ -16,7 +16,7 @@ g++ $flags -Icsrc tests/cpp/test_common.cpp -o "$work/test_common"
 echo "== CPU op tests under ASan + UBSan"
 LRFUSED_SANITIZE=1 "$PYTHON" setup.py -q build_ext --build-temp "$work/build" --build-lib "$work/lib" > "$work/build.log" 2>&1 \
   || { tail -30 "$work/build.log"; exit 1; }
-cp lrfused/*.py "$work/lib/lrfused/"
+(cd lrfused && find . -name "*.py" -exec cp --parents {} "$work/lib/lrfused/" \;)
 # Python and torch are not instrumented: only lrfused's own code is checked; leaks of the
 # interpreter at exit are not ours to report.
 export ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0
