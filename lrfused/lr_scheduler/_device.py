@@ -56,7 +56,8 @@ class OnDevice:
     # Set by a SequentialLR that steps this scheduler: its own rules then cover this one's. A flag,
     # not a reference, so that no cycle keeps either alive.
     _parent = False
-    # A host-computed step multiplies the lr (MultiplicativeLR) rather than setting it.
+    # The rules set beta1 too (CyclicLR, OneCycleLR with cycle_momentum): the binding then holds the
+    # op's beta1 argument constant while the device word drives it.
     _cycles_beta1 = False
 
     # -- per class ---------------------------------------------------------------------------------
