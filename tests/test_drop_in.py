@@ -485,3 +485,73 @@ def test_optimizer_with_a_scheduler_deep_copies_and_pickles():
     sched.step()
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
         assert clone._binding.lr_words().tolist() == opt._binding.lr_words().tolist()
+
+
+# --- the scheduler objects themselves ------------------------------------------------------------
+
+
+_EVERY_CLASS = {
+    "LambdaLR": lambda S, opt: S.LambdaLR(opt, lambda t: 0.9 ** t),
+    "MultiplicativeLR": lambda S, opt: S.MultiplicativeLR(opt, lambda t: 0.95),
+    "StepLR": lambda S, opt: S.StepLR(opt, step_size=2),
+    "MultiStepLR": lambda S, opt: S.MultiStepLR(opt, milestones=[2, 4]),
+    "ConstantLR": lambda S, opt: S.ConstantLR(opt),
+    "LinearLR": lambda S, opt: S.LinearLR(opt),
+    "ExponentialLR": lambda S, opt: S.ExponentialLR(opt, 0.9),
+    "PolynomialLR": lambda S, opt: S.PolynomialLR(opt),
+    "CosineAnnealingLR": lambda S, opt: S.CosineAnnealingLR(opt, T_max=5),
+    "CosineAnnealingWarmRestarts": lambda S, opt: S.CosineAnnealingWarmRestarts(opt, T_0=3),
+    "CyclicLR": lambda S, opt: S.CyclicLR(opt, 0.001, 0.01, step_size_up=2),
+    "OneCycleLR": lambda S, opt: S.OneCycleLR(opt, max_lr=0.05, total_steps=20),
+    "SequentialLR": lambda S, opt: S.SequentialLR(opt, [S.ConstantLR(opt), S.ExponentialLR(opt, 0.9)], [2]),
+    "ChainedScheduler": lambda S, opt: S.ChainedScheduler([S.ConstantLR(opt), S.ExponentialLR(opt, 0.9)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EVERY_CLASS))
+def test_attributes_and_state_dict_are_torchs(name):
+    """Code that reads a scheduler's attributes or compares state dicts (torch's own tests,
+    checkpoint tools) sees torch's: lrfused keeps its device state outside the instance."""
+    ours, theirs, opt_ours, opt_theirs = twins(31)
+    sched_ours, sched_theirs = _EVERY_CLASS[name](L, opt_ours), _EVERY_CLASS[name](T, opt_theirs)
+    for _ in range(5):
+        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        sched_ours.step()
+        sched_theirs.step()
+    assert sched_ours.__dict__.keys() == sched_theirs.__dict__.keys()
+    assert sched_ours.state_dict().keys() == sched_theirs.state_dict().keys()
+    copy_ours = _EVERY_CLASS[name](L, opt_ours)
+    copy_ours.load_state_dict(sched_ours.state_dict())
+    assert getattr(copy_ours, "last_epoch", None) == getattr(sched_ours, "last_epoch", None)
+    assert copy_ours.get_last_lr() == pytest.approx(sched_ours.get_last_lr(), rel=1e-12)
+
+
+def test_plateau_with_number_metrics_is_torchs_exactly():
+    """A Python number metric: torch's host step, float lrs, torch's state dict and its errors
+    at the step where torch raises them; a tensor metric then moves the state to the device."""
+    ours, theirs, opt_ours, opt_theirs = twins(32)
+    plat_ours = L.ReduceLROnPlateau(opt_ours, patience=0, min_lr=[1e-5, 1e-4])
+    plat_theirs = T.ReduceLROnPlateau(opt_theirs, patience=0, min_lr=[1e-5, 1e-4])
+    for metric in (1.0, 0.5, 0.7, 0.9):
+        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        plat_ours.step(metric)
+        plat_theirs.step(metric)
+        assert [type(g["lr"]) for g in opt_ours.param_groups] == [float, float]
+        assert plat_ours.state_dict() == plat_theirs.state_dict()
+        assert_same_lrs(opt_ours, opt_theirs)
+    assert_same_params(ours, theirs)
+    # torch raises about min_lrs only when a reduction needs them: so does lrfused.
+    for opt in (opt_ours, opt_theirs):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": 0.05})
+    plat_ours.step(0.1)
+    plat_theirs.step(0.1)
+    with pytest.raises(RuntimeError, match="The number of param groups"):
+        plat_theirs.step(0.3)
+    with pytest.raises(RuntimeError, match="The number of param groups"):
+        plat_ours.step(0.3)
+    plat_ours.min_lrs.append(1e-6)
+    plat_theirs.min_lrs.append(1e-6)
+    plat_ours.step(torch.tensor(0.4))
+    plat_theirs.step(0.4)
+    assert isinstance(plat_ours.best, torch.Tensor)
+    assert_same_lrs(opt_ours, opt_theirs)

@@ -210,10 +210,31 @@ def test_resume_with_last_epoch_like_torch():
         assert sched_ours.get_last_lr() == pytest.approx(sched_theirs.get_last_lr(), rel=1e-12)
 
 
-def test_other_optimizers_are_refused():
-    opt = torch.optim.Adam([torch.zeros(2, requires_grad=True)])
-    with pytest.raises(TypeError, match="torch.optim.lr_scheduler.StepLR"):
-        L.StepLR(opt, step_size=3)
+@pytest.mark.parametrize("build", [
+    lambda S, opt: S.StepLR(opt, step_size=3),
+    lambda S, opt: S.OneCycleLR(opt, max_lr=0.1, total_steps=12),
+    lambda S, opt: S.SequentialLR(opt, [S.LinearLR(opt, 0.2, total_iters=3), S.ExponentialLR(opt, 0.9)], [3]),
+], ids=["step", "one-cycle", "sequential"])
+def test_on_another_optimizer_a_scheduler_is_torchs_class(build):
+    """Without a FusedScheduledAdam there is no device lr: the class is torch's, nothing more."""
+    torch.manual_seed(0)
+    params = [torch.randn(4, requires_grad=True) for _ in range(2)]
+    opt_ours, opt_theirs = torch.optim.Adam(params, lr=0.01), torch.optim.Adam(params, lr=0.01)
+    ours, theirs = build(L, opt_ours), build(T, opt_theirs)
+    assert ours.optimizer is opt_ours
+    assert ours.__dict__.keys() == theirs.__dict__.keys()
+    for _ in range(12):
+        ours.step()
+        theirs.step()
+        assert ours.get_last_lr() == theirs.get_last_lr()
+        assert [g["betas"] for g in opt_ours.param_groups] == [g["betas"] for g in opt_theirs.param_groups]
+    plateau = L.ReduceLROnPlateau(opt_ours, patience=0)
+    reference = T.ReduceLROnPlateau(opt_theirs, patience=0)
+    for metric in (1.0, 2.0, 3.0):
+        plateau.step(metric)
+        reference.step(metric)
+    assert plateau.state_dict() == reference.state_dict()
+    assert opt_ours.param_groups[0]["lr"] == opt_theirs.param_groups[0]["lr"]
 
 
 def test_lambda_past_its_horizon_is_computed_on_the_host():

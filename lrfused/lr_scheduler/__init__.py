@@ -28,10 +28,14 @@ ChainedScheduler of these, ``step(epoch)`` with    own step; a SequentialLR with
 an integer epoch                                   child; stock torch schedulers
 =================================================  ======================================
 
+An instance's attributes and ``state_dict()`` are torch's (the device clock and rules live
+outside the instance), so code that inspects or compares schedulers sees torch's.
+
 Differences from torch: none in the values (each class is tested against torch's on the same
-inputs). ReduceLROnPlateau keeps its state and lrs as device tensors (see its docstring), and
-a FusedScheduledAdam built with ``schedule=`` refuses these schedulers (its kernel already
-schedules the lr).
+inputs). ReduceLROnPlateau given a tensor metric keeps its state and lrs as device tensors (see
+its docstring), and a FusedScheduledAdam built with ``schedule=`` refuses these schedulers (its
+kernel already schedules the lr). On an optimizer that is not a FusedScheduledAdam (nor wraps
+one) a class here is torch's class and nothing more: there is no device lr to step.
 """
 
 from .closed_form import (

@@ -18,8 +18,11 @@ the lr without the host. Capturing a step without one raises, before anything ch
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+import threading
+import weakref
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -27,35 +30,77 @@ from torch import Tensor
 from .. import _ops
 from ..optim import FusedScheduledAdam
 
-# Attributes rebuilt from last_epoch and the constructor's arguments, never saved.
-TRANSIENT = ("_clock", "_rules", "_rules_key", "_parent")
+
+class _DeviceSide:
+    """What a scheduler keeps for its device step. It lives outside the scheduler's ``__dict__``,
+    so that the scheduler's attributes, ``state_dict()``, deep copies and pickles are exactly
+    torch's; a copy or a loaded scheduler rebuilds it from ``last_epoch`` at its next step."""
+
+    __slots__ = ("clock", "rules", "rules_key", "cache")
+
+    def __init__(self) -> None:
+        self.clock: Tensor | None = None  # int64 step count on the device
+        self.rules: Tensor | None = None  # the encoded rules (lrfused._rules), on the device
+        self.rules_key: Any = None  # what the rules were built for (the group count)
+        self.cache: Any = None  # a class's own (ReduceLROnPlateau: min_lrs on the device)
 
 
-def unwrap_optimizer(optimizer: Any, name: str) -> FusedScheduledAdam:
+_SIDES: "weakref.WeakKeyDictionary[Any, _DeviceSide]" = weakref.WeakKeyDictionary()
+
+
+def device_side(scheduler: Any) -> _DeviceSide:
+    side = _SIDES.get(scheduler)
+    if side is None:
+        side = _SIDES[scheduler] = _DeviceSide()
+    return side
+
+
+_parents = threading.local()
+
+
+@contextlib.contextmanager
+def children_on_host() -> Iterator[None]:
+    """While a SequentialLR constructs, steps or loads its children, their steps are torch's
+    alone: the parent's own device rule covers them. (A depth per thread, not a flag on each
+    child, so that copies and nesting need no bookkeeping.)"""
+    depth = getattr(_parents, "depth", 0)
+    _parents.depth = depth + 1
+    try:
+        yield
+    finally:
+        _parents.depth = depth
+
+
+def inside_parent_step() -> bool:
+    return getattr(_parents, "depth", 0) > 0
+
+
+def unwrap_optimizer(optimizer: Any, name: str) -> Any:
     """The FusedScheduledAdam inside a framework's wrapper (accelerate's AcceleratedOptimizer,
-    Lightning's LightningOptimizer), or a TypeError naming what was given."""
-    inner, seen = optimizer, 0
-    while not isinstance(inner, FusedScheduledAdam) and seen < 8:
-        wrapped = getattr(inner, "optimizer", None)
-        if wrapped is None or wrapped is inner:
-            wrapped = getattr(inner, "_optimizer", None)
-        if wrapped is None or wrapped is inner:
+    Lightning's LightningOptimizer), or ``optimizer`` itself when there is none: the scheduler is
+    then torch's class and nothing more (there is no device lr to step)."""
+    # Descend first: Lightning's wrapper is an instance of a subclass made on the fly from the
+    # optimizer's own class, with a copy of its __dict__, so isinstance alone would stop at it.
+    inner = optimizer
+    for _ in range(8):
+        wrapped = next((w for w in (getattr(inner, "optimizer", None), getattr(inner, "_optimizer", None))
+                        if isinstance(w, torch.optim.Optimizer) and w is not inner), None)
+        if wrapped is None:
             break
-        inner, seen = wrapped, seen + 1
+        inner = wrapped
     if not isinstance(inner, FusedScheduledAdam):
-        raise TypeError(
-            f"lrfused.lr_scheduler.{name} drives a FusedScheduledAdam(W), got {type(optimizer).__name__}; "
-            f"for other optimizers use torch.optim.lr_scheduler.{name}")
+        return optimizer
     inner._scheduler_binding(name)  # refuses schedule= before anything changes
     return inner
+
+
+def drives_device(optimizer: Any) -> bool:
+    return isinstance(optimizer, FusedScheduledAdam)
 
 
 class OnDevice:
     """Mixin placed before a torch scheduler class (note [A scheduler step])."""
 
-    # Set by a SequentialLR that steps this scheduler: its own rules then cover this one's. A flag,
-    # not a reference, so that no cycle keeps either alive.
-    _parent = False
     # The rules set beta1 too (CyclicLR, OneCycleLR with cycle_momentum): the binding then holds the
     # op's beta1 argument constant while the device word drives it.
     _cycles_beta1 = False
@@ -95,8 +140,8 @@ class OnDevice:
         return words
 
     def _device_rules(self, binding) -> Tensor | None:
-        key = binding.group_count
-        if getattr(self, "_rules_key", None) != key:
+        side, key = device_side(self), binding.group_count
+        if side.rules_key != key:
             words = self._group_rules(key) if binding.held else None
             rules = None
             if words is not None:
@@ -108,8 +153,8 @@ class OnDevice:
             # (CyclicLR does).
             if getattr(self, "_is_initial", False):
                 return rules
-            self._rules, self._rules_key = rules, key
-        return self._rules
+            side.rules, side.rules_key = rules, key
+        return side.rules
 
     def _refuse_capture(self, binding, why: str) -> None:
         if binding.primary.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -120,6 +165,9 @@ class OnDevice:
 
     def _run_step(self, host_step: Callable[[], None], epoch: Any) -> None:
         optimizer = self.optimizer
+        if inside_parent_step() or not drives_device(optimizer):
+            host_step()
+            return
         groups = optimizer.param_groups
         binding = optimizer._scheduler_binding(type(self).__name__)
         rules = self._device_rules(binding)
@@ -132,10 +180,11 @@ class OnDevice:
                 # torch updates a tensor lr in place: a logger that kept last step's keeps its value.
                 binding.publish(groups, index, group["lr"].clone())
         host_step()
-        clock = getattr(self, "_clock", None)
+        side = device_side(self)
+        clock = side.clock
         if on_device and self._device_form_after():
             if clock is None:
-                clock = self._clock = torch.full((), max(self.last_epoch - 1, 0), dtype=torch.int64,
+                clock = side.clock = torch.full((), max(self.last_epoch - 1, 0), dtype=torch.int64,
                                                  device=binding.primary)
             beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
             binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
@@ -144,7 +193,7 @@ class OnDevice:
             if rules is not None:
                 # The next device step starts from here.
                 if clock is None:
-                    self._clock = torch.full((), max(int(math.floor(self.last_epoch)), 0), dtype=torch.int64,
+                    side.clock = torch.full((), max(int(math.floor(self.last_epoch)), 0), dtype=torch.int64,
                                              device=binding.primary)
                 else:
                     clock.fill_(max(int(math.floor(self.last_epoch)), 0))
@@ -161,21 +210,12 @@ class OnDevice:
 
     def _update_lr(self, epoch=None):
         torch_update = super()._update_lr
-        if self._parent:
-            torch_update(epoch)
-            return
         self._run_step(lambda: torch_update(epoch), epoch)
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        for key in TRANSIENT:
-            state.pop(key, None)
-        return state
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k not in TRANSIENT})
+        super().load_state_dict(state_dict)
         # A loaded torch state (or lrfused's) moves the clock; the rules are rebuilt at the next step.
-        self._rules_key = None
-        clock = getattr(self, "_clock", None)
-        if clock is not None:
-            clock.fill_(max(int(math.floor(self.last_epoch)), 0))
+        side = device_side(self)
+        side.rules_key = None
+        if side.clock is not None:
+            side.clock.fill_(max(int(math.floor(self.last_epoch)), 0))

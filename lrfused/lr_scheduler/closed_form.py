@@ -62,7 +62,8 @@ class LambdaLR(_Tabulated, torch_schedulers.LambdaLR):
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1, *, horizon: int | None = None):
         optimizer = unwrap_optimizer(optimizer, "LambdaLR")
-        self._horizon = _horizon(horizon)
+        if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
+            self._horizon = _horizon(horizon)
         torch_schedulers.LambdaLR.__init__(self, optimizer, lr_lambda, last_epoch)
 
     def _leaf_rule(self, index):
@@ -77,7 +78,8 @@ class MultiplicativeLR(_Tabulated, torch_schedulers.MultiplicativeLR):
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1, *, horizon: int | None = None):
         optimizer = unwrap_optimizer(optimizer, "MultiplicativeLR")
-        self._horizon = _horizon(horizon)
+        if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
+            self._horizon = _horizon(horizon)
         torch_schedulers.MultiplicativeLR.__init__(self, optimizer, lr_lambda, last_epoch)
 
     def _leaf_rule(self, index):
@@ -194,11 +196,6 @@ class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarm
 
     def step(self, epoch=None):
         torch_step = torch_schedulers.CosineAnnealingWarmRestarts.step
-        if self._parent:
-            torch_step(self, epoch)
-            return
-        if epoch is not None and self._device_form_at(epoch):
-            epoch = int(epoch)
         self._run_step(lambda: torch_step(self, epoch), epoch)
 
 
@@ -219,17 +216,21 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
     device (what a CUDA graph that captures ``step()`` needs).
     """
 
-    _cycles_beta1 = True
+    _horizon: int | None = None
 
     def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None, mode="triangular",
                  gamma=1.0, scale_fn=None, scale_mode="cycle", cycle_momentum=True, base_momentum=0.8,
                  max_momentum=0.9, last_epoch=-1, *, horizon: int | None = None):
         optimizer = unwrap_optimizer(optimizer, "CyclicLR")
-        self._horizon = _horizon(horizon)
+        if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
+            self._horizon = _horizon(horizon)
         torch_schedulers.CyclicLR.__init__(self, optimizer, base_lr, max_lr, step_size_up, step_size_down, mode,
                                            gamma, scale_fn, scale_mode, cycle_momentum, base_momentum, max_momentum,
                                            last_epoch)
-        self._cycles_beta1 = bool(self.cycle_momentum)
+
+    @property
+    def _cycles_beta1(self) -> bool:
+        return bool(self.cycle_momentum)
 
     def _leaf_rule(self, index):
         if index >= len(self.base_lrs):
@@ -261,8 +262,6 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
 class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
     """torch's OneCycleLR (two or three phases, cos or linear) with beta1 cycling on the device."""
 
-    _cycles_beta1 = True
-
     def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
                  div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1):
@@ -270,7 +269,10 @@ class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
         torch_schedulers.OneCycleLR.__init__(self, optimizer, max_lr, total_steps, epochs, steps_per_epoch, pct_start,
                                              anneal_strategy, cycle_momentum, base_momentum, max_momentum,
                                              div_factor, final_div_factor, three_phase, last_epoch)
-        self._cycles_beta1 = bool(self.cycle_momentum)
+
+    @property
+    def _cycles_beta1(self) -> bool:
+        return bool(self.cycle_momentum)
 
     def _leaf_rule(self, index):
         groups = self.optimizer.param_groups

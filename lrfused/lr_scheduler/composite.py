@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules
-from ._device import OnDevice, unwrap_optimizer
+from ._device import OnDevice, children_on_host, drives_device, unwrap_optimizer
 
 
 class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
@@ -20,13 +20,11 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "SequentialLR")
-        for child in schedulers:
-            if isinstance(child, OnDevice):
-                child._parent = True  # torch's constructor steps the first child once more
-        torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
-        # torch's constructor wrote the groups from the host: the device follows.
-        binding = optimizer._scheduler_binding("SequentialLR")
-        binding.write(optimizer.param_groups)
+        with children_on_host():  # torch's constructor steps the first child once more
+            torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
+        if drives_device(optimizer):
+            # torch's constructor wrote the groups from the host: the device follows.
+            optimizer._scheduler_binding("SequentialLR").write(optimizer.param_groups)
 
     def _leaf_rule(self, index):
         children = []
@@ -40,16 +38,18 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
         return _rules.sequential(list(self._milestones), children)
 
     def step(self):
-        self._run_step(lambda: torch_schedulers.SequentialLR.step(self), None)
+        self._run_step(self._torch_step, None)
+
+    def _torch_step(self):
+        with children_on_host():
+            torch_schedulers.SequentialLR.step(self)
 
     def _update_lr(self, epoch=None):  # pragma: no cover - torch's SequentialLR never calls its own
         raise NotImplementedError
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        for child in self._schedulers:
-            if isinstance(child, OnDevice):
-                child._parent = True
+        with children_on_host():
+            super().load_state_dict(state_dict)
 
 
 class ChainedScheduler(torch_schedulers.ChainedScheduler):

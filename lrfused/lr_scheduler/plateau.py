@@ -2,40 +2,44 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
-from ._device import unwrap_optimizer
+from ._device import device_side, drives_device, unwrap_optimizer
 
 _DEVICE_STATE = ("best", "num_bad_epochs", "cooldown_counter")
 
 
 class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
-    """torch's ReduceLROnPlateau, evaluated on the device.
+    """torch's ReduceLROnPlateau; given a tensor metric, evaluated on the device.
 
-    ``step(metric)`` takes a float or a 1-element tensor (on any device) and updates the best
-    value, the bad-epoch and cooldown counters and each group's lr with tensor operations, as
-    torch's ``step`` does with floats, from the lr each group holds now (so it composes with a
-    warm-up or any other writer). No host sync: after a step ``param_groups[i]["lr"]`` and each
-    entry of ``get_last_lr()`` are 0-dim float64 tensors on the optimizer's device, a new tensor
-    at every step (a logger that keeps one keeps that step's value); ``float()`` of one is the
-    one place that syncs. ``best``, ``num_bad_epochs`` and ``cooldown_counter`` are device
-    tensors too. ``state_dict()`` holds tensors, and ``load_state_dict`` accepts torch's floats.
+    ``step(metric)`` with a Python number runs torch's own ``step`` on the host (the metric is
+    already there) and writes the new lrs to the device: values, types, errors and
+    ``state_dict()`` are torch's. ``step(metric)`` with a 1-element tensor (a loss still on the
+    GPU, as frameworks pass it) runs the same state machine with tensor operations on the device,
+    with no host sync: from then on ``best``, ``num_bad_epochs`` and ``cooldown_counter`` are
+    device tensors, and ``param_groups[i]["lr"]`` and each entry of ``get_last_lr()`` are 0-dim
+    float64 tensors, a new one at every step (a logger that keeps one keeps that step's value;
+    ``float()`` of one is the one place that syncs). Either way each step starts from the lr the
+    group holds now, so it composes with a warm-up or any other writer. ``load_state_dict``
+    accepts torch's state (numbers) and lrfused's (tensors).
     """
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
                  cooldown=0, min_lr=0, eps=1e-8):
         optimizer = unwrap_optimizer(optimizer, "ReduceLROnPlateau")
-        binding = optimizer._scheduler_binding("ReduceLROnPlateau")
         torch_schedulers.ReduceLROnPlateau.__init__(self, optimizer, mode, factor, patience, threshold,
                                                     threshold_mode, cooldown, min_lr, eps)
-        self._to_device(binding.primary)
+
+    @property
+    def _on_device(self) -> bool:
+        return isinstance(self.best, torch.Tensor)
 
     def _to_device(self, device: torch.device) -> None:
+        # Host numbers to device tensors: a copy from the host, no sync.
         self.best = torch.full((), float(self.best), dtype=torch.float64, device=device)
         self.num_bad_epochs = torch.full((), int(self.num_bad_epochs), dtype=torch.int64, device=device)
         self.cooldown_counter = torch.full((), int(self.cooldown_counter), dtype=torch.int64, device=device)
@@ -58,26 +62,35 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
                     "being added to the optimizer. Please modify the `min_lrs` field to match the length of the "
                     "`optimizer` param groups.")
             self.min_lrs = [self.default_min_lr] * group_count
-        cached = getattr(self, "_min_lrs_tensor", None)
+        side = device_side(self)
         key = (tuple(float(m) for m in self.min_lrs), device)
-        if cached is None or cached[0] != key:
-            cached = self._min_lrs_tensor = (key, torch.tensor(key[0], dtype=torch.float64).to(device))
-        return cached[1]
+        if side.cache is None or side.cache[0] != key:
+            side.cache = (key, torch.tensor(key[0], dtype=torch.float64).to(device))
+        return side.cache[1]
 
     def step(self, metrics, epoch=None):
         optimizer = self.optimizer
+        if not drives_device(optimizer):
+            torch_schedulers.ReduceLROnPlateau.step(self, metrics, epoch)
+            return
         groups = optimizer.param_groups
         binding = optimizer._scheduler_binding("ReduceLROnPlateau")
+        if isinstance(metrics, torch.Tensor) and metrics.numel() != 1:
+            raise ValueError(f"metrics must be a scalar, got a tensor of shape {tuple(metrics.shape)}")
+        binding.absorb(groups)
+        if not isinstance(metrics, torch.Tensor) and not self._on_device:
+            torch_schedulers.ReduceLROnPlateau.step(self, metrics, epoch)
+            binding.write(groups)
+            binding.record(groups)
+            return
         device = binding.primary
         if isinstance(metrics, torch.Tensor):
-            if metrics.numel() != 1:
-                raise ValueError(f"metrics must be a scalar, got a tensor of shape {tuple(metrics.shape)}")
             current = metrics.detach().reshape(()).to(device=device, dtype=torch.float64, non_blocking=True)
         else:
-            value = float(metrics)
-            current = torch.full((), value, dtype=torch.float64, device=device)
+            current = torch.full((), float(metrics), dtype=torch.float64, device=device)
         min_lrs = self._min_lrs_now(len(groups), device)
-        binding.absorb(groups)
+        if not self._on_device:
+            self._to_device(device)
         if epoch is None:
             epoch = self.last_epoch + 1
         else:
@@ -107,21 +120,23 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         return self.cooldown_counter > 0
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "_min_lrs_tensor")}
+        state = super().state_dict()
         for key in _DEVICE_STATE:
-            state[key] = state[key].clone()
+            if isinstance(state[key], torch.Tensor):
+                state[key] = state[key].clone()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Loads lrfused's state (device tensors) or torch's (floats and ints)."""
-        state = {k: v for k, v in state_dict.items() if k != "_min_lrs_tensor"}
-        device = self.best.device
-        self.__dict__.update({k: v for k, v in state.items() if k not in _DEVICE_STATE})
-        self._init_is_better(mode=self.mode, threshold=self.threshold, threshold_mode=self.threshold_mode)
-        for key, dtype in (("best", torch.float64), ("num_bad_epochs", torch.int64), ("cooldown_counter", torch.int64)):
-            value = state.get(key)
-            if value is None:
-                continue
-            if not isinstance(value, torch.Tensor) and key == "best" and math.isinf(float(value)):
-                value = float(value)
-            getattr(self, key).copy_(torch.as_tensor(value, dtype=dtype).to(device))
+        """Loads torch's state (numbers: the next step with a number metric is torch's) or
+        lrfused's (tensors: moved to this optimizer's device)."""
+        state = dict(state_dict)
+        tensors = [key for key in _DEVICE_STATE if isinstance(state.get(key), torch.Tensor)]
+        if tensors and drives_device(self.optimizer):
+            device = self.optimizer._scheduler_binding("ReduceLROnPlateau").primary
+            dtypes = {"best": torch.float64, "num_bad_epochs": torch.int64, "cooldown_counter": torch.int64}
+            for key in _DEVICE_STATE:
+                state[key] = torch.as_tensor(state[key], dtype=dtypes[key]).to(device, copy=True)
+        elif tensors:
+            for key in tensors:
+                state[key] = state[key].item()
+        super().load_state_dict(state)
