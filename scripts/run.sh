@@ -3,6 +3,8 @@
 # Installs what is missing into the current Python environment, builds lrfused, then runs.
 #   LRFUSED_TORCH   the torch requirement installed when torch is missing (default torch==2.13.0)
 #   PYTHON          the interpreter (default python3)
+#   LRFUSED_FRAMEWORKS=1  also install the frameworks of tests/test_frameworks.py (CI sets it;
+#                   without them those tests skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -20,6 +22,13 @@ fi
 # Everything else the build, the tests and the demo use (torch itself is never upgraded here).
 "$PYTHON" -m pip install --quiet ninja numpy pytest hypothesis matplotlib tqdm
 "$PYTHON" -m pip install --quiet --no-build-isolation --no-deps -e .
+if [ "${LRFUSED_FRAMEWORKS:-0}" = 1 ]; then
+  # The constraint holds torch at the installed version: a framework never swaps it.
+  pin=$(mktemp)
+  "$PYTHON" -c "import torch; print('torch==' + torch.__version__)" > "$pin"
+  "$PYTHON" -m pip install --quiet -c "$pin" -r tests/requirements-frameworks.txt
+  rm -f "$pin"
+fi
 
 if [ "$what" = demo ]; then
   exec "$PYTHON" -m lrfused demo "$@"
