@@ -4,6 +4,7 @@ runs inside the update kernel."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -388,6 +389,8 @@ class FusedScheduledAdam(Optimizer):
             # driving the words, the comparison would make each lr a guard and each step a
             # recompilation: the scheduler's own step absorbs them instead.
             binding.absorb(self.param_groups)
+            if self._schedule is not None:
+                self._warn_if_scheduled_twice()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         plans, all_grads = [], []
@@ -429,6 +432,22 @@ class FusedScheduledAdam(Optimizer):
         if counter is None:
             counter = self._invalid_steps[device] = torch.zeros((), dtype=torch.int64, device=device)
         return counter
+
+    def _warn_if_scheduled_twice(self) -> None:
+        # Every torch-style scheduler (a stock torch class, a framework's: Hugging Face Trainer's
+        # default linear schedule, Lightning's) marks the groups it drives with "initial_lr".
+        # With schedule= the kernel multiplies that scheduler's lr by the schedule: say so, once.
+        if getattr(self, "_warned_scheduled_twice", False):
+            return
+        for index, group in enumerate(self.param_groups):
+            if "initial_lr" in group:
+                self._warned_scheduled_twice = True
+                warnings.warn(
+                    f"param_groups[{index}] is driven by an lr scheduler (it has 'initial_lr') while this optimizer "
+                    f"was built with schedule={self._schedule!r}: the lr the kernel applies is group['lr'] * "
+                    "schedule(t), the product of both. Use one of them (for a framework that always builds a "
+                    "scheduler, pick its constant schedule, or drop schedule=).", UserWarning, stacklevel=3)
+                return
 
     def scheduled_lr(self, index: int = 0) -> float:
         """With ``schedule=``: the lr that the next step of group ``index`` applies,

@@ -7,6 +7,7 @@ import gc
 import math
 import pickle
 import random
+import warnings
 import weakref
 
 import pytest
@@ -452,6 +453,20 @@ def test_schedule_refuses_a_scheduler_and_reports_its_lr():
         assert opt.scheduled_lr() == pytest.approx(expected)
         p.grad = torch.ones(3)
         opt.step()
+
+
+def test_a_stock_scheduler_on_schedule_warns_that_the_lrs_multiply():
+    p = torch.zeros(3, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([p], lr=0.1, schedule=lrfused.schedules.exponential_decay(0.5))
+    stock = T.LambdaLR(opt, lambda t: 1.0 / (t + 1))  # what a framework builds on any optimizer
+    p.grad = torch.ones(3)
+    with pytest.warns(UserWarning, match=r"product of both"):
+        opt.step()
+    stock.step()
+    assert opt.scheduled_lr() == pytest.approx(0.1 / 2 * 0.5)  # the product, as the warning says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # once only
 
 
 # --- 10. no reference cycle ------------------------------------------------------------------------------
