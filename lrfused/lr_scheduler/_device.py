@@ -139,8 +139,8 @@ class OnDevice:
             words += rule
         return words
 
-    def _device_rules(self, binding) -> Tensor | None:
-        side, key = device_side(self), binding.group_count
+    def _device_rules(self, binding, side: _DeviceSide) -> Tensor | None:
+        key = binding.group_count
         if side.rules_key != key:
             words = self._group_rules(key) if binding.held else None
             rules = None
@@ -170,7 +170,8 @@ class OnDevice:
             return
         groups = optimizer.param_groups
         binding = optimizer._scheduler_binding(type(self).__name__)
-        rules = self._device_rules(binding)
+        side = device_side(self)
+        rules = self._device_rules(binding, side)
         on_device = rules is not None and not getattr(self, "_is_initial", False) and self._device_form_at(epoch)
         if not on_device:
             self._refuse_capture(binding, self._why_host(rules, epoch))
@@ -180,7 +181,6 @@ class OnDevice:
                 # torch updates a tensor lr in place: a logger that kept last step's keeps its value.
                 binding.publish(groups, index, group["lr"].clone())
         host_step()
-        side = device_side(self)
         clock = side.clock
         if on_device and self._device_form_after():
             if clock is None:
