@@ -22,7 +22,7 @@ namespace lrfused {
 
 namespace {
 
-void check_same_layout(const at::Tensor& param, const at::Tensor& other, const char* what, size_t i) {
+void check_same_shape(const at::Tensor& param, const at::Tensor& other, const char* what, size_t i) {
   TORCH_CHECK(other.device() == param.device(), "fused_adam_: ", what, "[", i, "] is on ", other.device(),
               " but params[", i, "] is on ", param.device());
   TORCH_CHECK(other.scalar_type() == param.scalar_type(), "fused_adam_: ", what, "[", i, "] has dtype ",
@@ -100,39 +100,57 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
                 " but params[0] has dtype ", dtype);
     TORCH_CHECK(!p.is_sparse() && !a.grads[i].is_sparse(), "fused_adam_: sparse tensors are not supported (params[",
                 i, "])");
-    TORCH_CHECK(p.is_non_overlapping_and_dense(), "fused_adam_: params[", i,
-                "] must be non-overlapping and dense, got strides ", p.strides());
-    check_same_layout(p, a.grads[i], "grads", i);
-    check_same_layout(p, a.exp_avgs[i], "exp_avgs", i);
-    check_same_layout(p, a.exp_avg_sqs[i], "exp_avg_sqs", i);
+    check_same_shape(p, a.grads[i], "grads", i);
+    check_same_shape(p, a.exp_avgs[i], "exp_avgs", i);
+    check_same_shape(p, a.exp_avg_sqs[i], "exp_avg_sqs", i);
     if (a.amsgrad) {
-      check_same_layout(p, a.max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
-    }
-    // The kernels walk every state in the param's memory order; the Python side makes states with
-    // zeros_like (which preserves the layout), and the kernels copy a grad of another layout.
-    const auto same_strides = [&](const at::Tensor& t, const char* what) {
-      TORCH_CHECK(t.strides() == p.strides(), "fused_adam_: ", what, "[", i, "] has strides ", t.strides(),
-                  " but params[", i, "] has strides ", p.strides());
-    };
-    same_strides(a.exp_avgs[i], "exp_avgs");
-    same_strides(a.exp_avg_sqs[i], "exp_avg_sqs");
-    if (a.amsgrad) same_strides(a.max_exp_avg_sqs[i], "max_exp_avg_sqs");
-  }
-}
-
-GradsInParamLayout::GradsInParamLayout(at::TensorList params, at::TensorList grads)
-    : tensors_(grads.begin(), grads.end()) {
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (grads[i].strides() != params[i].strides()) {
-      tensors_[i] = at::empty_like(params[i]).copy_(grads[i]);
-      copied_.push_back(i);
+      check_same_shape(p, a.max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
     }
   }
 }
 
-void GradsInParamLayout::write_back(at::TensorList grads) const {
-  for (size_t i : copied_) {
-    grads[i].copy_(tensors_[i]);
+WorkingLayout::Laid WorkingLayout::lay_out(at::TensorList tensors, const std::vector<at::Tensor>& reference) {
+  Laid laid{std::vector<at::Tensor>(tensors.begin(), tensors.end()), {}};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& layout = reference[i];
+    if (tensors[i].strides() != layout.strides() || !tensors[i].is_non_overlapping_and_dense()) {
+      laid.tensors[i] = at::empty_strided(layout.sizes(), layout.strides(), tensors[i].options()).copy_(tensors[i]);
+      laid.copied.push_back(i);
+    }
+  }
+  return laid;
+}
+
+void WorkingLayout::copy_back(const Laid& laid, at::TensorList to) {
+  for (size_t i : laid.copied) {
+    to[i].copy_(laid.tensors[i]);
+  }
+}
+
+WorkingLayout::WorkingLayout(const FusedAdamArgs& a) {
+  std::vector<at::Tensor> reference;
+  reference.reserve(a.params.size());
+  for (const at::Tensor& p : a.params) {
+    reference.push_back(p.is_non_overlapping_and_dense() ? p : at::empty(p.sizes(), p.options()));
+  }
+  params_ = lay_out(a.params, reference);
+  grads_ = lay_out(a.grads, reference);
+  exp_avgs_ = lay_out(a.exp_avgs, reference);
+  exp_avg_sqs_ = lay_out(a.exp_avg_sqs, reference);
+  if (a.amsgrad) {
+    max_exp_avg_sqs_ = lay_out(a.max_exp_avg_sqs, reference);
+  }
+}
+
+void WorkingLayout::write_back(const FusedAdamArgs& a) const {
+  copy_back(params_, a.params);
+  copy_back(exp_avgs_, a.exp_avgs);
+  copy_back(exp_avg_sqs_, a.exp_avg_sqs);
+  if (a.amsgrad) {
+    copy_back(max_exp_avg_sqs_, a.max_exp_avg_sqs);
+  }
+  if (a.grad_scale.has_value()) {
+    copy_back(grads_, a.grads);
   }
 }
 

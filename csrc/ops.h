@@ -32,18 +32,34 @@ struct FusedAdamArgs {
 // Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.
 void check_fused_adam_args(const FusedAdamArgs& args);
 
-// The grads of a call in their params' memory layout, which the kernels walk: a grad with other
-// strides is copied into its param's layout, and with AMP (the kernels write the unscaled grad)
-// the copies are written back afterwards.
-class GradsInParamLayout {
+// note [Working layout]
+// The kernels walk the five tensors of a param (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
+// with one index, so the five must share one dense memory layout: the param's when the param is
+// non-overlapping and dense, contiguous otherwise. A tensor in another layout (the grad of a
+// channels_last conv whose param is contiguous, a state made before the model was converted to
+// channels_last, a param that is a strided view) is copied into that layout for the call, and what
+// the kernel wrote is copied back afterwards. A training loop copies nothing: the optimizer makes
+// and reloads its states in the param's layout.
+class WorkingLayout {
  public:
-  GradsInParamLayout(at::TensorList params, at::TensorList grads);
-  const std::vector<at::Tensor>& tensors() const { return tensors_; }
-  void write_back(at::TensorList grads) const;
+  explicit WorkingLayout(const FusedAdamArgs& args);
+  const std::vector<at::Tensor>& params() const { return params_.tensors; }
+  const std::vector<at::Tensor>& grads() const { return grads_.tensors; }
+  const std::vector<at::Tensor>& exp_avgs() const { return exp_avgs_.tensors; }
+  const std::vector<at::Tensor>& exp_avg_sqs() const { return exp_avg_sqs_.tensors; }
+  const std::vector<at::Tensor>& max_exp_avg_sqs() const { return max_exp_avg_sqs_.tensors; }
+  // Copies back what the kernel wrote into the tensors that were copied (the grads only when the
+  // kernel wrote them: with AMP it stores the unscaled grad).
+  void write_back(const FusedAdamArgs& args) const;
 
  private:
-  std::vector<at::Tensor> tensors_;
-  std::vector<size_t> copied_;
+  struct Laid {
+    std::vector<at::Tensor> tensors;
+    std::vector<size_t> copied;
+  };
+  static Laid lay_out(at::TensorList tensors, const std::vector<at::Tensor>& reference);
+  static void copy_back(const Laid& laid, at::TensorList to);
+  Laid params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_;
 };
 
 // Raises when a CPU schedule program is malformed (see note [Schedule encoding]).

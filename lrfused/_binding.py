@@ -211,6 +211,11 @@ class Binding:
         """Whether ``lr`` is a device tensor that lrfused published for group ``index``."""
         return is_published(lr)
 
+    def drives_beta1(self, index: int) -> bool:
+        """Whether a device schedule drives group ``index``'s beta1 (its host value is a mirror;
+        the kernel checks the device value)."""
+        return index < len(self._beta1_arg) and self._beta1_arg[index] is not None
+
     def beta1_for(self, index: int, group_beta1: float) -> float:
         """The op's beta1 argument for group ``index``."""
         held = self._beta1_arg[index] if index < len(self._beta1_arg) else None

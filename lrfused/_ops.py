@@ -3,6 +3,7 @@ the choice between the compiled library and the pure-PyTorch reference."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
@@ -10,11 +11,30 @@ import torch
 
 from . import _reference
 
+
+def _why_not_loaded(error: ImportError) -> str:
+    """The cause of a failed ``import lrfused._C`` in words (Python's own message for a missing
+    module, "cannot import name '_C' from partially initialized module", names neither)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._C")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        return (f"no compiled extension lrfused/_C*.so in {here}: the package was installed or copied without "
+                "building it")
+    message = str(error) or type(error).__name__
+    if "undefined symbol" in message or "version" in message.lower():
+        return (f"{spec.origin} does not match the running torch {torch.__version__} (built against another "
+                f"torch or Python?): {message}")
+    return f"{spec.origin} failed to load: {message}"
+
+
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (registers the ops)
 except ImportError as error:  # pragma: no cover - exercised by the fallback test in a subprocess
-    _LOAD_ERROR = str(error)
+    _LOAD_ERROR = _why_not_loaded(error)
 
 if _LOAD_ERROR is None and not hasattr(torch.ops.lrfused, "fused_adam_"):  # pragma: no cover
     _LOAD_ERROR = "lrfused._C loaded but registered no ops"

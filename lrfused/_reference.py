@@ -24,10 +24,65 @@ def _f32(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32)
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1,
+                          beta2, eps, weight_decay, amsgrad, grad_scale, found_inf, invalid_steps) -> None:
+    """The C++ op's argument checks (``check_fused_adam_args`` in csrc/ops.cpp), with its messages:
+    the reference refuses what the kernels refuse, before it changes anything."""
+    n = len(params)
+    if not (len(grads) == n and len(exp_avgs) == n and len(exp_avg_sqs) == n):
+        raise RuntimeError(f"fused_adam_: params, grads, exp_avgs and exp_avg_sqs must have the same length, got {n}, "
+                           f"{len(grads)}, {len(exp_avgs)} and {len(exp_avg_sqs)}")
+    if amsgrad and len(max_exp_avg_sqs) != n:
+        raise RuntimeError(f"fused_adam_: amsgrad=True needs one max_exp_avg_sq per param, got "
+                           f"{len(max_exp_avg_sqs)} for {n} params")
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not 0.0 <= value < 1.0:
+            raise RuntimeError(f"fused_adam_: invalid {name}: {value}")
+    for name, value in (("eps", eps), ("weight_decay", weight_decay)):
+        if not (math.isfinite(value) and value >= 0.0):
+            raise RuntimeError(f"fused_adam_: invalid {name}: {value}")
+    if step.dtype != torch.int64 or step.numel() != 1:
+        raise RuntimeError(f"fused_adam_: step must be a one-element int64 tensor, got {step.dtype} with "
+                           f"{step.numel()} elements")
+    if schedule.dtype != torch.float64 or schedule.dim() != 1 or schedule.numel() < 2:
+        raise RuntimeError(f"fused_adam_: schedule must be a contiguous 1-d float64 tensor, got {schedule.dtype} of "
+                           f"shape {list(schedule.shape)}")
+    for name, value, dtype in (("clock", clock, torch.int64), ("grad_scale", grad_scale, torch.float32),
+                               ("found_inf", found_inf, torch.float32), ("invalid_steps", invalid_steps, torch.int64)):
+        if value is not None and (value.dtype != dtype or value.numel() != 1):
+            raise RuntimeError(f"fused_adam_: {name} must be a one-element {str(dtype)[6:]} tensor, got {value.dtype} "
+                               f"with {value.numel()} elements")
+    if n == 0:
+        return
+    first = params[0]
+    if first.dtype not in _KERNEL_DTYPES:
+        raise RuntimeError(f"fused_adam_: params must be float32, float16 or bfloat16, got {first.dtype}")
+    for i, p in enumerate(params):
+        if p.device != first.device or p.dtype != first.dtype:
+            raise RuntimeError(f"fused_adam_: params[{i}] is {p.dtype} on {p.device} but params[0] is {first.dtype} "
+                               f"on {first.device}")
+        others = [("grads", grads[i]), ("exp_avgs", exp_avgs[i]), ("exp_avg_sqs", exp_avg_sqs[i])]
+        if amsgrad:
+            others.append(("max_exp_avg_sqs", max_exp_avg_sqs[i]))
+        for name, other in others:
+            if other.is_sparse or p.is_sparse:
+                raise RuntimeError(f"fused_adam_: sparse tensors are not supported (params[{i}])")
+            if other.device != p.device or other.dtype != p.dtype or other.shape != p.shape:
+                raise RuntimeError(f"fused_adam_: {name}[{i}] is {other.dtype} {list(other.shape)} on {other.device} "
+                                   f"but params[{i}] is {p.dtype} {list(p.shape)} on {p.device}")
+
+
 @torch.no_grad()
 def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1, beta2, eps,
                 weight_decay, decoupled_weight_decay, amsgrad, maximize, grad_scale=None, found_inf=None, invalid_steps=None,
                 handle=None) -> None:
+    check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, beta1=beta1,
+                          beta2=beta2, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, grad_scale=grad_scale,
+                          found_inf=found_inf, invalid_steps=invalid_steps)
+    schedule_value(schedule, 0)  # a malformed program raises, as the CPU op's validation does
     if len(params) == 0:
         return
     if found_inf is not None and found_inf.item() != 0.0:

@@ -24,7 +24,11 @@ def _check_number(name: str, value: Any) -> float:
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element, got {value.numel()} elements")
-        return float("nan")  # a device value: validated where it is read, never synced here
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"Tensor {name} must hold a real number, got dtype {value.dtype}")
+        # Read once, where torch reads it (construction, add_param_group, load_state_dict): a sync
+        # for a GPU tensor, never made by a step. A value written into it later is read on the device.
+        value = value.detach().item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
@@ -41,8 +45,6 @@ def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
     for index, beta in enumerate(betas):
         value = _check_number(f"beta parameter at index {index}", beta)
-        if isinstance(beta, Tensor):
-            continue  # read once on the host by _float_betas
         if not 0.0 <= value < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
     if _check_number("epsilon value", eps) < 0.0:
@@ -182,6 +184,8 @@ class FusedScheduledAdam(Optimizer):
         self._invalid_steps: dict[torch.device, Tensor] = {}
         self._binding: Binding | None = None
         self._plans: dict[int, _Plan] = {}
+        # Per group, the (betas, eps, weight_decay) last checked by a step.
+        self._checked_hyperparameters: list[tuple | None] = []
         super().__init__(params, defaults)
         # Made now, outside any compiled region, so that torch.compile traces a step that only reads it.
         self._binding_now()
@@ -189,19 +193,25 @@ class FusedScheduledAdam(Optimizer):
     # --- param groups and state --------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key in ("lr", "betas", "eps", "weight_decay"):
-            if key in param_group:
-                validate_hyperparameters(
-                    param_group.get("lr", self.defaults["lr"]), param_group.get("betas", self.defaults["betas"]),
-                    param_group.get("eps", self.defaults["eps"]),
-                    param_group.get("weight_decay", self.defaults["weight_decay"]))
-                break
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         params = param_group["params"]
-        for p in [params] if isinstance(params, Tensor) else list(params):
-            if isinstance(p, Tensor) and (p.is_sparse or p.layout != torch.strided):
-                raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout}")
-            if isinstance(p, Tensor) and not (p.is_floating_point() or p.is_complex()):
-                raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype}")
+        # Made a list first, as torch does: a generator (``model.layer.parameters()``) is read once.
+        if isinstance(params, Tensor):
+            param_group["params"] = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
+                            "of tensors in sets will change between runs. Please use a list instead.")
+        else:
+            param_group["params"] = list(params)
+        if any(key in param_group for key in ("lr", "betas", "eps", "weight_decay")):
+            validate_hyperparameters(
+                param_group.get("lr", self.defaults["lr"]), param_group.get("betas", self.defaults["betas"]),
+                param_group.get("eps", self.defaults["eps"]),
+                param_group.get("weight_decay", self.defaults["weight_decay"]))
+        for index, p in enumerate(param_group["params"]):
+            if isinstance(p, Tensor):
+                _check_param(p, f"param_groups[{len(self.param_groups)}]['params'][{index}]")
         super().add_param_group(param_group)
         self._invalidate()
 
@@ -222,12 +232,14 @@ class FusedScheduledAdam(Optimizer):
             self.__dict__.setdefault(key, default)
         # Plans hold views of the tensors they were made from: rebuilt at the next step.
         self._plans = {}
+        self._checked_hyperparameters = []
         if self._binding is not None:
             self._binding.views = {}
 
     def _invalidate(self) -> None:
         # The binding stays: its next absorb follows whatever the groups now hold.
         self._plans = {}
+        self._checked_hyperparameters = []
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -260,8 +272,11 @@ class FusedScheduledAdam(Optimizer):
             expected = id_map.get(key)
             if expected is None:
                 continue
+            _check_loaded_step(key, param_state)
             for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 value = param_state.get(name)
+                if name != "max_exp_avg_sq" and value is None:
+                    raise ValueError(f"load_state_dict: state[{key!r}] has no {name!r} (keys: {sorted(param_state)})")
                 if isinstance(value, Tensor) and value.shape != expected.shape:
                     raise ValueError(
                         f"load_state_dict: state[{key!r}]['{name}'] has shape {tuple(value.shape)} but its param "
@@ -275,13 +290,13 @@ class FusedScheduledAdam(Optimizer):
         # one int64 counter so that they update in one call. Loading is not a hot path: the values
         # are read on the host to regroup.
         for group in self.param_groups:
-            shared: dict[tuple[torch.device, int], Tensor] = {}
+            shared: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
             for p in group["params"]:
                 state = self.state.get(p)
                 if not state or "step" not in state:
                     continue
                 value = int(state["step"].item()) if isinstance(state["step"], Tensor) else int(state["step"])
-                key = (p.device, value)
+                key = (p.device, p.dtype, value)
                 if key not in shared:
                     shared[key] = torch.tensor(value, dtype=torch.int64, device=p.device)
                 state["step"] = shared[key]
@@ -294,50 +309,81 @@ class FusedScheduledAdam(Optimizer):
         if amsgrad:
             state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    def _check_group(self, index: int, group: dict[str, Any], grads: list[Tensor | None]) -> None:
+        """What a new plan needs, checked for every group before any state is made or any param
+        written: a step that raises changes nothing."""
+        for i, (p, g) in enumerate(zip(group["params"], grads)):
+            if g is None:
+                continue
+            where = f"param_groups[{index}]['params'][{i}]"
+            _check_param(p, where)
+            if g.is_sparse:
+                raise RuntimeError(f"FusedScheduledAdam does not support sparse gradients ({where})")
+            state = self.state.get(p)
+            if state and "step" in state:
+                for name in ("exp_avg", "exp_avg_sq"):
+                    if name not in state:
+                        raise KeyError(f"the optimizer state of {where} has a 'step' but no {name!r}")
+
     def _make_plan(self, group: dict[str, Any], grads: list[Tensor | None]) -> _Plan:
         params = group["params"]
         amsgrad = group["amsgrad"]
-        fresh_steps: dict[torch.device, Tensor] = {}
-        members: dict[int, int] = {}
-        for p in params:
-            state = self.state.get(p)
-            if state and "step" in state:
-                members[id(state["step"])] = members.get(id(state["step"]), 0) + 1
-        stepping: dict[int, list[int]] = {}
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if g is None:
-                continue
-            if g.is_sparse:
-                raise RuntimeError("FusedScheduledAdam does not support sparse gradients")
+        stepping = [i for i, g in enumerate(grads) if g is not None]
+        occurrences: dict[int, int] = {}
+        for i in stepping:
+            occurrences[id(params[i])] = occurrences.get(id(params[i]), 0) + 1
+        fresh_steps: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        for i in stepping:
+            p = params[i]
             state = self.state[p]
             if "step" not in state:
-                if p.device not in fresh_steps:
-                    fresh_steps[p.device] = torch.zeros((), dtype=torch.int64, device=p.device)
-                self._init_state(p, fresh_steps[p.device], amsgrad)
+                key = (p.device, p.dtype)
+                if key not in fresh_steps:
+                    fresh_steps[key] = torch.zeros((), dtype=torch.int64, device=p.device)
+                self._init_state(p, fresh_steps[key], amsgrad)
             elif amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            stepping.setdefault(id(state["step"]), []).append(i)
-        # A counter shared with params that have no grad this step must not advance for them
-        # (torch skips those params, step included): the stepping ones get a copy of their own.
-        for key, indices in stepping.items():
-            if members.get(key, len(indices)) != len(indices):
-                own = self.state[params[indices[0]]]["step"].clone()
-                for i in indices:
-                    self.state[params[i]]["step"] = own
+            _match_param_layout(p, state)
+        # note [One increment per op call]
+        # The op advances its step counter once per call, so a counter may be shared only by the
+        # params of one call. Params of one device and dtype that stepped together share one; a
+        # counter that is also held by params without a grad (torch skips those, step included),
+        # by params of another dtype, or by a param listed twice is split. A param listed k times
+        # gets a counter of its own and k successive calls, one per listing: the update and the
+        # step count of torch's for-loop Adam, which steps each listing in turn.
+        unique = list({id(params[i]): params[i] for i in stepping}.values())
+        holders: dict[int, int] = {}
+        for p in {id(p): p for p in params}.values():
+            state = self.state.get(p)
+            if state and "step" in state:
+                holders[id(state["step"])] = holders.get(id(state["step"]), 0) + 1
+        sharing: dict[tuple, list[Tensor]] = {}
+        for p in unique:
+            state = self.state[p]
+            key = ("alone", id(p)) if occurrences[id(p)] > 1 else (p.device, p.dtype, id(state["step"]))
+            sharing.setdefault(key, []).append(p)
+        for members in sharing.values():
+            counter = self.state[members[0]]["step"]
+            if holders.get(id(counter), 0) != len(members):
+                own = counter.clone()
+                holders[id(own)] = len(members)
+                holders[id(counter)] -= len(members)
+                for p in members:
+                    self.state[p]["step"] = own
         plan = _Plan(tuple(g is not None for g in grads))
         local = _local_tensor
         by_key: dict[tuple, _Bucket] = {}
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
+        seen: dict[int, int] = {}
+        for i in stepping:
             p = params[i]
+            listing = seen.get(id(p), 0)
+            seen[id(p)] = listing + 1
             state = self.state[p]
             real = (lambda x: torch.view_as_real(local(x))) if p.is_complex() else local
-            key = (p.device, p.dtype, id(state["step"]))
+            key = (listing, p.device, p.dtype, id(state["step"]))
             if key not in by_key:
                 handle = _ops.new_handle() if p.device.type == "cuda" else None
                 by_key[key] = _Bucket([], [], [], [], [], state["step"], [], handle)
-                plan.buckets.append(by_key[key])
             bucket = by_key[key]
             bucket.indices.append(i)
             bucket.params.append(real(p))
@@ -346,6 +392,8 @@ class FusedScheduledAdam(Optimizer):
             if amsgrad:
                 bucket.max_exp_avg_sqs.append(real(state["max_exp_avg_sq"]))
             bucket.complex_.append(p.is_complex())
+        # First listings first, then second listings, ...: each call sees the previous one's update.
+        plan.buckets = [by_key[key] for key in sorted(by_key, key=lambda k: k[0])]
         return plan
 
     # --- the binding (note [The binding] in _binding.py) ----------------------------------------
@@ -393,15 +441,21 @@ class FusedScheduledAdam(Optimizer):
                 self._warn_if_scheduled_twice()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        plans, all_grads = [], []
-        for index, group in enumerate(self.param_groups):
-            grads = [p.grad for p in group["params"]]
+        all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+        # Everything the step checks is checked for every group before the first write. (Not in a
+        # compiled step: each value compared would become a guard and each new lr or beta1 a
+        # recompilation; the op still checks its own arguments.)
+        if not torch.compiler.is_compiling():
+            self._check_hyperparameters()
+        stale = []
+        for index, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             plan = self._plans.get(index)
-            has_grad = tuple(g is not None for g in grads)
-            if plan is None or plan.has_grad != has_grad:
-                plan = self._plans[index] = self._make_plan(group, grads)
-            plans.append(plan)
-            all_grads.append(grads)
+            if plan is None or plan.has_grad != tuple(g is not None for g in grads):
+                self._check_group(index, group, grads)
+                stale.append(index)
+        for index in stale:
+            self._plans[index] = self._make_plan(self.param_groups[index], all_grads[index])
+        plans = [self._plans[index] for index in range(len(self.param_groups))]
         devices = {bucket.step.device for plan in plans for bucket in plan.buckets}
         if devices != {binding.primary}:
             binding.mirror_to(devices)
@@ -410,7 +464,11 @@ class FusedScheduledAdam(Optimizer):
         for index, group in enumerate(self.param_groups):
             plan, grads = plans[index], all_grads[index]
             beta1, beta2 = group["betas"]
+            # A tensor beta written after construction (a stock scheduler's tensor momentum) is
+            # read here: a sync for a GPU tensor, as torch's own step makes.
             beta1 = binding.beta1_for(index, beta1)
+            beta1 = float(beta1) if isinstance(beta1, Tensor) else beta1
+            beta2 = float(beta2) if isinstance(beta2, Tensor) else beta2
             for bucket in plan.buckets:
                 device = bucket.step.device
                 bucket_grads = [torch.view_as_real(_local_tensor(grads[i])) if c else _local_tensor(grads[i])
@@ -426,6 +484,25 @@ class FusedScheduledAdam(Optimizer):
                     invalid_steps=self._invalid_counter(device), handle=bucket.handle,
                 )
         return loss
+
+    def _check_hyperparameters(self) -> None:
+        """The hyperparameters of every group, checked before any op call when they changed (the
+        op checks them too, but a bad value in group 2 must not raise after group 1 stepped)."""
+        checked = self._checked_hyperparameters
+        for index, group in enumerate(self.param_groups):
+            current = (group["betas"], group["eps"], group["weight_decay"])
+            if index < len(checked) and checked[index] is not None and _same(checked[index], current):
+                continue
+            betas, eps, weight_decay = current
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"Invalid betas: {betas!r} in param_groups[{index}] (expected a pair of floats)")
+            if self._binding is not None and self._binding.drives_beta1(index):
+                # Its device value is checked on the device (note [Unusable schedule values]).
+                betas = (0.0, betas[1])
+            validate_hyperparameters(0.0, betas, eps, weight_decay)
+            while len(checked) <= index:
+                checked.append(None)
+            checked[index] = current
 
     def _invalid_counter(self, device: torch.device) -> Tensor:
         counter = self._invalid_steps.get(device)
@@ -536,6 +613,60 @@ def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -
         raise ValueError(
             "differentiable=True is not supported by FusedScheduledAdam: its update is an in-place kernel that "
             "autograd does not trace through; use torch.optim.Adam(differentiable=True)")
+
+
+# The element types the kernels update (complex params are viewed as pairs of their real type).
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_param(p: Tensor, where: str) -> None:
+    """Refuses, before any state exists, a param the kernels cannot update."""
+    if p.is_sparse or p.layout != torch.strided:
+        raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
+    if not (p.is_floating_point() or p.is_complex()):
+        raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
+    real = p.real.dtype if p.is_complex() else p.dtype
+    if real not in _KERNEL_DTYPES:
+        raise TypeError(
+            f"FusedScheduledAdam updates float32, float16 and bfloat16 params (and complex ones of those), got "
+            f"dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
+
+
+def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
+    """A saved step must be a whole, non-negative count: torch.optim.Adam's float32 step of 3.0
+    loads as 3, a 2.5 or a -1 is refused (the bias corrections would be silently wrong)."""
+    if "step" not in param_state:
+        raise ValueError(
+            f"load_state_dict: state[{key!r}] has no 'step' (keys: {sorted(param_state)}); without it the moments "
+            "cannot be bias-corrected")
+    step = param_state["step"]
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise ValueError(f"load_state_dict: state[{key!r}]['step'] must be a one-element real tensor, got "
+                             f"{step.dtype} of shape {tuple(step.shape)}")
+        value = step.item()
+    elif isinstance(step, (int, float)) and not isinstance(step, bool):
+        value = step
+    else:
+        raise TypeError(f"load_state_dict: state[{key!r}]['step'] must be a number or a tensor, got {step!r}")
+    if not (math.isfinite(value) and value >= 0 and float(value).is_integer()):
+        raise ValueError(f"load_state_dict: state[{key!r}]['step'] must be a whole number >= 0, got {value}")
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Whether two hyperparameter tuples hold the same values (a new tuple of equal floats counts)."""
+    return all(x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b))
+
+
+def _match_param_layout(p: Tensor, state: dict[str, Any]) -> None:
+    """States in the param's memory layout: a state loaded from a checkpoint of a model since
+    converted (channels_last) is laid out again, as the kernels walk the param's layout."""
+    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        value = state.get(name)
+        if isinstance(value, Tensor) and value.stride() != p.stride():
+            laid_out = torch.empty_like(p, dtype=value.dtype)  # p's strides when p is dense
+            if laid_out.stride() != value.stride():
+                state[name] = laid_out.copy_(value)
 
 
 def _float_betas(betas) -> tuple[float, float]:

@@ -301,13 +301,15 @@ def test_bad_op_arguments_change_nothing():
     assert torch.equal(params[0], p) and int(step) == 0
 
 
-def test_float64_params_are_refused_clearly():
-    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    w.grad = torch.ones_like(w)
-    opt = lrfused.FusedScheduledAdam([w])
-    with pytest.raises(RuntimeError, match="float32, float16 or bfloat16, got Double"):
-        opt.step()
-    assert torch.equal(w, torch.zeros(3, dtype=torch.float64))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_double_precision_params_are_refused_at_construction(dtype):
+    w = torch.zeros(3, dtype=dtype, requires_grad=True)
+    with pytest.raises(TypeError, match=rf"got dtype {dtype} for param_groups\[0\]\['params'\]\[0\]"):
+        lrfused.FusedScheduledAdam([w])
+    opt = lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(TypeError, match=rf"got dtype {dtype} for param_groups\[1\]"):
+        opt.add_param_group({"params": [w]})
+    assert len(opt.param_groups) == 1
 
 
 def test_unusable_lr_skips_the_update_and_counts_it(device):

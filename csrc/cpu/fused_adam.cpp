@@ -65,7 +65,7 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
     return;
   }
 
-  const GradsInParamLayout laid_out_grads(params, grads);
+  const WorkingLayout laid_out(args);
 
   StepConfig config;
   config.scalars = scalars.scalars;
@@ -75,18 +75,16 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
   CpuBucket bucket{params[0].scalar_type(), amsgrad, decoupled_weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
-    bucket.params.push_back(params[i].data_ptr());
-    bucket.grads.push_back(laid_out_grads.tensors()[i].data_ptr());
-    bucket.exp_avgs.push_back(exp_avgs[i].data_ptr());
-    bucket.exp_avg_sqs.push_back(exp_avg_sqs[i].data_ptr());
-    bucket.max_exp_avg_sqs.push_back(amsgrad ? max_exp_avg_sqs[i].data_ptr() : nullptr);
+    bucket.params.push_back(laid_out.params()[i].data_ptr());
+    bucket.grads.push_back(laid_out.grads()[i].data_ptr());
+    bucket.exp_avgs.push_back(laid_out.exp_avgs()[i].data_ptr());
+    bucket.exp_avg_sqs.push_back(laid_out.exp_avg_sqs()[i].data_ptr());
+    bucket.max_exp_avg_sqs.push_back(amsgrad ? laid_out.max_exp_avg_sqs()[i].data_ptr() : nullptr);
     bucket.offsets.push_back(bucket.offsets.back() + params[i].numel());
   }
   update_bucket(bucket, config);
 
-  if (grad_scale.has_value()) {
-    laid_out_grads.write_back(grads);
-  }
+  laid_out.write_back(args);
   *step_ptr += 1;
 }
 
