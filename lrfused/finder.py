@@ -172,6 +172,9 @@ class LRFinder:
         for index, start in enumerate(starts):
             if step_mode == "exp" and not start > 0:
                 raise ValueError(f"an exponential ramp needs a start_lr > 0, got {start} for param_groups[{index}]")
+            if not (math.isfinite(start) and start < end_lr):
+                where = "start_lr" if start_lr is not None else f"param_groups[{index}]['lr'] (the default start_lr)"
+                raise ValueError(f"the range test ramps up: end_lr={end_lr} must exceed {where}={start}")
         ramp = S.ExpRamp if step_mode == "exp" else S.LinearRamp
         ramps = [ramp(start, end_lr, num_iter) for start in starts]
         fused = isinstance(self.optimizer, FusedScheduledAdam)
@@ -213,7 +216,8 @@ class LRFinder:
                         smoothed.copy_(loss)
                     best.copy_(torch.minimum(best, smoothed))
                 history[iteration] = smoothed
-                diverged = (smoothed > diverge_th * best) & (first_diverged < 0)
+                # A NaN or infinite loss diverges too (a comparison with NaN is never true).
+                diverged = ((smoothed > diverge_th * best) | ~torch.isfinite(smoothed)) & (first_diverged < 0)
                 first_diverged.copy_(torch.where(diverged, iteration, first_diverged))
                 if fused:
                     binding.advance(clock, rules, None, [None] * len(ramps))
@@ -233,6 +237,8 @@ class LRFinder:
             self.reset()
         index = int(values[0])
         count = index + 1 if index >= 0 else min(stopped_at, num_iter)
+        if index >= 0 and not math.isfinite(values[1 + index]):
+            count = index  # a NaN or infinite loss is where it diverged, not a point of the curve
         self.history = {"lr": [ramps[0](i) for i in range(count)], "loss": values[1:1 + count]}
         return self.history
 

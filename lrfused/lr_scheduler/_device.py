@@ -94,6 +94,38 @@ def unwrap_optimizer(optimizer: Any, name: str) -> Any:
     return inner
 
 
+@contextlib.contextmanager
+def unchanged_if_refused(optimizer: Any) -> Iterator[None]:
+    """A scheduler constructor that raises leaves the optimizer as it was. torch's constructors
+    write the groups (``initial_lr``, CyclicLR's ``lr``, OneCycleLR's ``betas``) before some of
+    their checks, and their first step may raise (a ``lr_lambda`` that fails at 0): all of that,
+    and the device words the binding holds, are put back before the error propagates."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        yield
+        return
+    saved_groups = [dict(group) for group in groups]
+    # A tensor lr (or momentum) is updated in place by torch's step: its value is saved too.
+    saved_values = [{key: value.detach().clone() for key, value in group.items() if isinstance(value, Tensor)}
+                    for group in groups]
+    binding = optimizer._binding if isinstance(optimizer, FusedScheduledAdam) else None
+    saved_words = (binding.snapshot(), binding.driven) if binding is not None else None
+    try:
+        yield
+    except BaseException:
+        for group, saved, values in zip(groups, saved_groups, saved_values):
+            group.clear()
+            group.update(saved)
+            for key, value in values.items():
+                with torch.no_grad():
+                    group[key].copy_(value)
+        if binding is not None:
+            words, driven = saved_words
+            binding.restore(words)
+            binding.driven = driven
+        raise
+
+
 def drives_device(optimizer: Any) -> bool:
     return isinstance(optimizer, FusedScheduledAdam)
 

@@ -14,7 +14,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules
 from .. import schedules as S
-from ._device import OnDevice, unwrap_optimizer
+from ._device import OnDevice, unchanged_if_refused, unwrap_optimizer
 
 
 def _horizon(value) -> int | None:
@@ -64,7 +64,8 @@ class LambdaLR(_Tabulated, torch_schedulers.LambdaLR):
         optimizer = unwrap_optimizer(optimizer, "LambdaLR")
         if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
             self._horizon = _horizon(horizon)
-        torch_schedulers.LambdaLR.__init__(self, optimizer, lr_lambda, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.LambdaLR.__init__(self, optimizer, lr_lambda, last_epoch)
 
     def _leaf_rule(self, index):
         if self._horizon is None or index >= len(self.lr_lambdas):
@@ -80,7 +81,8 @@ class MultiplicativeLR(_Tabulated, torch_schedulers.MultiplicativeLR):
         optimizer = unwrap_optimizer(optimizer, "MultiplicativeLR")
         if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
             self._horizon = _horizon(horizon)
-        torch_schedulers.MultiplicativeLR.__init__(self, optimizer, lr_lambda, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.MultiplicativeLR.__init__(self, optimizer, lr_lambda, last_epoch)
 
     def _leaf_rule(self, index):
         if self._horizon is None or index >= len(self.lr_lambdas):
@@ -95,7 +97,8 @@ class StepLR(OnDevice, torch_schedulers.StepLR):
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "StepLR")
         _check("StepLR", lambda: S.Step(1.0, step_size, gamma))
-        torch_schedulers.StepLR.__init__(self, optimizer, step_size, gamma, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.StepLR.__init__(self, optimizer, step_size, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Step(self._base(index), self.step_size, self.gamma))
@@ -108,7 +111,8 @@ class MultiStepLR(OnDevice, torch_schedulers.MultiStepLR):
         optimizer = unwrap_optimizer(optimizer, "MultiStepLR")
         milestones = list(milestones)
         _check("MultiStepLR", lambda: S.MultiStep(1.0, sorted(milestones), gamma))
-        torch_schedulers.MultiStepLR.__init__(self, optimizer, milestones, gamma, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.MultiStepLR.__init__(self, optimizer, milestones, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.MultiStep(self._base(index), sorted(self.milestones.elements()), self.gamma))
@@ -119,7 +123,8 @@ class ConstantLR(OnDevice, torch_schedulers.ConstantLR):
 
     def __init__(self, optimizer, factor=1.0 / 3, total_iters=5, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "ConstantLR")
-        torch_schedulers.ConstantLR.__init__(self, optimizer, factor, total_iters, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.ConstantLR.__init__(self, optimizer, factor, total_iters, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.ConstantFactor(self._base(index), self.factor, self.total_iters))
@@ -129,8 +134,9 @@ class LinearLR(OnDevice, torch_schedulers.LinearLR):
     """torch's LinearLR: the lr scaled from ``start_factor`` to ``end_factor`` over ``total_iters``."""
 
     def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
-        torch_schedulers.LinearLR.__init__(self, unwrap_optimizer(optimizer, "LinearLR"), start_factor, end_factor,
-                                           total_iters, last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "LinearLR")
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.LinearLR.__init__(self, optimizer, start_factor, end_factor, total_iters, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Linear(self._base(index), self.start_factor, self.end_factor, self.total_iters))
@@ -142,7 +148,8 @@ class ExponentialLR(OnDevice, torch_schedulers.ExponentialLR):
     def __init__(self, optimizer, gamma, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "ExponentialLR")
         _check("ExponentialLR", lambda: S.Exponential(1.0, gamma))
-        torch_schedulers.ExponentialLR.__init__(self, optimizer, gamma, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.ExponentialLR.__init__(self, optimizer, gamma, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Exponential(self._base(index), self.gamma))
@@ -152,8 +159,9 @@ class PolynomialLR(OnDevice, torch_schedulers.PolynomialLR):
     """torch's PolynomialLR: ``base_lr * (1 - min(t, T) / T) ** power``, stepped as torch steps it."""
 
     def __init__(self, optimizer, total_iters=5, power=1.0, last_epoch=-1):
-        torch_schedulers.PolynomialLR.__init__(self, unwrap_optimizer(optimizer, "PolynomialLR"), total_iters, power,
-                                               last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "PolynomialLR")
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.PolynomialLR.__init__(self, optimizer, total_iters, power, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Polynomial(self._base(index), self.total_iters, self.power))
@@ -165,7 +173,8 @@ class CosineAnnealingLR(OnDevice, torch_schedulers.CosineAnnealingLR):
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "CosineAnnealingLR")
         _check("CosineAnnealingLR", lambda: S.Cosine(1.0, _whole(T_max), eta_min), {"period": "T_max", "floor": "eta_min"})
-        torch_schedulers.CosineAnnealingLR.__init__(self, optimizer, T_max, eta_min, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.CosineAnnealingLR.__init__(self, optimizer, T_max, eta_min, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.chain(S.Cosine(self._base(index), _whole(self.T_max), self.eta_min))
@@ -178,8 +187,9 @@ class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarm
     the host and written to the device."""
 
     def __init__(self, optimizer, T_0, T_mult=1, eta_min=0.0, last_epoch=-1):
-        torch_schedulers.CosineAnnealingWarmRestarts.__init__(
-            self, unwrap_optimizer(optimizer, "CosineAnnealingWarmRestarts"), T_0, T_mult, eta_min, last_epoch)
+        optimizer = unwrap_optimizer(optimizer, "CosineAnnealingWarmRestarts")
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.CosineAnnealingWarmRestarts.__init__(self, optimizer, T_0, T_mult, eta_min, last_epoch)
 
     def _leaf_rule(self, index):
         return _rules.set_(S.WarmRestarts(self._base(index), self.T_0, self.T_mult, self.eta_min))
@@ -224,9 +234,10 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
         optimizer = unwrap_optimizer(optimizer, "CyclicLR")
         if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
             self._horizon = _horizon(horizon)
-        torch_schedulers.CyclicLR.__init__(self, optimizer, base_lr, max_lr, step_size_up, step_size_down, mode,
-                                           gamma, scale_fn, scale_mode, cycle_momentum, base_momentum, max_momentum,
-                                           last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.CyclicLR.__init__(self, optimizer, base_lr, max_lr, step_size_up, step_size_down, mode,
+                                               gamma, scale_fn, scale_mode, cycle_momentum, base_momentum, max_momentum,
+                                               last_epoch)
 
     @property
     def _cycles_beta1(self) -> bool:
@@ -266,9 +277,10 @@ class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
                  div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "OneCycleLR")
-        torch_schedulers.OneCycleLR.__init__(self, optimizer, max_lr, total_steps, epochs, steps_per_epoch, pct_start,
-                                             anneal_strategy, cycle_momentum, base_momentum, max_momentum,
-                                             div_factor, final_div_factor, three_phase, last_epoch)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.OneCycleLR.__init__(self, optimizer, max_lr, total_steps, epochs, steps_per_epoch, pct_start,
+                                                 anneal_strategy, cycle_momentum, base_momentum, max_momentum,
+                                                 div_factor, final_div_factor, three_phase, last_epoch)
 
     @property
     def _cycles_beta1(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules
-from ._device import OnDevice, children_on_host, drives_device, unwrap_optimizer
+from ._device import OnDevice, children_on_host, drives_device, unchanged_if_refused, unwrap_optimizer
 
 
 class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
@@ -20,7 +20,8 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
 
     def __init__(self, optimizer, schedulers, milestones, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "SequentialLR")
-        with children_on_host():  # torch's constructor steps the first child once more
+        # torch's constructor steps the first child once more.
+        with unchanged_if_refused(optimizer), children_on_host():
             torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
         if drives_device(optimizer):
             # torch's constructor wrote the groups from the host: the device follows.
@@ -60,4 +61,6 @@ class ChainedScheduler(torch_schedulers.ChainedScheduler):
         schedulers = list(schedulers)
         if optimizer is not None:
             optimizer = unwrap_optimizer(optimizer, "ChainedScheduler")
-        torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
+        with unchanged_if_refused(optimizer if optimizer is not None else getattr(schedulers[0], "optimizer", None)
+                                  if schedulers else None):
+            torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)

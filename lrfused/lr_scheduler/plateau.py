@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
-from ._device import device_side, drives_device, unwrap_optimizer
+from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
 
 _DEVICE_STATE = ("best", "num_bad_epochs", "cooldown_counter")
 
@@ -31,8 +31,9 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
                  cooldown=0, min_lr=0, eps=1e-8):
         optimizer = unwrap_optimizer(optimizer, "ReduceLROnPlateau")
-        torch_schedulers.ReduceLROnPlateau.__init__(self, optimizer, mode, factor, patience, threshold,
-                                                    threshold_mode, cooldown, min_lr, eps)
+        with unchanged_if_refused(optimizer):
+            torch_schedulers.ReduceLROnPlateau.__init__(self, optimizer, mode, factor, patience, threshold,
+                                                        threshold_mode, cooldown, min_lr, eps)
 
     @property
     def _on_device(self) -> bool:
