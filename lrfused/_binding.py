@@ -36,10 +36,13 @@ from .schedules import Product, Schedule
 
 
 def check_lr_value(lr: Any, where: str) -> float:
-    """A float lr that a write put in a param group, checked as torch checks it at construction."""
+    """A float lr that a write put in a param group. A finite negative lr is taken as torch takes
+    it after construction (a LambdaLR whose factor goes below zero, a cosine with eta_min after a
+    decay): torch then ascends, and so does lrfused. A NaN or an infinity is refused, naming the
+    group: it would silently turn the params into NaNs."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)):
         raise TypeError(f"Invalid learning rate: {lr!r} ({where}) must be a float or a 1-element tensor")
-    if not (math.isfinite(lr) and lr >= 0.0):
+    if not math.isfinite(lr):
         raise ValueError(f"Invalid learning rate: {lr} ({where})")
     return float(lr)
 

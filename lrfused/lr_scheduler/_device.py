@@ -144,9 +144,10 @@ class OnDevice:
         raise NotImplementedError
 
     def _device_form_at(self, epoch: Any) -> bool:
-        """Whether the step about to run (to ``epoch``, None: one step) has a device form."""
+        """Whether the step about to run (to ``epoch``, None: one step) has a device form. The
+        device clock counts from 0: a step after an explicit negative epoch is torch's, on the host."""
         if epoch is None:
-            return True
+            return self.last_epoch >= 0
         return isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
 
     def _device_form_after(self) -> bool:

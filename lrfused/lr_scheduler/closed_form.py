@@ -9,6 +9,7 @@ CosineAnnealingWarmRestarts) set a closed form of their own clock, as torch's do
 from __future__ import annotations
 
 import math
+import re
 
 from torch.optim import lr_scheduler as torch_schedulers
 
@@ -35,7 +36,7 @@ def _check(name: str, build, torch_names: dict[str, str] | None = None) -> None:
     except (TypeError, ValueError) as error:
         message = str(error)
         for ours, theirs in (torch_names or {}).items():
-            message = message.replace(f" {ours}", f" {theirs}")
+            message = re.sub(rf"\b{ours}\b", theirs, message)
         raise type(error)(f"{name}: {message}") from None
 
 
@@ -96,12 +97,16 @@ class StepLR(OnDevice, torch_schedulers.StepLR):
 
     def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "StepLR")
-        _check("StepLR", lambda: S.Step(1.0, step_size, gamma))
+        # torch takes any step size it can take a remainder by (2.0, 2.5, -3: computed on the host
+        # where the device form needs an int) and divides by zero at the first step for 0.
+        _check("StepLR", lambda: S.Step(1.0, 1, gamma))
+        if isinstance(step_size, (int, float)) and step_size == 0:
+            raise ValueError("StepLR: Invalid step_size: 0 (torch divides by it at the first step)")
         with unchanged_if_refused(optimizer):
             torch_schedulers.StepLR.__init__(self, optimizer, step_size, gamma, last_epoch)
 
     def _leaf_rule(self, index):
-        return _rules.chain(S.Step(self._base(index), self.step_size, self.gamma))
+        return _rules.chain(S.Step(self._base(index), _whole(self.step_size), self.gamma))
 
 
 class MultiStepLR(OnDevice, torch_schedulers.MultiStepLR):
@@ -172,7 +177,11 @@ class CosineAnnealingLR(OnDevice, torch_schedulers.CosineAnnealingLR):
 
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "CosineAnnealingLR")
-        _check("CosineAnnealingLR", lambda: S.Cosine(1.0, _whole(T_max), eta_min), {"period": "T_max", "floor": "eta_min"})
+        # torch takes any T_max but 0, which it divides by (7.5 or -4: computed on the host where
+        # the device form needs a positive int).
+        _check("CosineAnnealingLR", lambda: S.Cosine(1.0, 1, eta_min), {"floor": "eta_min"})
+        if isinstance(T_max, (int, float)) and T_max == 0:
+            raise ValueError("CosineAnnealingLR: Invalid T_max: 0 (torch divides by it at the first step)")
         with unchanged_if_refused(optimizer):
             torch_schedulers.CosineAnnealingLR.__init__(self, optimizer, T_max, eta_min, last_epoch)
 
@@ -196,7 +205,7 @@ class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarm
 
     def _device_form_at(self, epoch):
         if epoch is None:
-            return True
+            return self.last_epoch >= 0
         return not isinstance(epoch, bool) and float(epoch).is_integer() and epoch >= 0
 
     def _device_form_after(self):
