@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <ATen/ATen.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include "common/lr_schedule.h"
@@ -109,48 +110,38 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   }
 }
 
-WorkingLayout::Laid WorkingLayout::lay_out(at::TensorList tensors, const std::vector<at::Tensor>& reference) {
-  Laid laid{std::vector<at::Tensor>(tensors.begin(), tensors.end()), {}};
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& layout = reference[i];
-    if (tensors[i].strides() != layout.strides() || !tensors[i].is_non_overlapping_and_dense()) {
-      laid.tensors[i] = at::empty_strided(layout.sizes(), layout.strides(), tensors[i].options()).copy_(tensors[i]);
-      laid.copied.push_back(i);
+WorkingLayout::WorkingLayout(const FusedAdamArgs& a) : args_(a) {
+  const at::TensorList lists[kLists] = {a.params, a.grads, a.exp_avgs, a.exp_avg_sqs, a.max_exp_avg_sqs};
+  const int used = a.amsgrad ? kLists : kMaxExpAvgSqs;
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    const at::Tensor& p = a.params[i];
+    const bool dense = p.is_non_overlapping_and_dense();
+    // The layout the five share: the param's, or contiguous when the param is not dense.
+    const at::IntArrayRef sizes = p.sizes();
+    c10::DimVector contiguous;
+    if (!dense) {
+      contiguous = c10::contiguous_strides(sizes);
+    }
+    const at::IntArrayRef strides = dense ? p.strides() : at::IntArrayRef(contiguous);
+    for (int list = 0; list < used; ++list) {
+      const at::Tensor& t = lists[list][i];
+      if (t.strides() == strides && (list != kParams || dense)) continue;
+      std::vector<at::Tensor>& copies = copies_[list];
+      if (copies.empty()) copies.resize(a.params.size());
+      copies[i] = at::empty_strided(sizes, strides, t.options()).copy_(t);
     }
   }
-  return laid;
 }
 
-void WorkingLayout::copy_back(const Laid& laid, at::TensorList to) {
-  for (size_t i : laid.copied) {
-    to[i].copy_(laid.tensors[i]);
-  }
-}
-
-WorkingLayout::WorkingLayout(const FusedAdamArgs& a) {
-  std::vector<at::Tensor> reference;
-  reference.reserve(a.params.size());
-  for (const at::Tensor& p : a.params) {
-    reference.push_back(p.is_non_overlapping_and_dense() ? p : at::empty(p.sizes(), p.options()));
-  }
-  params_ = lay_out(a.params, reference);
-  grads_ = lay_out(a.grads, reference);
-  exp_avgs_ = lay_out(a.exp_avgs, reference);
-  exp_avg_sqs_ = lay_out(a.exp_avg_sqs, reference);
-  if (a.amsgrad) {
-    max_exp_avg_sqs_ = lay_out(a.max_exp_avg_sqs, reference);
-  }
-}
-
-void WorkingLayout::write_back(const FusedAdamArgs& a) const {
-  copy_back(params_, a.params);
-  copy_back(exp_avgs_, a.exp_avgs);
-  copy_back(exp_avg_sqs_, a.exp_avg_sqs);
-  if (a.amsgrad) {
-    copy_back(max_exp_avg_sqs_, a.max_exp_avg_sqs);
-  }
-  if (a.grad_scale.has_value()) {
-    copy_back(grads_, a.grads);
+void WorkingLayout::write_back() const {
+  const at::TensorList lists[kLists] = {args_.params, args_.grads, args_.exp_avgs, args_.exp_avg_sqs,
+                                        args_.max_exp_avg_sqs};
+  for (int list = 0; list < kLists; ++list) {
+    if (list == kGrads && !args_.grad_scale.has_value()) continue;
+    const std::vector<at::Tensor>& copies = copies_[list];
+    for (size_t i = 0; i < copies.size(); ++i) {
+      if (copies[i].defined()) lists[list][i].copy_(copies[i]);
+    }
   }
 }
 

@@ -43,23 +43,26 @@ void check_fused_adam_args(const FusedAdamArgs& args);
 class WorkingLayout {
  public:
   explicit WorkingLayout(const FusedAdamArgs& args);
-  const std::vector<at::Tensor>& params() const { return params_.tensors; }
-  const std::vector<at::Tensor>& grads() const { return grads_.tensors; }
-  const std::vector<at::Tensor>& exp_avgs() const { return exp_avgs_.tensors; }
-  const std::vector<at::Tensor>& exp_avg_sqs() const { return exp_avg_sqs_.tensors; }
-  const std::vector<at::Tensor>& max_exp_avg_sqs() const { return max_exp_avg_sqs_.tensors; }
+  // The pointers the kernels read for tensor i of each list: the argument's own, or its copy.
+  void* param(size_t i) const { return pointer(kParams, args_.params, i); }
+  void* grad(size_t i) const { return pointer(kGrads, args_.grads, i); }
+  void* exp_avg(size_t i) const { return pointer(kExpAvgs, args_.exp_avgs, i); }
+  void* exp_avg_sq(size_t i) const { return pointer(kExpAvgSqs, args_.exp_avg_sqs, i); }
+  void* max_exp_avg_sq(size_t i) const { return pointer(kMaxExpAvgSqs, args_.max_exp_avg_sqs, i); }
   // Copies back what the kernel wrote into the tensors that were copied (the grads only when the
   // kernel wrote them: with AMP it stores the unscaled grad).
-  void write_back(const FusedAdamArgs& args) const;
+  void write_back() const;
 
  private:
-  struct Laid {
-    std::vector<at::Tensor> tensors;
-    std::vector<size_t> copied;
-  };
-  static Laid lay_out(at::TensorList tensors, const std::vector<at::Tensor>& reference);
-  static void copy_back(const Laid& laid, at::TensorList to);
-  Laid params_, grads_, exp_avgs_, exp_avg_sqs_, max_exp_avg_sqs_;
+  enum List { kParams, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs, kLists };
+  void* pointer(List list, at::TensorList tensors, size_t i) const {
+    const std::vector<at::Tensor>& copies = copies_[list];
+    return copies.empty() || !copies[i].defined() ? tensors[i].data_ptr() : copies[i].data_ptr();
+  }
+  const FusedAdamArgs& args_;
+  // Per list, the copies by index; a list with no copy stays empty (the training loop's case:
+  // nothing is allocated, no tensor is touched beyond its strides).
+  std::vector<at::Tensor> copies_[kLists];
 };
 
 // Raises when a CPU schedule program is malformed (see note [Schedule encoding]).

@@ -75,16 +75,16 @@ void fused_adam_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 
   CpuBucket bucket{params[0].scalar_type(), amsgrad, decoupled_weight_decay};
   for (size_t i = 0; i < params.size(); ++i) {
-    bucket.params.push_back(laid_out.params()[i].data_ptr());
-    bucket.grads.push_back(laid_out.grads()[i].data_ptr());
-    bucket.exp_avgs.push_back(laid_out.exp_avgs()[i].data_ptr());
-    bucket.exp_avg_sqs.push_back(laid_out.exp_avg_sqs()[i].data_ptr());
-    bucket.max_exp_avg_sqs.push_back(amsgrad ? laid_out.max_exp_avg_sqs()[i].data_ptr() : nullptr);
+    bucket.params.push_back(laid_out.param(i));
+    bucket.grads.push_back(laid_out.grad(i));
+    bucket.exp_avgs.push_back(laid_out.exp_avg(i));
+    bucket.exp_avg_sqs.push_back(laid_out.exp_avg_sq(i));
+    bucket.max_exp_avg_sqs.push_back(amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr);
     bucket.offsets.push_back(bucket.offsets.back() + params[i].numel());
   }
   update_bucket(bucket, config);
 
-  laid_out.write_back(args);
+  laid_out.write_back();
   *step_ptr += 1;
 }
 

@@ -210,9 +210,8 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   entries.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
-    TensorEntry e{laid_out.params()[i].data_ptr(), laid_out.grads()[i].data_ptr(),
-                  laid_out.exp_avgs()[i].data_ptr(), laid_out.exp_avg_sqs()[i].data_ptr(),
-                  amsgrad ? laid_out.max_exp_avg_sqs()[i].data_ptr() : nullptr, params[i].numel(), 0, 0};
+    TensorEntry e{laid_out.param(i), laid_out.grad(i), laid_out.exp_avg(i), laid_out.exp_avg_sq(i),
+                  amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr, params[i].numel(), 0, 0};
     e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
                 aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
     entries.push_back(e);
@@ -259,7 +258,7 @@ void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList
       std::min<int>(table.num_tasks, cuda::resident_blocks(type, amsgrad, decoupled_weight_decay, device));
   C10_CUDA_CHECK(cuda::launch_fused_adam(type, amsgrad, decoupled_weight_decay, launch, num_blocks, stream));
 
-  laid_out.write_back(args);
+  laid_out.write_back();
 }
 
 }  // namespace
