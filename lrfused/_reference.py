@@ -24,7 +24,8 @@ def _f32(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32)
 
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# The element types the kernels update (complex params are viewed as pairs of their real type).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1,
@@ -58,7 +59,7 @@ def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
     if n == 0:
         return
     first = params[0]
-    if first.dtype not in _KERNEL_DTYPES:
+    if first.dtype not in KERNEL_DTYPES:
         raise RuntimeError(f"fused_adam_: params must be float32, float16 or bfloat16, got {first.dtype}")
     for i, p in enumerate(params):
         if p.device != first.device or p.dtype != first.dtype:

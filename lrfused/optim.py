@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _ops
+from ._reference import KERNEL_DTYPES
 from ._binding import Binding
 from .schedules import Schedule, Tabulated
 
@@ -30,7 +31,7 @@ def _check_number(name: str, value: Any) -> float:
         # for a GPU tensor, never made by a step. A value written into it later is read on the device.
         value = value.detach().item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value}")
     return float(value)
@@ -185,7 +186,7 @@ class FusedScheduledAdam(Optimizer):
         self._binding: Binding | None = None
         self._plans: dict[int, _Plan] = {}
         # Per group, the (betas, eps, weight_decay) last checked by a step.
-        self._checked_hyperparameters: list[tuple | None] = []
+        self._checked_hyperparameters: dict[int, tuple] = {}
         super().__init__(params, defaults)
         # Made now, outside any compiled region, so that torch.compile traces a step that only reads it.
         self._binding_now()
@@ -232,14 +233,14 @@ class FusedScheduledAdam(Optimizer):
             self.__dict__.setdefault(key, default)
         # Plans hold views of the tensors they were made from: rebuilt at the next step.
         self._plans = {}
-        self._checked_hyperparameters = []
+        self._checked_hyperparameters = {}
         if self._binding is not None:
             self._binding.views = {}
 
     def _invalidate(self) -> None:
         # The binding stays: its next absorb follows whatever the groups now hold.
         self._plans = {}
-        self._checked_hyperparameters = []
+        self._checked_hyperparameters = {}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -491,7 +492,7 @@ class FusedScheduledAdam(Optimizer):
         checked = self._checked_hyperparameters
         for index, group in enumerate(self.param_groups):
             current = (group["betas"], group["eps"], group["weight_decay"])
-            if index < len(checked) and checked[index] is not None and _same(checked[index], current):
+            if index in checked and _same(checked[index], current):
                 continue
             betas, eps, weight_decay = current
             if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -500,8 +501,6 @@ class FusedScheduledAdam(Optimizer):
                 # Its device value is checked on the device (note [Unusable schedule values]).
                 betas = (0.0, betas[1])
             validate_hyperparameters(0.0, betas, eps, weight_decay)
-            while len(checked) <= index:
-                checked.append(None)
             checked[index] = current
 
     def _invalid_counter(self, device: torch.device) -> Tensor:
@@ -615,10 +614,6 @@ def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -
             "autograd does not trace through; use torch.optim.Adam(differentiable=True)")
 
 
-# The element types the kernels update (complex params are viewed as pairs of their real type).
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _check_param(p: Tensor, where: str) -> None:
     """Refuses, before any state exists, a param the kernels cannot update."""
     if p.is_sparse or p.layout != torch.strided:
@@ -626,7 +621,7 @@ def _check_param(p: Tensor, where: str) -> None:
     if not (p.is_floating_point() or p.is_complex()):
         raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
     real = p.real.dtype if p.is_complex() else p.dtype
-    if real not in _KERNEL_DTYPES:
+    if real not in KERNEL_DTYPES:
         raise TypeError(
             f"FusedScheduledAdam updates float32, float16 and bfloat16 params (and complex ones of those), got "
             f"dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
@@ -635,22 +630,13 @@ def _check_param(p: Tensor, where: str) -> None:
 def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
     """A saved step must be a whole, non-negative count: torch.optim.Adam's float32 step of 3.0
     loads as 3, a 2.5 or a -1 is refused (the bias corrections would be silently wrong)."""
+    name = f"load_state_dict: state[{key!r}]['step']"
     if "step" not in param_state:
         raise ValueError(
-            f"load_state_dict: state[{key!r}] has no 'step' (keys: {sorted(param_state)}); without it the moments "
-            "cannot be bias-corrected")
-    step = param_state["step"]
-    if isinstance(step, Tensor):
-        if step.numel() != 1 or step.is_complex():
-            raise ValueError(f"load_state_dict: state[{key!r}]['step'] must be a one-element real tensor, got "
-                             f"{step.dtype} of shape {tuple(step.shape)}")
-        value = step.item()
-    elif isinstance(step, (int, float)) and not isinstance(step, bool):
-        value = step
-    else:
-        raise TypeError(f"load_state_dict: state[{key!r}]['step'] must be a number or a tensor, got {step!r}")
-    if not (math.isfinite(value) and value >= 0 and float(value).is_integer()):
-        raise ValueError(f"load_state_dict: state[{key!r}]['step'] must be a whole number >= 0, got {value}")
+            f"{name} is missing (keys: {sorted(param_state)}); without it the moments cannot be bias-corrected")
+    value = _check_number(name, param_state["step"])
+    if not (value >= 0 and value.is_integer()):
+        raise ValueError(f"{name} must be a whole number >= 0, got {value}")
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -61,6 +61,5 @@ class ChainedScheduler(torch_schedulers.ChainedScheduler):
         schedulers = list(schedulers)
         if optimizer is not None:
             optimizer = unwrap_optimizer(optimizer, "ChainedScheduler")
-        with unchanged_if_refused(optimizer if optimizer is not None else getattr(schedulers[0], "optimizer", None)
-                                  if schedulers else None):
-            torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
+        # (torch's constructor only reads the groups: a refusal has nothing to put back)
+        torch_schedulers.ChainedScheduler.__init__(self, schedulers, optimizer)
