@@ -193,6 +193,18 @@ std::vector<double> evaluate_schedule_op(const at::Tensor& schedule, int64_t t) 
   return {v.lr, v.beta1};
 }
 
+// This library's side of the schedule encoding, compared with lrfused/schedules/_layout.py by the
+// tests: the kind count, the depth limit, the CyclicLR mode count, then per kind its NodeLayout.
+std::vector<int64_t> schedule_encoding_op() {
+  std::vector<int64_t> rows = {kNumScheduleKinds, kMaxScheduleDepth, kNumCyclicModes};
+  for (int64_t kind = 0; kind < kNumScheduleKinds; ++kind) {
+    const NodeLayout& layout = kNodeLayouts[kind];
+    rows.insert(rows.end(), {kind, layout.fixed_words, layout.tail_count_word, layout.tail_adjust, layout.child_word,
+                             layout.child_if_at_least});
+  }
+  return rows;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lrfused, m) {
@@ -208,6 +220,8 @@ TORCH_LIBRARY(lrfused, m) {
   m.impl("new_handle", c10::DispatchKey::CompositeExplicitAutograd, &new_handle);
   m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
   m.impl("evaluate_schedule", &evaluate_schedule_op);
+  m.def("schedule_encoding() -> int[]");
+  m.impl("schedule_encoding", c10::DispatchKey::CompositeExplicitAutograd, &schedule_encoding_op);
   // One scheduler step on the device (note [Scheduler steps on the device] in common/lr_step.h):
   // the clock moves to clock + 1 (or to `epoch`) and each group's HELD words follow its rule.
   m.def("advance_lr_(Tensor(a!) groups, Tensor(b!) clock, Tensor rules, int? epoch=None) -> ()");

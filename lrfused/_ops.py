@@ -130,6 +130,13 @@ def evaluate_schedule(schedule: torch.Tensor, t: int) -> tuple[float, float]:
     return lr, beta1
 
 
+def schedule_encoding() -> list[int]:
+    """The compiled library's schedule encoding: the kind count, the depth limit, the CyclicLR mode
+    count, then six numbers per kind (``_layout.NodeLayout.as_row``), for the tests to compare
+    with ``lrfused.schedules``' table."""
+    return list(torch.ops.lrfused.schedule_encoding())
+
+
 if _LOAD_ERROR is None:
 
     @torch.library.register_fake("lrfused::fused_adam_")

@@ -671,6 +671,6 @@ def _has_open_table(schedule: Schedule) -> bool:
 
 
 def _kind_name(kind: int) -> str:
-    from .schedules import _KINDS
+    from .schedules import NODE_CLASSES
 
-    return _KINDS[kind].__name__ if kind in _KINDS else f"kind {kind}"
+    return NODE_CLASSES[kind].__name__ if kind in NODE_CLASSES else f"kind {kind}"

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrfused import _ops, schedules as S
+from lrfused.schedules._layout import encoding_rows
 
 finite = dict(allow_nan=False, allow_infinity=False)
 clocks = st.one_of(st.integers(0, 300), st.integers(0, 2 ** 40))
@@ -91,18 +92,48 @@ def test_decode_inverts_encode(schedule, t):
     assert close(decoded(t), schedule(t))
 
 
+def one_of_each_kind():
+    return [S.Constant(2.0), S.Tabulated(lambda t: 3.0 + t, horizon=6), S.Step(1.0, 2), S.MultiStep(1.0, [1, 4, 4]),
+            S.ConstantFactor(1.0, 0.5, 3), S.Linear(1.0, 0.5, 1.0, 4), S.Exponential(1.0, 0.9), S.Polynomial(1.0, 10),
+            S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
+            S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0), S.Step(1.0, 2)], [3, 5]),
+            S.product(S.Constant(2.0), S.Exponential(1.0, 0.5)), S.InverseSqrt(1.0, 10.0, 10.0),
+            S.OneMinusSqrt(1.0, 0.0, 10), S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), S.Held(0.25, 0.85)]
+
+
 def test_every_kind_is_evaluated_by_cpp():
-    # The Python numbering of kinds must be the C++ one: a kind the C++ side does not know is NaN.
-    examples = [S.Constant(2.0), S.Tabulated(lambda t: 3.0 + t, horizon=6), S.Step(1.0, 2), S.MultiStep(1.0, [1]),
-                S.ConstantFactor(1.0, 0.5, 3), S.Linear(1.0, 0.5, 1.0, 4), S.Exponential(1.0, 0.9),
-                S.Polynomial(1.0, 10), S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
-                S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0)], [3]),
-                S.product(S.Constant(2.0)), S.InverseSqrt(1.0, 10.0, 10.0), S.OneMinusSqrt(1.0, 0.0, 10),
-                S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), S.Held(0.25, 0.85)]
-    assert sorted(type(s).kind for s in examples) == list(range(19))
+    # A kind the C++ evaluator does not know evaluates to NaN.
+    examples = one_of_each_kind()
+    assert sorted(type(s).kind for s in examples) == sorted(S.NODE_CLASSES)
     for schedule in examples:
         for t in (0, 1, 2, 5):
             assert close(schedule(t), cpp_value(schedule, t)[0]), (schedule, t)
+
+
+def test_cpp_encoding_matches_the_table():
+    # The two tables of node layouts (lrfused/schedules/_layout.py, kNodeLayouts in lr_schedule.h).
+    assert _ops.schedule_encoding() == encoding_rows()
+
+
+@pytest.mark.parametrize("schedule", one_of_each_kind() + [
+    S.Cyclic(0.1, 1.0, 6.0, 0.5, mode=S.CYCLIC_TABLE_BY_CYCLE, scale_table=S.Tabulated(lambda c: 0.5 ** c, horizon=9))],
+    ids=lambda s: type(s).__name__)
+def test_each_node_is_laid_out_as_the_table_says(schedule):
+    layout = S.LAYOUTS[schedule.kind]
+    words = schedule.encode()
+    params = words[2:2 + schedule.param_count()]
+    assert layout.param_count(params) == len(params) == len(schedule.params())
+    assert layout.child_count(params) == len(schedule.children)
+    # each fixed word is the attribute the table names it after
+    for field, word in zip(layout.fields, params):
+        assert float(getattr(schedule, field.partition(":")[0])) == word, field
+    # the C++ validator reads the same layout: a word missing or one too many is refused
+    program = torch.tensor(words, dtype=torch.float64)
+    _ops.validate_schedule(program)
+    for bad in (words[:-1], words + [0.0]):
+        bad = [bad[0], float(len(bad))] + bad[2:]
+        with pytest.raises(RuntimeError, match="schedule"):
+            _ops.validate_schedule(torch.tensor(bad, dtype=torch.float64))
 
 
 def test_table_outside_its_window_is_nan_in_cpp():

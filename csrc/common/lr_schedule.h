@@ -8,10 +8,15 @@
 // where `length` counts the whole node, its two header words and any child nodes included, so a
 // reader can step over a node without knowing its kind. Composite nodes (SEQUENTIAL, PRODUCT, and
 // CYCLIC with a tabulated scale function) store their children right after their own parameters.
-// Values are absolute: the encoder (lrfused/schedules.py) folds each param group's base lr into
+// Values are absolute: the encoder (lrfused/schedules/) folds each param group's base lr into
 // the parameters, so the same node kinds serve torch's schedulers and the schedule factories.
-// Adding a kind means adding an enumerator, one case in `evaluate_node` and one in
-// `expected_param_count`; the Python encoder mirrors the numbering (checked by the tests).
+//
+// Where each kind's words are is written once per language: `LAYOUTS` in
+// lrfused/schedules/_layout.py (with the words' names) and `kNodeLayouts` below (with the counts
+// only). The op `lrfused::schedule_encoding` reports this side's table and the tests compare the
+// two. Adding a kind: a row in both tables, an enumerator, a case in `evaluate_node`, a node class
+// in lrfused/schedules/_nodes.py (its attributes named as the row's words), and a strategy in
+// tests/test_schedules.py (see csrc/README.md).
 //
 // Some parameters are slots that the device updates in place: the lr and beta1 of a HELD node
 // (what a param group's lr is now: written by the host for a hand-written or tensor lr, by
@@ -27,25 +32,25 @@
 namespace lrfused {
 
 enum ScheduleKind : int {
-  kConstant = 0,       // [value]
-  kTable = 1,          // [first_t, count, v_0 .. v_{count-1}]
-  kStep = 2,           // [init, step_size, gamma]
-  kMultiStep = 3,      // [init, gamma, count, milestone_0 ..] (sorted, duplicates compound)
-  kConstantFactor = 4, // [init, factor, total_iters]
-  kLinear = 5,         // [init, start_factor, end_factor, total_iters]
-  kExponential = 6,    // [init, gamma]
-  kPolynomial = 7,     // [init, end, total_iters, power]
-  kCosine = 8,         // [init, floor, period, clamp]
-  kWarmRestarts = 9,   // [init, floor, T_0, T_mult]
-  kCyclic = 10,        // [base, max, total, up_ratio, mode, gamma, base_m, max_m, cycle_momentum] (+table)
-  kOneCycle = 11,      // [initial, max, min, total, pct_start, three_phase, cos, cycle_m, base_m, max_m]
-  kSequential = 12,    // [count, boundary_1 .. boundary_{count-1}] + count children
-  kProduct = 13,       // [init, count] + count children
-  kInverseSqrt = 14,   // [init, timescale, shift]
-  kOneMinusSqrt = 15,  // [init, end, total_iters]
-  kExpRamp = 16,       // [start, end, num_iter]
-  kLinearRamp = 17,    // [start, end, num_iter]
-  kHeld = 18,          // [lr, beta1]: words the host or a scheduler op writes (beta1 NaN: not set)
+  kConstant = 0,
+  kTable = 1,
+  kStep = 2,
+  kMultiStep = 3,
+  kConstantFactor = 4,
+  kLinear = 5,
+  kExponential = 6,
+  kPolynomial = 7,
+  kCosine = 8,
+  kWarmRestarts = 9,
+  kCyclic = 10,
+  kOneCycle = 11,
+  kSequential = 12,
+  kProduct = 13,
+  kInverseSqrt = 14,
+  kOneMinusSqrt = 15,
+  kExpRamp = 16,
+  kLinearRamp = 17,
+  kHeld = 18,
   kNumScheduleKinds = 19,
 };
 
@@ -56,6 +61,7 @@ enum CyclicMode : int {
   kExpRange = 2,
   kScaleTableByCycle = 3,
   kScaleTableByIteration = 4,
+  kNumCyclicModes = 5,
 };
 
 // Composites nest at most this deep (a warmup around a join of sequences is depth 3). The
@@ -79,31 +85,59 @@ LRFUSED_HOST_DEVICE bool schedule_is_nan(double x) {
   return x != x;
 }
 
-// Number of parameter words a node of `kind` has before its children, given the words that
-// follow the header (needed for the variable-length kinds). -1 for an unknown kind.
-LRFUSED_HOST_DEVICE int64_t expected_param_count(int kind, const double* params, int64_t available) {
-  switch (kind) {
-    case kConstant: return 1;
-    case kTable: return available >= 2 ? 2 + static_cast<int64_t>(params[1]) : 2;
-    case kStep: return 3;
-    case kMultiStep: return available >= 3 ? 3 + static_cast<int64_t>(params[2]) : 3;
-    case kConstantFactor: return 3;
-    case kLinear: return 4;
-    case kExponential: return 2;
-    case kPolynomial: return 4;
-    case kCosine: return 4;
-    case kWarmRestarts: return 4;
-    case kCyclic: return 9;
-    case kOneCycle: return 10;
-    case kSequential: return available >= 1 ? static_cast<int64_t>(params[0]) : 1;
-    case kProduct: return 2;
-    case kInverseSqrt: return 3;
-    case kOneMinusSqrt: return 3;
-    case kExpRamp: return 3;
-    case kLinearRamp: return 3;
-    case kHeld: return 2;
-    default: return -1;
-  }
+// Where a node's words are: `fixed_words` parameters; then, when `tail_count_word` >= 0,
+// `params[tail_count_word] + tail_adjust` more; then the children: none when `child_word` < 0,
+// `params[child_word]` of them when `child_if_at_least` is 0, else one when
+// `params[child_word] >= child_if_at_least`.
+struct NodeLayout {
+  int64_t fixed_words;
+  int64_t tail_count_word;
+  int64_t tail_adjust;
+  int64_t child_word;
+  int64_t child_if_at_least;
+};
+
+// Indexed by ScheduleKind; the words of each kind named as in lrfused/schedules/_layout.py.
+constexpr NodeLayout kNodeLayouts[kNumScheduleKinds] = {
+    {1, -1, 0, -1, 0},                   // kConstant: value
+    {2, 1, 0, -1, 0},                    // kTable: first_t, count, + count values
+    {3, -1, 0, -1, 0},                   // kStep: init, step_size, gamma
+    {3, 2, 0, -1, 0},                    // kMultiStep: init, gamma, count, + count sorted milestones
+    {3, -1, 0, -1, 0},                   // kConstantFactor: init, factor, total_iters
+    {4, -1, 0, -1, 0},                   // kLinear: init, start_factor, end_factor, total_iters
+    {2, -1, 0, -1, 0},                   // kExponential: init, gamma
+    {4, -1, 0, -1, 0},                   // kPolynomial: init, end, total_iters, power
+    {4, -1, 0, -1, 0},                   // kCosine: init, floor, period, clamp
+    {4, -1, 0, -1, 0},                   // kWarmRestarts: init, floor, T_0, T_mult
+    {9, -1, 0, 4, kScaleTableByCycle},   // kCyclic: base, max, total, up_ratio, mode, gamma, base_m,
+                                         //   max_m, cycle_momentum, + a TABLE child in the table modes
+    {10, -1, 0, -1, 0},                  // kOneCycle: initial, max, min, total, pct_start, three_phase,
+                                         //   cos, cycle_momentum, base_m, max_m
+    {1, 0, -1, 0, 0},                    // kSequential: count, + count - 1 boundaries, + count children
+    {2, -1, 0, 1, 0},                    // kProduct: init, count, + count children
+    {3, -1, 0, -1, 0},                   // kInverseSqrt: init, timescale, shift
+    {3, -1, 0, -1, 0},                   // kOneMinusSqrt: init, end, total_iters
+    {3, -1, 0, -1, 0},                   // kExpRamp: start, end, num_iter
+    {3, -1, 0, -1, 0},                   // kLinearRamp: start, end, num_iter
+    {2, -1, 0, -1, 0},                   // kHeld: lr, beta1 (NaN: the optimizer's beta1)
+};
+
+// Number of parameter words a node of `kind` has before its children, given the `available`
+// words that follow its header; -1 for an unknown kind. Host only, like the validation.
+inline int64_t expected_param_count(int kind, const double* params, int64_t available) {
+  if (kind < 0 || kind >= kNumScheduleKinds) return -1;
+  const NodeLayout& layout = kNodeLayouts[kind];
+  if (layout.tail_count_word < 0 || available <= layout.tail_count_word) return layout.fixed_words;
+  return layout.fixed_words + static_cast<int64_t>(params[layout.tail_count_word]) + layout.tail_adjust;
+}
+
+// Number of child nodes after the parameters of a node of a known `kind`.
+inline int64_t expected_child_count(int kind, const double* params) {
+  const NodeLayout& layout = kNodeLayouts[kind];
+  if (layout.child_word < 0) return 0;
+  const double word = params[layout.child_word];
+  if (layout.child_if_at_least > 0) return word >= static_cast<double>(layout.child_if_at_least) ? 1 : 0;
+  return static_cast<int64_t>(word);
 }
 
 namespace detail {
@@ -346,21 +380,17 @@ inline const char* validate_schedule_node(const double* node, int64_t available,
   const int64_t words = length - 2;
   const int64_t params = expected_param_count(kind, p, words);
   if (params < 0 || params > words) return "schedule node is shorter than its parameters";
-  int64_t children = 0;
-  if (kind == kSequential) {
-    children = static_cast<int64_t>(p[0]);
-    if (children < 1) return "SEQUENTIAL schedule needs at least one child";
-  } else if (kind == kProduct) {
-    children = static_cast<int64_t>(p[1]);
-  } else if (kind == kCyclic) {
+  if (kind == kCyclic) {
     const int mode = static_cast<int>(p[4]);
-    if (mode < kTriangular || mode > kScaleTableByIteration) return "CYCLIC schedule has an unknown mode";
-    children = mode >= kScaleTableByCycle ? 1 : 0;
+    if (mode < kTriangular || mode >= kNumCyclicModes) return "CYCLIC schedule has an unknown mode";
   } else if (kind == kTable) {
     if (p[1] < 0) return "TABLE schedule has a negative count";
   } else if (kind == kMultiStep) {
     if (p[2] < 0) return "MULTI_STEP schedule has a negative count";
+  } else if (kind == kSequential) {
+    if (p[0] < 1) return "SEQUENTIAL schedule needs at least one child";
   }
+  const int64_t children = expected_child_count(kind, p);
   int64_t offset = params;
   for (int64_t i = 0; i < children; ++i) {
     const char* error = validate_schedule_node(p + offset, words - offset, depth + 1);

@@ -15,11 +15,12 @@ from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules
 from .. import schedules as S
+from ..schedules._checks import positive_int
 from ._device import OnDevice, unchanged_if_refused, unwrap_optimizer
 
 
 def _horizon(value) -> int | None:
-    return None if value is None else S._positive_int("horizon", value)
+    return None if value is None else positive_int("horizon", value)
 
 
 def _whole(value):

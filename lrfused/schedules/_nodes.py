@@ -1,19 +1,10 @@
-"""Learning-rate schedules that the kernels evaluate from an on-device clock.
+"""The schedule nodes: each kind's value in Python floats and its words in a kernel program.
 
 A :class:`Schedule` is a small immutable object. Calling it, ``s(t)``, gives its value at the
-integer clock ``t`` in Python floats: that is the reference the C++ and CUDA evaluators
+integer clock ``t``: that is the reference the C++ and CUDA evaluators
 (``csrc/common/lr_schedule.h``) are tested against. :meth:`Schedule.encode` turns it into the flat
-list of doubles those evaluators read (see note [Schedule encoding] in that header).
-
-The lower-case factories at the end of this module build schedules the way optax does: each
-validates its arguments once and returns a Schedule; composition (:func:`join`, :func:`product`,
-:func:`warmup`) replaces flags. With ``FusedScheduledAdam(params, lr=..., schedule=s)`` a
-schedule's value multiplies each param group's ``lr``::
-
-    >>> from lrfused import schedules
-    >>> s = schedules.warmup_cosine(warmup_steps=2, decay_steps=10)
-    >>> [round(s(t), 4) for t in (0, 1, 2, 7, 12, 20)]
-    [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
+list of doubles those evaluators read, in the layout ``_layout.LAYOUTS`` gives its kind, and
+:func:`decode` turns such a list back into nodes.
 """
 
 from __future__ import annotations
@@ -21,93 +12,51 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
-__all__ = [
-    "Schedule", "Constant", "Tabulated", "Step", "MultiStep", "ConstantFactor", "Linear", "Exponential",
-    "Polynomial", "Cosine", "WarmRestarts", "Cyclic", "OneCycle", "Sequential", "Product", "InverseSqrt",
-    "OneMinusSqrt", "ExpRamp", "LinearRamp", "decode",
-    "constant", "step_decay", "multistep_decay", "exponential_decay", "polynomial_decay", "linear",
-    "cosine_decay", "cosine_warm_restarts", "cyclic", "one_cycle", "join", "product", "warmup",
-    "warmup_cosine", "warmup_stable_decay", "inverse_sqrt", "lr_range_exp", "lr_range_linear",
-    "lambda_schedule",
-]
-
-# The node kinds of csrc/common/lr_schedule.h (enum ScheduleKind); tests check both agree.
-KIND_CONSTANT = 0
-KIND_TABLE = 1
-KIND_STEP = 2
-KIND_MULTI_STEP = 3
-KIND_CONSTANT_FACTOR = 4
-KIND_LINEAR = 5
-KIND_EXPONENTIAL = 6
-KIND_POLYNOMIAL = 7
-KIND_COSINE = 8
-KIND_WARM_RESTARTS = 9
-KIND_CYCLIC = 10
-KIND_ONE_CYCLE = 11
-KIND_SEQUENTIAL = 12
-KIND_PRODUCT = 13
-KIND_INVERSE_SQRT = 14
-KIND_ONE_MINUS_SQRT = 15
-KIND_EXP_RAMP = 16
-KIND_LINEAR_RAMP = 17
-KIND_HELD = 18
-
-# CyclicLR modes (enum CyclicMode).
-CYCLIC_TRIANGULAR = 0
-CYCLIC_TRIANGULAR2 = 1
-CYCLIC_EXP_RANGE = 2
-CYCLIC_TABLE_BY_CYCLE = 3
-CYCLIC_TABLE_BY_ITERATION = 4
-
-MAX_DEPTH = 4  # kMaxScheduleDepth
-
-_KINDS: dict[int, type[Schedule]] = {}
-
-
-def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"Invalid {name}: {value}")
-    return value
-
-
-def _positive(name: str, value: float) -> float:
-    value = _finite(name, value)
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (must be > 0)")
-    return value
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (must be a positive int)")
-    return value
-
-
-def _non_negative_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
-    return value
-
+from ._checks import finite, non_negative_int, positive, positive_int
+from ._layout import (
+    CYCLIC_EXP_RANGE,
+    CYCLIC_TABLE_BY_CYCLE,
+    CYCLIC_TABLE_BY_ITERATION,
+    CYCLIC_TRIANGULAR,
+    CYCLIC_TRIANGULAR2,
+    KIND_CONSTANT,
+    KIND_CONSTANT_FACTOR,
+    KIND_COSINE,
+    KIND_CYCLIC,
+    KIND_EXP_RAMP,
+    KIND_EXPONENTIAL,
+    KIND_HELD,
+    KIND_INVERSE_SQRT,
+    KIND_LINEAR,
+    KIND_LINEAR_RAMP,
+    KIND_MULTI_STEP,
+    KIND_ONE_CYCLE,
+    KIND_ONE_MINUS_SQRT,
+    KIND_POLYNOMIAL,
+    KIND_PRODUCT,
+    KIND_SEQUENTIAL,
+    KIND_STEP,
+    KIND_TABLE,
+    KIND_WARM_RESTARTS,
+    LAYOUTS,
+    MAX_DEPTH,
+    NodeLayout,
+    field_name,
+    field_type,
+)
 
 class Schedule:
-    """Base class: a value (and optionally beta1) at every integer clock ``t >= 0``."""
+    """Base class: a value (and optionally beta1) at every integer clock ``t >= 0``.
+
+    A node's parameter words are the attributes its kind's :class:`NodeLayout` names, in that
+    order, then its variable-length :meth:`_tail`; decoding calls the constructor with the
+    same names.
+    """
 
     kind: ClassVar[int]
     children: tuple[Schedule, ...] = ()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if "kind" in cls.__dict__:
-            _KINDS[cls.kind] = cls
 
     def __call__(self, t: int) -> float:
         return self.value(t)[0]
@@ -119,9 +68,29 @@ class Schedule:
     def lr(self, t: int) -> float:
         raise NotImplementedError
 
+    @classmethod
+    def layout(cls) -> NodeLayout:
+        return LAYOUTS[cls.kind]
+
     def params(self) -> list[float]:
         """The node's parameter words, before its children."""
-        raise NotImplementedError
+        fixed = [float(getattr(self, field_name(field))) for field in self.layout().fields]
+        return fixed + [float(word) for word in self._tail()]
+
+    def _tail(self) -> Sequence[float]:
+        """The variable-length words after the fixed ones (milestones, boundaries)."""
+        return ()
+
+    @classmethod
+    def from_params(cls, words: Sequence[float], children: Sequence[Schedule]) -> Schedule:
+        """The node that :meth:`params` (and its children) encode."""
+        fixed = cls.layout().fields
+        fields = {field_name(field): field_type(field)(word) for field, word in zip(fixed, words)}
+        return cls._from_fields(fields, words[len(fixed):], children)
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any], tail: Sequence[float], children: Sequence[Schedule]) -> Schedule:
+        return cls(**fields)
 
     @property
     def cycles_beta1(self) -> bool:
@@ -142,7 +111,7 @@ class Schedule:
 
     def param_count(self) -> int:
         """How many words :meth:`params` gives (without evaluating a table)."""
-        return len(self.params())
+        return len(self.layout().fields) + len(self._tail())
 
     def encoded_length(self) -> int:
         """``len(self.encode())``, computed without encoding."""
@@ -170,17 +139,14 @@ class Constant(Schedule):
     kind = KIND_CONSTANT
 
     def __init__(self, value: float):
-        self.value_ = _finite("value", value)
+        self.value_ = finite("value", value)
 
     def lr(self, t):
         return self.value_
 
-    def params(self):
-        return [self.value_]
-
     @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0])
+    def _from_fields(cls, fields, tail, children):
+        return cls(fields["value_"])
 
 
 class Held(Schedule):
@@ -198,12 +164,9 @@ class Held(Schedule):
     def lr(self, t):
         return self.lr_
 
-    def params(self):
-        return [self.lr_, self.beta1_]
-
     @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1])
+    def _from_fields(cls, fields, tail, children):
+        return cls(fields["lr_"], fields["beta1_"])
 
 
 class Tabulated(Schedule):
@@ -221,8 +184,8 @@ class Tabulated(Schedule):
         if not callable(function):
             raise TypeError(f"function must be callable, got {function!r}")
         self.function = function
-        self.horizon = None if horizon is None else _positive_int("horizon", horizon)
-        self.capacity = self.horizon if self.horizon is not None else _positive_int("capacity", capacity)
+        self.horizon = None if horizon is None else positive_int("horizon", horizon)
+        self.capacity = self.horizon if self.horizon is not None else positive_int("capacity", capacity)
         self.first_t = 0
 
     def lr(self, t):
@@ -246,8 +209,8 @@ class Tabulated(Schedule):
         return 2 + self.capacity
 
     @classmethod
-    def from_params(cls, p, children):
-        return _TableWindow(int(p[0]), p[2:])
+    def _from_fields(cls, fields, tail, children):
+        return _TableWindow(fields["first_t"], tail)
 
 
 class _TableWindow(Tabulated):
@@ -269,19 +232,12 @@ class Step(Schedule):
     kind = KIND_STEP
 
     def __init__(self, init: float, step_size: int, gamma: float = 0.1):
-        self.init = _finite("init", init)
-        self.step_size = _positive_int("step_size", step_size)
-        self.gamma = _positive("gamma", gamma)
+        self.init = finite("init", init)
+        self.step_size = positive_int("step_size", step_size)
+        self.gamma = positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** math.floor(t / self.step_size)
-
-    def params(self):
-        return [self.init, self.step_size, self.gamma]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], int(p[1]), p[2])
 
 
 class MultiStep(Schedule):
@@ -290,21 +246,25 @@ class MultiStep(Schedule):
     kind = KIND_MULTI_STEP
 
     def __init__(self, init: float, milestones: Sequence[int], gamma: float = 0.1):
-        self.init = _finite("init", init)
+        self.init = finite("init", init)
         for m in milestones:
-            _non_negative_int("milestones", m)
+            non_negative_int("milestones", m)
         self.milestones = sorted(milestones)
-        self.gamma = _positive("gamma", gamma)
+        self.gamma = positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** float(bisect.bisect_right(self.milestones, t))
 
-    def params(self):
-        return [self.init, self.gamma, len(self.milestones), *self.milestones]
+    @property
+    def milestone_count(self) -> int:
+        return len(self.milestones)
+
+    def _tail(self):
+        return self.milestones
 
     @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], [int(m) for m in p[3:3 + int(p[2])]], p[1])
+    def _from_fields(cls, fields, tail, children):
+        return cls(fields["init"], [int(m) for m in tail], fields["gamma"])
 
 
 class ConstantFactor(Schedule):
@@ -313,19 +273,12 @@ class ConstantFactor(Schedule):
     kind = KIND_CONSTANT_FACTOR
 
     def __init__(self, init: float, factor: float, total_iters: int):
-        self.init = _finite("init", init)
-        self.factor = _finite("factor", factor)
-        self.total_iters = _non_negative_int("total_iters", total_iters)
+        self.init = finite("init", init)
+        self.factor = finite("factor", factor)
+        self.total_iters = non_negative_int("total_iters", total_iters)
 
     def lr(self, t):
         return self.init * (self.factor if t < self.total_iters else 1.0)
-
-    def params(self):
-        return [self.init, self.factor, self.total_iters]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], int(p[2]))
 
 
 class Linear(Schedule):
@@ -334,10 +287,10 @@ class Linear(Schedule):
     kind = KIND_LINEAR
 
     def __init__(self, init: float, start_factor: float, end_factor: float, total_iters: int):
-        self.init = _finite("init", init)
-        self.start_factor = _finite("start_factor", start_factor)
-        self.end_factor = _finite("end_factor", end_factor)
-        self.total_iters = _positive_int("total_iters", total_iters)
+        self.init = finite("init", init)
+        self.start_factor = finite("start_factor", start_factor)
+        self.end_factor = finite("end_factor", end_factor)
+        self.total_iters = positive_int("total_iters", total_iters)
 
     def lr(self, t):
         done = min(t, self.total_iters)
@@ -346,13 +299,6 @@ class Linear(Schedule):
         low, high = sorted((self.start_factor, self.end_factor))
         return self.init * min(max(factor, low), high)
 
-    def params(self):
-        return [self.init, self.start_factor, self.end_factor, self.total_iters]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], p[2], int(p[3]))
-
 
 class Exponential(Schedule):
     """ExponentialLR: ``init * gamma ** t`` (float64 pow, exact for long runs)."""
@@ -360,18 +306,11 @@ class Exponential(Schedule):
     kind = KIND_EXPONENTIAL
 
     def __init__(self, init: float, gamma: float):
-        self.init = _finite("init", init)
-        self.gamma = _positive("gamma", gamma)
+        self.init = finite("init", init)
+        self.gamma = positive("gamma", gamma)
 
     def lr(self, t):
         return self.init * self.gamma ** float(t)
-
-    def params(self):
-        return [self.init, self.gamma]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1])
 
 
 class Polynomial(Schedule):
@@ -380,20 +319,13 @@ class Polynomial(Schedule):
     kind = KIND_POLYNOMIAL
 
     def __init__(self, init: float, total_iters: int, power: float = 1.0, end: float = 0.0):
-        self.init = _finite("init", init)
-        self.total_iters = _positive_int("total_iters", total_iters)
-        self.power = _finite("power", power)
-        self.end = _finite("end", end)
+        self.init = finite("init", init)
+        self.total_iters = positive_int("total_iters", total_iters)
+        self.power = finite("power", power)
+        self.end = finite("end", end)
 
     def lr(self, t):
         return self.end + (self.init - self.end) * (1.0 - min(t, self.total_iters) / self.total_iters) ** self.power
-
-    def params(self):
-        return [self.init, self.end, self.total_iters, self.power]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], int(p[2]), p[3], p[1])
 
 
 class Cosine(Schedule):
@@ -405,22 +337,15 @@ class Cosine(Schedule):
     kind = KIND_COSINE
 
     def __init__(self, init: float, period: int, floor: float = 0.0, clamp: bool = False):
-        self.init = _finite("init", init)
-        self.period = _positive_int("period", period)
-        self.floor = _finite("floor", floor)
+        self.init = finite("init", init)
+        self.period = positive_int("period", period)
+        self.floor = finite("floor", floor)
         self.clamp = bool(clamp)
 
     def lr(self, t):
         if self.clamp and t >= self.period:
             return self.floor
         return self.floor + (self.init - self.floor) * (1.0 + math.cos(math.pi * t / self.period)) / 2.0
-
-    def params(self):
-        return [self.init, self.floor, self.period, float(self.clamp)]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], int(p[2]), p[1], bool(p[3]))
 
 
 class WarmRestarts(Schedule):
@@ -434,10 +359,10 @@ class WarmRestarts(Schedule):
     kind = KIND_WARM_RESTARTS
 
     def __init__(self, init: float, T_0: int, T_mult: int = 1, floor: float = 0.0):
-        self.init = _finite("init", init)
-        self.T_0 = _positive_int("T_0", T_0)
-        self.T_mult = _positive_int("T_mult", T_mult)
-        self.floor = _finite("floor", floor)
+        self.init = finite("init", init)
+        self.T_0 = positive_int("T_0", T_0)
+        self.T_mult = positive_int("T_mult", T_mult)
+        self.floor = finite("floor", floor)
 
     def position(self, t: int) -> tuple[int, int]:
         """(T_cur, T_i): steps into the current cycle, and its length."""
@@ -453,13 +378,6 @@ class WarmRestarts(Schedule):
         t_cur, t_i = self.position(t)
         return self.floor + (self.init - self.floor) * (1.0 + math.cos(math.pi * t_cur / t_i)) / 2.0
 
-    def params(self):
-        return [self.init, self.floor, self.T_0, self.T_mult]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], int(p[2]), int(p[3]), p[1])
-
 
 class Cyclic(Schedule):
     """CyclicLR, beta1 included: ``base + (max - base) * f(x) * scale`` with ``f`` the triangle.
@@ -474,10 +392,10 @@ class Cyclic(Schedule):
     def __init__(self, base: float, peak: float, total_size: float, step_ratio: float, *,
                  mode: int = CYCLIC_TRIANGULAR, gamma: float = 1.0, cycle_momentum: bool = False,
                  base_momentum: float = 0.8, max_momentum: float = 0.9, scale_table: Tabulated | None = None):
-        self.base = _finite("base_lr", base)
-        self.peak = _finite("max_lr", peak)
-        self.total_size = _finite("total_size", total_size)
-        self.step_ratio = _finite("step_ratio", step_ratio)
+        self.base = finite("base_lr", base)
+        self.peak = finite("max_lr", peak)
+        self.total_size = finite("total_size", total_size)
+        self.step_ratio = finite("step_ratio", step_ratio)
         if self.total_size <= 0:
             raise ValueError(f"Invalid step_size_up + step_size_down: {total_size} (must be > 0)")
         if not 0 < self.step_ratio <= 1:
@@ -487,10 +405,10 @@ class Cyclic(Schedule):
         if (mode >= CYCLIC_TABLE_BY_CYCLE) != (scale_table is not None):
             raise ValueError("a tabulated CyclicLR mode needs a scale_table, and only it")
         self.mode = mode
-        self.gamma = _finite("gamma", gamma)
+        self.gamma = finite("gamma", gamma)
         self.cycle_momentum = bool(cycle_momentum)
-        self.base_momentum = _finite("base_momentum", base_momentum)
-        self.max_momentum = _finite("max_momentum", max_momentum)
+        self.base_momentum = finite("base_momentum", base_momentum)
+        self.max_momentum = finite("max_momentum", max_momentum)
         self.children = () if scale_table is None else (scale_table,)
 
     @property
@@ -519,14 +437,9 @@ class Cyclic(Schedule):
     def lr(self, t):
         return self.value(t)[0]
 
-    def params(self):
-        return [self.base, self.peak, self.total_size, self.step_ratio, self.mode, self.gamma, self.base_momentum,
-                self.max_momentum, float(self.cycle_momentum)]
-
     @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], p[2], p[3], mode=int(p[4]), gamma=p[5], base_momentum=p[6], max_momentum=p[7],
-                   cycle_momentum=bool(p[8]), scale_table=children[0] if children else None)
+    def _from_fields(cls, fields, tail, children):
+        return cls(**fields, scale_table=children[0] if children else None)
 
 
 class OneCycle(Schedule):
@@ -540,18 +453,18 @@ class OneCycle(Schedule):
     def __init__(self, initial: float, peak: float, minimum: float, total_steps: int, *, pct_start: float = 0.3,
                  three_phase: bool = False, anneal_cos: bool = True, cycle_momentum: bool = False,
                  base_momentum: float = 0.85, max_momentum: float = 0.95):
-        self.initial = _finite("initial_lr", initial)
-        self.peak = _finite("max_lr", peak)
-        self.minimum = _finite("min_lr", minimum)
-        self.total_steps = _positive_int("total_steps", total_steps)
-        self.pct_start = _finite("pct_start", pct_start)
+        self.initial = finite("initial_lr", initial)
+        self.peak = finite("max_lr", peak)
+        self.minimum = finite("min_lr", minimum)
+        self.total_steps = positive_int("total_steps", total_steps)
+        self.pct_start = finite("pct_start", pct_start)
         if not 0 < self.pct_start < 1:
             raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
         self.three_phase = bool(three_phase)
         self.anneal_cos = bool(anneal_cos)
         self.cycle_momentum = bool(cycle_momentum)
-        self.base_momentum = _finite("base_momentum", base_momentum)
-        self.max_momentum = _finite("max_momentum", max_momentum)
+        self.base_momentum = finite("base_momentum", base_momentum)
+        self.max_momentum = finite("max_momentum", max_momentum)
         ends = [phase[0] for phase in self._phases()]
         if any(later == earlier for earlier, later in zip([0.0] + ends, ends)):
             # torch divides by zero (0 / 0) when it reaches a phase that starts where it ends.
@@ -596,15 +509,6 @@ class OneCycle(Schedule):
     def lr(self, t):
         return self.value(t)[0]
 
-    def params(self):
-        return [self.initial, self.peak, self.minimum, self.total_steps, self.pct_start, float(self.three_phase),
-                float(self.anneal_cos), float(self.cycle_momentum), self.base_momentum, self.max_momentum]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], p[2], int(p[3]), pct_start=p[4], three_phase=bool(p[5]), anneal_cos=bool(p[6]),
-                   cycle_momentum=bool(p[7]), base_momentum=p[8], max_momentum=p[9])
-
 
 class Sequential(Schedule):
     """Child ``i`` for ``boundaries[i-1] <= t < boundaries[i]``, restarted at its own ``t = 0``."""
@@ -615,7 +519,7 @@ class Sequential(Schedule):
         schedules = tuple(schedules)
         if not schedules or not all(isinstance(s, Schedule) for s in schedules):
             raise TypeError(f"schedules must be a non-empty sequence of Schedule, got {schedules!r}")
-        boundaries = [_non_negative_int("boundaries", b) for b in boundaries]
+        boundaries = [non_negative_int("boundaries", b) for b in boundaries]
         if len(boundaries) != len(schedules) - 1:
             raise ValueError(
                 f"Expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {len(boundaries)}")
@@ -635,12 +539,16 @@ class Sequential(Schedule):
     def lr(self, t):
         return self.value(t)[0]
 
-    def params(self):
-        return [len(self.children), *self.boundaries]
+    @property
+    def child_count(self) -> int:
+        return len(self.children)
+
+    def _tail(self):
+        return self.boundaries
 
     @classmethod
-    def from_params(cls, p, children):
-        return cls(children, [int(b) for b in p[1:int(p[0])]])
+    def _from_fields(cls, fields, tail, children):
+        return cls(children, [int(b) for b in tail])
 
 
 class Product(Schedule):
@@ -653,7 +561,7 @@ class Product(Schedule):
         if not all(isinstance(s, Schedule) for s in schedules):
             raise TypeError(f"schedules must be Schedule objects, got {schedules!r}")
         self.children = schedules
-        self.init = _finite("init", init)
+        self.init = finite("init", init)
 
     def value(self, t):
         lr, beta1 = self.init, None
@@ -667,12 +575,13 @@ class Product(Schedule):
     def lr(self, t):
         return self.value(t)[0]
 
-    def params(self):
-        return [self.init, len(self.children)]
+    @property
+    def child_count(self) -> int:
+        return len(self.children)
 
     @classmethod
-    def from_params(cls, p, children):
-        return cls(children, p[0])
+    def _from_fields(cls, fields, tail, children):
+        return cls(children, fields["init"])
 
 
 class InverseSqrt(Schedule):
@@ -681,23 +590,16 @@ class InverseSqrt(Schedule):
     kind = KIND_INVERSE_SQRT
 
     def __init__(self, init: float, timescale: float, shift: float = 0.0):
-        self.init = _finite("init", init)
-        self.timescale = _finite("timescale", timescale)
+        self.init = finite("init", init)
+        self.timescale = finite("timescale", timescale)
         if self.timescale <= 0:
             raise ValueError(f"Invalid timescale: {timescale} (must be > 0)")
-        self.shift = _finite("shift", shift)
+        self.shift = finite("shift", shift)
         if self.shift <= 0:
             raise ValueError(f"Invalid shift: {shift} (must be > 0, the value at t=0 is init/sqrt(shift/timescale))")
 
     def lr(self, t):
         return self.init / math.sqrt((t + self.shift) / self.timescale)
-
-    def params(self):
-        return [self.init, self.timescale, self.shift]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], p[2])
 
 
 class OneMinusSqrt(Schedule):
@@ -706,19 +608,12 @@ class OneMinusSqrt(Schedule):
     kind = KIND_ONE_MINUS_SQRT
 
     def __init__(self, init: float, end: float, total_iters: int):
-        self.init = _finite("init", init)
-        self.end = _finite("end", end)
-        self.total_iters = _positive_int("total_iters", total_iters)
+        self.init = finite("init", init)
+        self.end = finite("end", end)
+        self.total_iters = positive_int("total_iters", total_iters)
 
     def lr(self, t):
         return self.end + (self.init - self.end) * (1.0 - math.sqrt(min(t, self.total_iters) / self.total_iters))
-
-    def params(self):
-        return [self.init, self.end, self.total_iters]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], int(p[2]))
 
 
 class ExpRamp(Schedule):
@@ -728,23 +623,16 @@ class ExpRamp(Schedule):
     kind = KIND_EXP_RAMP
 
     def __init__(self, start: float, end: float, num_iter: int):
-        self.start = _finite("start_lr", start)
-        self.end = _finite("end_lr", end)
+        self.start = finite("start_lr", start)
+        self.end = finite("end_lr", end)
         if self.start <= 0 or self.end <= 0:
             raise ValueError(f"an exponential ramp needs start_lr > 0 and end_lr > 0, got {start} and {end}")
-        self.num_iter = _positive_int("num_iter", num_iter)
+        self.num_iter = positive_int("num_iter", num_iter)
         if num_iter < 2:
             raise ValueError(f"Invalid num_iter: {num_iter} (must be >= 2)")
 
     def lr(self, t):
         return self.start * (self.end / self.start) ** (min(t, self.num_iter - 1) / (self.num_iter - 1))
-
-    def params(self):
-        return [self.start, self.end, self.num_iter]
-
-    @classmethod
-    def from_params(cls, p, children):
-        return cls(p[0], p[1], int(p[2]))
 
 
 class LinearRamp(ExpRamp):
@@ -753,9 +641,9 @@ class LinearRamp(ExpRamp):
     kind = KIND_LINEAR_RAMP
 
     def __init__(self, start: float, end: float, num_iter: int):
-        self.start = _finite("start_lr", start)
-        self.end = _finite("end_lr", end)
-        self.num_iter = _positive_int("num_iter", num_iter)
+        self.start = finite("start_lr", start)
+        self.end = finite("end_lr", end)
+        self.num_iter = positive_int("num_iter", num_iter)
         if num_iter < 2:
             raise ValueError(f"Invalid num_iter: {num_iter} (must be >= 2)")
 
@@ -769,163 +657,24 @@ def decode(words: Sequence[float]) -> Schedule:
 
     def node(offset: int) -> tuple[Schedule, int]:
         kind, length = int(words[offset]), int(words[offset + 1])
-        cls = _KINDS.get(kind)
-        if cls is None:
+        if kind not in NODE_CLASSES:
             raise ValueError(f"unknown schedule kind {kind}")
         body = words[offset + 2: offset + length]
-        if kind == KIND_SEQUENTIAL:
-            n_params, n_children = int(body[0]), int(body[0])
-        elif kind == KIND_PRODUCT:
-            n_params, n_children = 2, int(body[1])
-        elif kind == KIND_CYCLIC:
-            n_params, n_children = 9, int(int(body[4]) >= CYCLIC_TABLE_BY_CYCLE)
-        else:
-            n_params, n_children = len(body), 0
-        children, cursor = [], offset + 2 + n_params
-        for _ in range(n_children):
+        layout = LAYOUTS[kind]
+        params = layout.param_count(body)
+        children, cursor = [], offset + 2 + params
+        for _ in range(layout.child_count(body)):
             child, size = node(cursor)
             children.append(child)
             cursor += size
-        return cls.from_params(body[:n_params], children), length
+        return NODE_CLASSES[kind].from_params(body[:params], children), length
 
     return node(0)[0]
 
 
-# --- factories -------------------------------------------------------------------------------
-
-
-def constant(value: float = 1.0) -> Schedule:
-    """``value`` at every step."""
-    return Constant(value)
-
-
-def step_decay(step_size: int, gamma: float = 0.1, init_value: float = 1.0) -> Schedule:
-    """``init_value * gamma ** floor(t / step_size)`` (torch's StepLR)."""
-    return Step(init_value, step_size, gamma)
-
-
-def multistep_decay(milestones: Sequence[int], gamma: float = 0.1, init_value: float = 1.0) -> Schedule:
-    """``init_value * gamma ** (milestones passed)``; repeated milestones compound (MultiStepLR)."""
-    return MultiStep(init_value, milestones, gamma)
-
-
-def exponential_decay(gamma: float, init_value: float = 1.0) -> Schedule:
-    """``init_value * gamma ** t`` (ExponentialLR)."""
-    return Exponential(init_value, gamma)
-
-
-def polynomial_decay(total_steps: int, power: float = 1.0, init_value: float = 1.0, end_value: float = 0.0) -> Schedule:
-    """``end + (init - end) * (1 - min(t, total_steps) / total_steps) ** power``."""
-    return Polynomial(init_value, total_steps, power, end_value)
-
-
-def linear(start_value: float, end_value: float, total_steps: int) -> Schedule:
-    """From ``start_value`` to ``end_value`` in ``total_steps``, then held."""
-    return Linear(1.0, start_value, end_value, total_steps)
-
-
-def cosine_decay(decay_steps: int, alpha: float = 0.0, init_value: float = 1.0, periodic: bool = False) -> Schedule:
-    """Cosine from ``init_value`` down to the floor ``alpha * init_value`` over ``decay_steps``.
-
-    ``floor + (init - floor) * (1 + cos(pi * t / decay_steps)) / 2``, held at the floor afterwards
-    (or periodic like torch's CosineAnnealingLR with ``periodic=True``).
-    """
-    return Cosine(init_value, decay_steps, alpha * init_value, clamp=not periodic)
-
-
-def cosine_warm_restarts(T_0: int, T_mult: int = 1, init_value: float = 1.0, floor: float = 0.0) -> Schedule:
-    """SGDR: cosine cycles of length ``T_0 * T_mult ** k`` (CosineAnnealingWarmRestarts)."""
-    return WarmRestarts(init_value, T_0, T_mult, floor)
-
-
-def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_size_down: int | None = None,
-           mode: str = "triangular", gamma: float = 1.0) -> Schedule:
-    """CyclicLR's triangle: ``base + (max - base) * f(x) * scale`` (modes as torch's)."""
-    modes = {"triangular": CYCLIC_TRIANGULAR, "triangular2": CYCLIC_TRIANGULAR2, "exp_range": CYCLIC_EXP_RANGE}
-    if mode not in modes:
-        raise ValueError(f"mode is invalid, got {mode!r}; expected one of {sorted(modes)}")
-    up = float(step_size_up)
-    total = up + (up if step_size_down is None else float(step_size_down))
-    return Cyclic(base_value, max_value, total, up / total, mode=modes[mode], gamma=gamma)
-
-
-def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, anneal_strategy: str = "cos",
-              div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
-    """OneCycleLR's lr: ``max/div`` up to ``max``, then down to ``max/div/final_div``."""
-    if anneal_strategy not in ("cos", "linear"):
-        raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
-    initial = max_value / div_factor
-    return OneCycle(initial, max_value, initial / final_div_factor, total_steps, pct_start=pct_start,
-                    three_phase=three_phase, anneal_cos=anneal_strategy == "cos")
-
-
-def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
-    """Schedule ``i`` from ``boundaries[i-1]`` on, each restarted at its own t=0 (optax's join)."""
-    return Sequential(schedules, boundaries)
-
-
-def product(*schedules: Schedule) -> Schedule:
-    """The product of the schedules' values."""
-    return Product(schedules)
-
-
-def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> Schedule:
-    """A linear warmup from ``start_value`` to ``schedule(0)`` in ``warmup_steps``, then ``schedule``."""
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
-    _positive_int("warmup_steps", warmup_steps)
-    return Sequential([Linear(1.0, start_value, schedule(0), warmup_steps), schedule], [warmup_steps])
-
-
-def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, end_value: float = 0.0,
-                  start_value: float = 0.0) -> Schedule:
-    """Linear warmup to ``peak_value``, then a cosine to ``end_value`` over ``decay_steps``, held after."""
-    cosine = Cosine(peak_value, decay_steps, end_value, clamp=True)
-    return warmup(cosine, warmup_steps, start_value)
-
-
-def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, peak_value: float = 1.0,
-                        end_value: float = 0.0, decay: str = "linear", start_value: float = 0.0) -> Schedule:
-    """Warmup, a constant plateau at ``peak_value``, then a decay (linear, cosine or 1-sqrt)."""
-    _non_negative_int("stable_steps", stable_steps)
-    _positive_int("decay_steps", decay_steps)
-    decays = {
-        "linear": lambda: Polynomial(peak_value, decay_steps, 1.0, end_value),
-        "cosine": lambda: Cosine(peak_value, decay_steps, end_value, clamp=True),
-        "1-sqrt": lambda: OneMinusSqrt(peak_value, end_value, decay_steps),
-    }
-    if decay not in decays:
-        raise ValueError(f"decay must be one of {sorted(decays)}, got {decay!r}")
-    ramp = Linear(1.0, start_value, peak_value, _positive_int("warmup_steps", warmup_steps))
-    return Sequential([ramp, Constant(peak_value), decays[decay]()], [warmup_steps, warmup_steps + stable_steps])
-
-
-def inverse_sqrt(warmup_steps: int = 0, timescale: int | None = None, peak_value: float = 1.0) -> Schedule:
-    """Linear warmup, then ``peak / sqrt((t + timescale - warmup) / timescale)`` (transformers')."""
-    _non_negative_int("warmup_steps", warmup_steps)
-    timescale = timescale if timescale is not None else (warmup_steps or 10_000)
-    _positive_int("timescale", timescale)
-    # The decay child restarts at its own t=0 at the boundary: t_child + warmup + (timescale - warmup).
-    decay = InverseSqrt(peak_value, timescale, float(timescale))
-    if warmup_steps == 0:
-        return decay
-    return Sequential([Linear(peak_value, 0.0, 1.0, warmup_steps), decay], [warmup_steps])
-
-
-def lr_range_exp(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
-    """The LR range test's exponential ramp: ``start * (end / start) ** (t / (num_iter - 1))``."""
-    return ExpRamp(start_lr, end_lr, num_iter)
-
-
-def lr_range_linear(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
-    """The LR range test's linear ramp: ``start + t / (num_iter - 1) * (end - start)``."""
-    return LinearRamp(start_lr, end_lr, num_iter)
-
-
-def lambda_schedule(function: Callable[[int], float], *, horizon: int | None = None, capacity: int = 1024) -> Schedule:
-    """Any Python function of the step, tabulated on the host (see :class:`Tabulated`).
-
-    With ``FusedScheduledAdam(schedule=...)`` the clock is the optimizer's on-device step, which an
-    AMP overflow pauses without the host knowing, so a ``horizon`` is required there.
-    """
-    return Tabulated(function, capacity=capacity, horizon=horizon)
+NODE_CLASSES: dict[int, type[Schedule]] = {
+    cls.kind: cls for cls in (Constant, Tabulated, Step, MultiStep, ConstantFactor, Linear, Exponential, Polynomial,
+                              Cosine, WarmRestarts, Cyclic, OneCycle, Sequential, Product, InverseSqrt, OneMinusSqrt,
+                              ExpRamp, LinearRamp, Held)
+}
+assert sorted(NODE_CLASSES) == [layout.kind for layout in LAYOUTS], "a class for every kind in the table"
