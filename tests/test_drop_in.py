@@ -4,6 +4,7 @@ recipe on torch.optim.AdamW + torch's schedulers and on lrfused, on fresh random
 
 import copy
 import gc
+import inspect
 import math
 import pickle
 import random
@@ -419,6 +420,20 @@ def test_torchs_signature_is_accepted():
         assert set(reference.param_groups[0]) <= set(opt.param_groups[0])
     with pytest.raises(ValueError, match="differentiable=True"):
         lrfused.FusedScheduledAdam([p], differentiable=True)
+
+
+@pytest.mark.parametrize("name", L.__all__)
+def test_scheduler_has_torchs_constructor_and_docstring(name):
+    ours, theirs = getattr(L, name), getattr(T, name)
+    # the constructor is written out with torch's parameters, names, order and defaults (lrfused's
+    # only addition, ``horizon``, is keyword-only)
+    mine = [p for p in inspect.signature(ours.__init__).parameters.values() if p.name != "horizon"]
+    assert [(p.name, p.default, p.kind) for p in mine] == [
+        (p.name, p.default, p.kind) for p in inspect.signature(theirs.__init__).parameters.values()]
+    # help() shows torch's documentation, then lrfused's note
+    torch_doc, note = ours.__doc__.split("\nNote (lrfused):\n")
+    assert torch_doc.strip() == inspect.cleandoc(theirs.__doc__)
+    assert note.strip()
 
 
 def test_tensor_betas_and_momentums():

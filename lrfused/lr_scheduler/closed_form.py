@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as torch_schedulers
 from .. import _rules
 from .. import schedules as S
 from ..schedules._checks import positive_int
+from ._docs import torch_doc_and_note
 from ._device import OnDevice, unchanged_if_refused, unwrap_optimizer
 
 
@@ -52,6 +53,7 @@ class _Tabulated(OnDevice):
         return self._horizon is not None and super()._device_form_at(epoch) and target < self._horizon
 
 
+@torch_doc_and_note
 class LambdaLR(_Tabulated, torch_schedulers.LambdaLR):
     """torch's LambdaLR: ``lr = base_lr * lr_lambda(t)``, with ``lr_lambda`` called at each step as
     torch calls it (a list-indexing or stateful lambda works as in torch).
@@ -76,6 +78,7 @@ class LambdaLR(_Tabulated, torch_schedulers.LambdaLR):
         return _rules.set_(S.Tabulated(lambda t: base * function(t), horizon=self._horizon))
 
 
+@torch_doc_and_note
 class MultiplicativeLR(_Tabulated, torch_schedulers.MultiplicativeLR):
     """torch's MultiplicativeLR: ``lr_t = lr_{t-1} * lr_lambda(t)``; ``horizon=`` as LambdaLR's."""
 
@@ -93,6 +96,7 @@ class MultiplicativeLR(_Tabulated, torch_schedulers.MultiplicativeLR):
         return _rules.chain(S.Tabulated(lambda t: function(t) if t > 0 else 1.0, horizon=self._horizon))
 
 
+@torch_doc_and_note
 class StepLR(OnDevice, torch_schedulers.StepLR):
     """torch's StepLR: the lr times ``gamma`` every ``step_size`` steps."""
 
@@ -110,6 +114,7 @@ class StepLR(OnDevice, torch_schedulers.StepLR):
         return _rules.chain(S.Step(self._base(index), _whole(self.step_size), self.gamma))
 
 
+@torch_doc_and_note
 class MultiStepLR(OnDevice, torch_schedulers.MultiStepLR):
     """torch's MultiStepLR: the lr times ``gamma`` at each milestone (duplicates compound)."""
 
@@ -124,6 +129,7 @@ class MultiStepLR(OnDevice, torch_schedulers.MultiStepLR):
         return _rules.chain(S.MultiStep(self._base(index), sorted(self.milestones.elements()), self.gamma))
 
 
+@torch_doc_and_note
 class ConstantLR(OnDevice, torch_schedulers.ConstantLR):
     """torch's ConstantLR: the lr times ``factor`` until ``total_iters``."""
 
@@ -136,6 +142,7 @@ class ConstantLR(OnDevice, torch_schedulers.ConstantLR):
         return _rules.chain(S.ConstantFactor(self._base(index), self.factor, self.total_iters))
 
 
+@torch_doc_and_note
 class LinearLR(OnDevice, torch_schedulers.LinearLR):
     """torch's LinearLR: the lr scaled from ``start_factor`` to ``end_factor`` over ``total_iters``."""
 
@@ -148,6 +155,7 @@ class LinearLR(OnDevice, torch_schedulers.LinearLR):
         return _rules.chain(S.Linear(self._base(index), self.start_factor, self.end_factor, self.total_iters))
 
 
+@torch_doc_and_note
 class ExponentialLR(OnDevice, torch_schedulers.ExponentialLR):
     """torch's ExponentialLR: the lr times ``gamma`` at every step."""
 
@@ -161,6 +169,7 @@ class ExponentialLR(OnDevice, torch_schedulers.ExponentialLR):
         return _rules.chain(S.Exponential(self._base(index), self.gamma))
 
 
+@torch_doc_and_note
 class PolynomialLR(OnDevice, torch_schedulers.PolynomialLR):
     """torch's PolynomialLR: ``base_lr * (1 - min(t, T) / T) ** power``, stepped as torch steps it."""
 
@@ -173,6 +182,7 @@ class PolynomialLR(OnDevice, torch_schedulers.PolynomialLR):
         return _rules.chain(S.Polynomial(self._base(index), self.total_iters, self.power))
 
 
+@torch_doc_and_note
 class CosineAnnealingLR(OnDevice, torch_schedulers.CosineAnnealingLR):
     """torch's CosineAnnealingLR, stepped with torch's recursive formula (an affine map of the lr)."""
 
@@ -190,6 +200,7 @@ class CosineAnnealingLR(OnDevice, torch_schedulers.CosineAnnealingLR):
         return _rules.chain(S.Cosine(self._base(index), _whole(self.T_max), self.eta_min))
 
 
+@torch_doc_and_note
 class CosineAnnealingWarmRestarts(OnDevice, torch_schedulers.CosineAnnealingWarmRestarts):
     """torch's CosineAnnealingWarmRestarts. Integer steps run on the device; a fractional epoch
     (``step(epoch + i / iters)``, torch's documented use), a write to ``T_cur``, or an explicit
@@ -228,6 +239,7 @@ def _position(t: int, t_0: int, t_mult: int) -> tuple[int, int]:
     return t_cur, t_i
 
 
+@torch_doc_and_note
 class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
     """torch's CyclicLR, with beta1 cycling (``cycle_momentum=True``) computed on the device too.
 
@@ -280,6 +292,7 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
         return self._scale_fn_custom is None or (self._horizon is not None and target < self._horizon)
 
 
+@torch_doc_and_note
 class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
     """torch's OneCycleLR (two or three phases, cos or linear) with beta1 cycling on the device."""
 

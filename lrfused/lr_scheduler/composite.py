@@ -6,9 +6,11 @@ from __future__ import annotations
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules
+from ._docs import torch_doc_and_note
 from ._device import OnDevice, children_on_host, drives_device, unchanged_if_refused, unwrap_optimizer
 
 
+@torch_doc_and_note
 class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
     """torch's SequentialLR: child ``i`` from ``milestones[i-1]`` on, restarted at its closed form.
 
@@ -53,6 +55,7 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
             super().load_state_dict(state_dict)
 
 
+@torch_doc_and_note
 class ChainedScheduler(torch_schedulers.ChainedScheduler):
     """torch's ChainedScheduler: every child steps each time, in order, each from the lr the
     previous one left. Each lrfused child's step runs on the device, so the chain does too."""

@@ -8,11 +8,13 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
+from ._docs import torch_doc_and_note
 from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
 
 _DEVICE_STATE = ("best", "num_bad_epochs", "cooldown_counter")
 
 
+@torch_doc_and_note
 class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
     """torch's ReduceLROnPlateau; given a tensor metric, evaluated on the device.
 
