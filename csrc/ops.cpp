@@ -219,14 +219,14 @@ TORCH_LIBRARY(lrfused, m) {
   m.def("new_handle() -> Tensor", {at::Tag::nondeterministic_seeded});
   m.impl("new_handle", c10::DispatchKey::CompositeExplicitAutograd, &new_handle);
   m.def("evaluate_schedule(Tensor schedule, int t) -> float[]");
-  m.impl("evaluate_schedule", &evaluate_schedule_op);
+  m.impl("evaluate_schedule", c10::DispatchKey::CompositeExplicitAutograd, &evaluate_schedule_op);
   m.def("schedule_encoding() -> int[]");
   m.impl("schedule_encoding", c10::DispatchKey::CompositeExplicitAutograd, &schedule_encoding_op);
   // One scheduler step on the device (note [Scheduler steps on the device] in common/lr_step.h):
   // the clock moves to clock + 1 (or to `epoch`) and each group's HELD words follow its rule.
   m.def("advance_lr_(Tensor(a!) groups, Tensor(b!) clock, Tensor rules, int? epoch=None) -> ()");
   m.def("validate_rules(Tensor rules, int group_count) -> ()");
-  m.impl("validate_rules", &validate_rules_op);
+  m.impl("validate_rules", c10::DispatchKey::CompositeExplicitAutograd, &validate_rules_op);
 }
 
 }  // namespace lrfused

@@ -150,6 +150,11 @@ if _LOAD_ERROR is None:
     def _advance_lr_fake(groups, clock, rules, epoch=None) -> None:
         return None
 
+    @torch.library.register_fake("lrfused::validate_rules")
+    def _validate_rules_fake(rules, group_count) -> None:
+        # Reads the rules' values: only a real tensor can be checked, so a trace checks nothing.
+        return None
+
     @torch.library.register_fake("lrfused::new_handle")
     def _new_handle_fake() -> torch.Tensor:
         return torch.empty(1, dtype=torch.int64)

@@ -18,3 +18,44 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |a - e| over max |e|: the error relative to the tensor's scale."""
     scale = expected.detach().double().abs().max().clamp_min(1e-30)
     return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
+
+
+@pytest.fixture
+def twin_params():
+    """A factory of two identical lists of leaf params (ours, torch's), from a fixed seed."""
+
+    def make(device, dtype=torch.float32, shapes=((37, 5), (1000,), (1,), (3, 1, 7)), seed=1234):
+        torch.manual_seed(seed)
+        base = [torch.randn(shape, device=device, dtype=dtype) for shape in shapes]
+        return [p.clone().requires_grad_() for p in base], [p.clone().requires_grad_() for p in base]
+
+    return make
+
+
+@pytest.fixture
+def twin_setup():
+    """A factory of (ours, theirs, lrfused optimizer, torch optimizer): two param groups (the second
+    with its own lr) on the same params, lr 1e-2."""
+    import lrfused
+
+    def make(device, torch_optimizer=torch.optim.Adam, **opt_kwargs):
+        torch.manual_seed(0)
+        base = [torch.randn(40, 3, device=device), torch.randn(17, device=device)]
+        ours = [p.clone().requires_grad_() for p in base]
+        theirs = [p.clone().requires_grad_() for p in base]
+
+        def groups(params):
+            return [{"params": [params[0]]}, {"params": [params[1]], "lr": 3e-3}]
+
+        opt_ours = lrfused.FusedScheduledAdam(groups(ours), lr=1e-2, **opt_kwargs)
+        opt_theirs = torch_optimizer(groups(theirs), lr=1e-2, **opt_kwargs)
+        return ours, theirs, opt_ours, opt_theirs
+
+    return make
+
+
+@pytest.fixture
+def op_kwargs():
+    """The keyword arguments of ``lrfused::fused_adam_`` at torch's Adam defaults (a fresh dict)."""
+    return dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+                maximize=False)

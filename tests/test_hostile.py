@@ -731,13 +731,11 @@ def test_a_ramp_that_does_not_go_up_is_refused(optimizer, lr, start_lr, end_lr):
 # --- 7. the reference refuses what the kernels refuse ---------------------------------------------------
 
 
-def _op_args():
+def _op_args(op_kwargs):
     return dict(params=[torch.zeros(3), torch.zeros(2)], grads=[torch.ones(3), torch.ones(2)],
                 exp_avgs=[torch.zeros(3), torch.zeros(2)], exp_avg_sqs=[torch.zeros(3), torch.zeros(2)],
                 max_exp_avg_sqs=[], step=torch.tensor(0), clock=None,
-                schedule=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64),
-                beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                maximize=False)
+                schedule=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64), **op_kwargs)
 
 
 BAD_OP_ARGS = {
@@ -763,10 +761,10 @@ BAD_OP_ARGS = {
 
 @pytest.mark.parametrize("case", list(BAD_OP_ARGS))
 @pytest.mark.parametrize("op", ["compiled", "reference"])
-def test_the_reference_and_the_kernels_refuse_the_same_calls(case, op):
+def test_the_reference_and_the_kernels_refuse_the_same_calls(case, op, op_kwargs):
     if op == "compiled" and not lrfused.has_kernels():
         pytest.skip("the compiled library is not loaded")
-    args = _op_args()
+    args = _op_args(op_kwargs)
     BAD_OP_ARGS[case](args)
     before = [t.clone() for name in ("params", "exp_avgs", "exp_avg_sqs") for t in args[name]] + [args["step"].clone()]
     call = torch.ops.lrfused.fused_adam_ if op == "compiled" else _reference.fused_adam_
@@ -778,12 +776,12 @@ def test_the_reference_and_the_kernels_refuse_the_same_calls(case, op):
     assert all(torch.equal(a, b) for a, b in zip(after, before))
 
 
-def test_the_reference_matches_the_kernels_on_a_good_call():
+def test_the_reference_matches_the_kernels_on_a_good_call(op_kwargs):
     if not lrfused.has_kernels():
         pytest.skip("the compiled library is not loaded")
     results = []
     for call in (torch.ops.lrfused.fused_adam_, _reference.fused_adam_):
-        args = _op_args()
+        args = _op_args(op_kwargs)
         args["grads"] = random_grads(args["params"], 1)
         positional = [args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step",
                                             "clock", "schedule")]

@@ -59,15 +59,6 @@ CLASSES = ["StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR", "
            "CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR", "LambdaLR", "MultiplicativeLR"]
 
 
-def twin_setup(device, torch_optimizer=torch.optim.Adam, **opt_kwargs):
-    torch.manual_seed(0)
-    base = [torch.randn(40, 3, device=device), torch.randn(17, device=device)]
-    ours = [p.clone().requires_grad_() for p in base]
-    theirs = [p.clone().requires_grad_() for p in base]
-    groups = lambda ps: [{"params": [ps[0]]}, {"params": [ps[1]], "lr": 3e-3}]  # noqa: E731
-    opt_ours = lrfused.FusedScheduledAdam(groups(ours), lr=1e-2, **opt_kwargs)
-    opt_theirs = torch_optimizer(groups(theirs), lr=1e-2, **opt_kwargs)
-    return ours, theirs, opt_ours, opt_theirs
 
 
 def assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, sched_theirs, steps, step_args=()):
@@ -89,7 +80,7 @@ def assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, sched
 
 @pytest.mark.parametrize("name", CLASSES)
 @pytest.mark.parametrize("seed", range(4))
-def test_matches_torch(device, name, seed):
+def test_matches_torch(device, name, seed, twin_setup):
     config = make_config(name, random.Random(f"{name}-{seed}"))
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     sched_ours = getattr(L, name)(opt_ours, **config)
@@ -100,7 +91,7 @@ def test_matches_torch(device, name, seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_sequential_warmup_then_anything(device, seed):
+def test_sequential_warmup_then_anything(device, seed, twin_setup):
     rng = random.Random(seed)
     follower = rng.choice(["StepLR", "ExponentialLR", "CosineAnnealingLR", "PolynomialLR", "MultiStepLR"])
     config = make_config(follower, rng)
@@ -115,7 +106,7 @@ def test_sequential_warmup_then_anything(device, seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_chained_scheduler_including_cosine_with_eta_min(device, seed):
+def test_chained_scheduler_including_cosine_with_eta_min(device, seed, twin_setup):
     rng = random.Random(100 + seed)
     names = rng.sample(["StepLR", "ExponentialLR", "ConstantLR", "LinearLR", "CosineAnnealingLR"], 2)
     names = names if "CosineAnnealingLR" in names else names + ["CosineAnnealingLR"]
@@ -127,7 +118,7 @@ def test_chained_scheduler_including_cosine_with_eta_min(device, seed):
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, build(L, opt_ours), build(T, opt_theirs), 100)
 
 
-def test_cyclic_custom_scale_fn(device):
+def test_cyclic_custom_scale_fn(device, twin_setup):
     for scale_mode in ("cycle", "iterations"):
         config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x),
                       scale_mode=scale_mode)
@@ -136,7 +127,7 @@ def test_cyclic_custom_scale_fn(device):
                                T.CyclicLR(opt_theirs, **config), 60)
 
 
-def test_reduce_lr_on_plateau_on_device(device):
+def test_reduce_lr_on_plateau_on_device(device, twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     config = dict(mode="min", factor=0.5, patience=2, threshold=1e-3, cooldown=1, min_lr=[1e-4, 2e-4])
     sched_ours = L.ReduceLROnPlateau(opt_ours, **config)
@@ -162,7 +153,7 @@ def test_reduce_lr_on_plateau_on_device(device):
 
 
 @pytest.mark.parametrize("name", ["StepLR", "CosineAnnealingLR", "OneCycleLR", "CyclicLR", "LambdaLR"])
-def test_state_dict_resume_is_exact(name):
+def test_state_dict_resume_is_exact(name, twin_setup):
     config = make_config(name, random.Random(name))
     ours, _, opt, _ = twin_setup("cpu")
     sched = getattr(L, name)(opt, **config)
@@ -194,7 +185,7 @@ def test_state_dict_resume_is_exact(name):
         assert torch.equal(p, q)
 
 
-def test_resume_with_last_epoch_like_torch():
+def test_resume_with_last_epoch_like_torch(twin_setup):
     config = dict(T_max=50, eta_min=1e-4)
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
     for opt in (opt_ours, opt_theirs):
@@ -237,7 +228,7 @@ def test_on_another_optimizer_a_scheduler_is_torchs_class(build):
     assert opt_ours.param_groups[0]["lr"] == opt_theirs.param_groups[0]["lr"]
 
 
-def test_lambda_past_its_horizon_is_computed_on_the_host():
+def test_lambda_past_its_horizon_is_computed_on_the_host(twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
     lam = lambda t: 0.9 ** t  # noqa: E731
     sched_ours = L.LambdaLR(opt_ours, lam, horizon=5)
@@ -245,7 +236,7 @@ def test_lambda_past_its_horizon_is_computed_on_the_host():
 
 
 @pytest.mark.parametrize("scale_mode", ["cycle", "iterations"])
-def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode):
+def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode, twin_setup):
     # horizon= puts the whole table on the device (what a captured scheduler.step() needs); past
     # it the host computes the steps, with the same values.
     config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x), scale_mode=scale_mode)
@@ -254,7 +245,7 @@ def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode):
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.CyclicLR(opt_theirs, **config), 40)
 
 
-def test_affine_chain_on_the_device(device):
+def test_affine_chain_on_the_device(device, twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     build = lambda module, opt: module.ChainedScheduler(  # noqa: E731
         [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)])
@@ -264,7 +255,7 @@ def test_affine_chain_on_the_device(device):
     assert words == pytest.approx([g["lr"] for g in opt_theirs.param_groups], rel=1e-12)
 
 
-def test_warm_restarts_explicit_epoch_follows_torch():
+def test_warm_restarts_explicit_epoch_follows_torch(twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
     sched_ours = L.CosineAnnealingWarmRestarts(opt_ours, T_0=3, T_mult=3)
     sched_theirs = T.CosineAnnealingWarmRestarts(opt_theirs, T_0=3, T_mult=3)
@@ -276,7 +267,7 @@ def test_warm_restarts_explicit_epoch_follows_torch():
         assert opt_ours._binding.lr_words().tolist() == [g["lr"] for g in opt_theirs.param_groups]
 
 
-def test_constant_lr_factor_zero_raises_like_torch():
+def test_constant_lr_factor_zero_raises_like_torch(twin_setup):
     _, _, opt, _ = twin_setup("cpu")
     sched = L.ConstantLR(opt, factor=0.0, total_iters=2)
     sched.step()
@@ -284,7 +275,7 @@ def test_constant_lr_factor_zero_raises_like_torch():
         sched.step()
 
 
-def test_one_cycle_past_total_steps_raises_like_torch():
+def test_one_cycle_past_total_steps_raises_like_torch(twin_setup):
     _, _, opt, _ = twin_setup("cpu")
     sched = L.OneCycleLR(opt, max_lr=0.1, total_steps=3)
     for _ in range(3):

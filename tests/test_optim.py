@@ -14,10 +14,6 @@ from conftest import max_relative_error
 FLAGS = list(itertools.product([False, True], [False, True], [0.0, 0.1], [False, True]))
 
 
-def twin_params(device, dtype=torch.float32, shapes=((37, 5), (1000,), (1,), (3, 1, 7))):
-    torch.manual_seed(1234)
-    base = [torch.randn(shape, device=device, dtype=dtype) for shape in shapes]
-    return [p.clone().requires_grad_() for p in base], [p.clone().requires_grad_() for p in base]
 
 
 def run_pair(ours, theirs, opt_ours, opt_theirs, steps, grad_fn=torch.randn_like, sched=()):
@@ -32,7 +28,7 @@ def run_pair(ours, theirs, opt_ours, opt_theirs, steps, grad_fn=torch.randn_like
 
 
 @pytest.mark.parametrize("amsgrad,maximize,weight_decay,decoupled", FLAGS)
-def test_matches_torch_adam_fp32(device, amsgrad, maximize, weight_decay, decoupled):
+def test_matches_torch_adam_fp32(device, amsgrad, maximize, weight_decay, decoupled, twin_params):
     ours, theirs = twin_params(device)
     kw = dict(lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
               decoupled_weight_decay=decoupled)
@@ -45,7 +41,7 @@ def test_matches_torch_adam_fp32(device, amsgrad, maximize, weight_decay, decoup
     assert int(opt_ours.state[ours[0]]["step"]) == 200
 
 
-def test_adamw_class_matches_torch_adamw(device):
+def test_adamw_class_matches_torch_adamw(device, twin_params):
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdamW(ours, lr=1e-2, betas=(0.8, 0.99))
     opt_theirs = torch.optim.AdamW(theirs, lr=1e-2, betas=(0.8, 0.99))
@@ -57,7 +53,7 @@ def test_adamw_class_matches_torch_adamw(device):
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
 @pytest.mark.parametrize("decoupled", [False, True])
-def test_reduced_precision_matches_torch_fused(device, dtype, tolerance, decoupled):
+def test_reduced_precision_matches_torch_fused(device, dtype, tolerance, decoupled, twin_params):
     # torch's fused kernels also keep fp32 opmath and states in the param dtype: the closest peer.
     ours, theirs = twin_params(device, dtype, shapes=((4099,), (64, 3)))
     kw = dict(lr=1e-3, weight_decay=0.05, decoupled_weight_decay=decoupled)
@@ -103,27 +99,25 @@ def test_compiled_op_matches_reference(amsgrad, maximize, weight_decay, decouple
             assert torch.equal(a, b)
 
 
-def test_grad_scale_and_found_inf():
+def test_grad_scale_and_found_inf(op_kwargs):
     torch.manual_seed(3)
     p = torch.randn(100)
     g = torch.randn(100) * 1024
     program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
-    kwargs = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                  maximize=False)
     ps, gs, m, v, step = [p.clone()], [g.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
     torch.ops.lrfused.fused_adam_(ps, gs, m, v, [], step, None, program, grad_scale=torch.tensor(1024.0),
-                                  found_inf=torch.tensor(1.0), **kwargs)
+                                  found_inf=torch.tensor(1.0), **op_kwargs)
     assert torch.equal(ps[0], p) and torch.equal(gs[0], g) and int(step) == 0, "an overflow step changes nothing"
     torch.ops.lrfused.fused_adam_(ps, gs, m, v, [], step, None, program, grad_scale=torch.tensor(1024.0),
-                                  found_inf=torch.tensor(0.0), **kwargs)
+                                  found_inf=torch.tensor(0.0), **op_kwargs)
     assert int(step) == 1
     torch.testing.assert_close(gs[0], g / 1024, rtol=0, atol=0)  # the unscaled grad is written back
     ps2, m2, v2, step2 = [p.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
-    torch.ops.lrfused.fused_adam_(ps2, [g / 1024], m2, v2, [], step2, None, program, **kwargs)
+    torch.ops.lrfused.fused_adam_(ps2, [g / 1024], m2, v2, [], step2, None, program, **op_kwargs)
     torch.testing.assert_close(ps[0], ps2[0], rtol=0, atol=0)
 
 
-def test_grad_scaler_with_optimizer(device):
+def test_grad_scaler_with_optimizer(device, twin_params):
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
@@ -143,20 +137,7 @@ def test_grad_scaler_with_optimizer(device):
     assert int(opt_ours.state[ours[0]]["step"]) == 19
 
 
-def test_opcheck():
-    torch.manual_seed(0)
-    program = torch.tensor(schedules.step_decay(2, 0.5, 1e-2).encode(), dtype=torch.float64)
-    for amsgrad in (False, True):
-        params = [torch.randn(5), torch.randn(3, 2)]
-        args = (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
-                [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params] if amsgrad else [],
-                torch.tensor(0), torch.tensor(3), program)
-        kwargs = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True,
-                      amsgrad=amsgrad, maximize=False)
-        torch.library.opcheck(torch.ops.lrfused.fused_adam_.default, args, kwargs)
-
-
-def test_schedule_multiplies_group_lr(device):
+def test_schedule_multiplies_group_lr(device, twin_params):
     schedule = schedules.warmup_cosine(warmup_steps=5, decay_steps=50, end_value=0.1)
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdamW(ours, lr=1e-2, schedule=schedule)
@@ -167,7 +148,7 @@ def test_schedule_multiplies_group_lr(device):
         assert max_relative_error(a, b) < 1e-6
 
 
-def test_manual_and_tensor_lr_changes_are_followed(device):
+def test_manual_and_tensor_lr_changes_are_followed(device, twin_params):
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=torch.tensor(1e-2))
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
@@ -183,7 +164,7 @@ def test_manual_and_tensor_lr_changes_are_followed(device):
         assert max_relative_error(a, b) < 1e-6
 
 
-def test_params_without_grad_keep_their_own_step(device):
+def test_params_without_grad_keep_their_own_step(device, twin_params):
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
@@ -231,7 +212,7 @@ def test_closure_and_zero_grad():
     assert w.grad is None
 
 
-def test_state_dict_round_trip_and_weights_only(device):
+def test_state_dict_round_trip_and_weights_only(device, twin_params):
     ours, _ = twin_params(device)
     opt = lrfused.FusedScheduledAdam(ours, lr=1e-2, amsgrad=True, schedule=schedules.exponential_decay(0.9))
     run_pair(ours, [p.detach().clone().requires_grad_() for p in ours], opt,
@@ -250,7 +231,7 @@ def test_state_dict_round_trip_and_weights_only(device):
 
 
 @pytest.mark.parametrize("direction", ["torch_to_lrfused", "lrfused_to_torch"])
-def test_checkpoints_move_between_torch_and_lrfused(device, direction):
+def test_checkpoints_move_between_torch_and_lrfused(device, direction, twin_params):
     ours, theirs = twin_params(device)
     torch_opt = torch.optim.AdamW(theirs, lr=1e-2)
     fused_opt = lrfused.FusedScheduledAdamW(ours, lr=1e-2)
@@ -285,19 +266,17 @@ def test_invalid_hyperparameters_are_refused(kwargs, fragment):
         lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
-def test_bad_op_arguments_change_nothing():
+def test_bad_op_arguments_change_nothing(op_kwargs):
     p = torch.randn(10)
     program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
-    kwargs = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                  maximize=False)
     params, step = [p.clone(), torch.randn(3)], torch.tensor(0)
     with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[4\] but params\[1\] has shape \[3\]"):
         torch.ops.lrfused.fused_adam_(params, [torch.randn(10), torch.randn(4)], [torch.zeros(10), torch.zeros(3)],
-                                      [torch.zeros(10), torch.zeros(3)], [], step, None, program, **kwargs)
+                                      [torch.zeros(10), torch.zeros(3)], [], step, None, program, **op_kwargs)
     assert torch.equal(params[0], p) and int(step) == 0
     with pytest.raises(RuntimeError, match="malformed schedule"):
         torch.ops.lrfused.fused_adam_([params[0]], [torch.randn(10)], [torch.zeros(10)], [torch.zeros(10)], [], step,
-                                      None, torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64), **kwargs)
+                                      None, torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64), **op_kwargs)
     assert torch.equal(params[0], p) and int(step) == 0
 
 

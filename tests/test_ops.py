@@ -1,0 +1,74 @@
+"""Every op of lrfused._C on every device present, through ``torch.library.opcheck``: the schema
+(mutations declared), the fake kernel torch.compile traces, and AOT dispatch."""
+
+import math
+
+import pytest
+import torch
+
+import lrfused
+from lrfused import _rules, schedules
+
+pytestmark = pytest.mark.skipif(not lrfused.has_kernels(), reason="the compiled library is not loaded")
+
+
+def program(device):
+    return torch.tensor(schedules.step_decay(2, 0.5, 1e-2).encode(), dtype=torch.float64, device=device)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("extras", ["none", "scaler", "handle"])
+def test_fused_adam_(device, op_kwargs, amsgrad, extras):
+    torch.manual_seed(0)
+    params = [torch.randn(5, device=device), torch.randn(3, 2, device=device)]
+    args = (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
+            [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params] if amsgrad else [],
+            torch.tensor(0, device=device), torch.tensor(3, device=device), program(device))
+    kwargs = dict(op_kwargs, weight_decay=0.01, decoupled_weight_decay=True, amsgrad=amsgrad)
+    if extras == "scaler":
+        kwargs.update(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device),
+                      invalid_steps=torch.zeros((), dtype=torch.int64, device=device))
+    elif extras == "handle":
+        kwargs.update(handle=torch.ops.lrfused.new_handle())
+    torch.library.opcheck(torch.ops.lrfused.fused_adam_.default, args, kwargs)
+
+
+@pytest.mark.parametrize("epoch", [None, 7])
+def test_advance_lr_(device, epoch):
+    groups = torch.tensor(_rules.held(0.1) + _rules.held(0.01, 0.9), dtype=torch.float64, device=device)
+    rules = torch.tensor(_rules.chain(schedules.Exponential(1.0, 0.5))
+                         + _rules.set_(schedules.Cosine(0.01, 10)), dtype=torch.float64, device=device)
+    clock = torch.tensor(2, dtype=torch.int64, device=device)
+    torch.library.opcheck(torch.ops.lrfused.advance_lr_.default, (groups, clock, rules, epoch))
+
+
+# A handle is a fresh identity at every call (the op is tagged nondeterministic_seeded), so the
+# AOT test's comparison of an eager and a traced call's outputs cannot hold; tracing it is
+# exercised by tests/test_compile.py.
+NOT_COMPARABLE = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+def test_new_handle():
+    torch.library.opcheck(torch.ops.lrfused.new_handle.default, (), test_utils=NOT_COMPARABLE)
+    assert not torch.equal(torch.ops.lrfused.new_handle(), torch.ops.lrfused.new_handle())
+
+
+def test_evaluate_schedule(device):
+    # It returns the program's value as Python floats read on the host: a host utility (the
+    # tests' C++ evaluator, the check of a program's structure), which no trace can hold.
+    torch.library.opcheck(torch.ops.lrfused.evaluate_schedule.default, (program(device), 5),
+                          test_utils=("test_schema", "test_autograd_registration"))
+    assert torch.ops.lrfused.evaluate_schedule(program(device), 5)[0] == 1e-2 * 0.5 ** 2
+
+
+def test_validate_rules(device):
+    rules = torch.tensor(_rules.keep() + _rules.chain(schedules.Step(1.0, 3)), dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.lrfused.validate_rules.default, (rules, 2))
+    with pytest.raises(RuntimeError):
+        torch.ops.lrfused.validate_rules(rules, 3)
+
+
+def test_schedule_encoding():
+    torch.library.opcheck(torch.ops.lrfused.schedule_encoding.default, ())
+    rows = torch.ops.lrfused.schedule_encoding()
+    assert rows[0] == len(schedules.LAYOUTS) and rows[1] == schedules.MAX_DEPTH and not math.isnan(rows[2])
