@@ -10,6 +10,18 @@ trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m pip install --quiet build
 "$PYTHON" -m build --no-isolation --outdir "$work/dist" . > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
 ls "$work/dist"
+# The wheel's Python tag and the metadata's Requires-Python must name the same oldest Python.
+"$PYTHON" - "$work"/dist/*.whl <<'CHECK'
+import re, sys, zipfile
+wheel = sys.argv[1]
+tag = re.search(r"-cp(\d)(\d+)-abi3-", wheel)
+assert tag, f"{wheel} is not an abi3 wheel"
+with zipfile.ZipFile(wheel) as archive:
+    metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+requires = re.search(r"^Requires-Python: >=(\d+)\.(\d+)$", metadata, re.M)
+assert requires and requires.groups() == tag.groups(), (tag.groups(), requires and requires.group(0))
+print(f"wheel tag cp{''.join(tag.groups())}-abi3 and Requires-Python >={'.'.join(requires.groups())} agree")
+CHECK
 
 smoke='
 import lrfused, torch
