@@ -578,6 +578,9 @@ class FusedScheduledAdamW(FusedScheduledAdam):
     """:class:`FusedScheduledAdam` with decoupled weight decay (AdamW), ``weight_decay=1e-2``:
     torch.optim.AdamW's signature."""
 
+    # The signature is written out again, as torch writes AdamW's beside Adam's, so that help(),
+    # inspect.signature and IDEs show AdamW's own defaults (weight_decay=1e-2, no
+    # decoupled_weight_decay argument).
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],

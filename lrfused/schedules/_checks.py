@@ -22,17 +22,18 @@ def positive(name: str, value: float) -> float:
     return value
 
 
-def positive_int(name: str, value: int) -> int:
+def whole_number(name: str, value: int, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"Invalid {name}: {value} (must be a positive int)")
+    if value < minimum:
+        bound = "a positive int" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"Invalid {name}: {value} (must be {bound})")
     return value
+
+
+def positive_int(name: str, value: int) -> int:
+    return whole_number(name, value, 1)
 
 
 def non_negative_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 0:
-        raise ValueError(f"Invalid {name}: {value} (must be >= 0)")
-    return value
+    return whole_number(name, value, 0)

@@ -13,26 +13,8 @@ from collections.abc import Callable, Sequence
 
 from ._checks import non_negative_int, positive_int
 from ._layout import CYCLIC_EXP_RANGE, CYCLIC_TRIANGULAR, CYCLIC_TRIANGULAR2
-from ._nodes import (
-    Constant,
-    Cosine,
-    Cyclic,
-    Exponential,
-    ExpRamp,
-    InverseSqrt,
-    Linear,
-    LinearRamp,
-    MultiStep,
-    OneCycle,
-    OneMinusSqrt,
-    Polynomial,
-    Product,
-    Schedule,
-    Sequential,
-    Step,
-    Tabulated,
-    WarmRestarts,
-)
+from . import _nodes as nodes
+from ._nodes import Schedule
 
 
 def constant(value: float = 1.0) -> Schedule:
@@ -47,7 +29,7 @@ def constant(value: float = 1.0) -> Schedule:
     >>> constant(0.5)(1000)
     0.5
     """
-    return Constant(value)
+    return nodes.Constant(value)
 
 
 def step_decay(step_size: int, gamma: float = 0.1, init_value: float = 1.0) -> Schedule:
@@ -67,7 +49,7 @@ def step_decay(step_size: int, gamma: float = 0.1, init_value: float = 1.0) -> S
     >>> [s(t) for t in range(7)]
     [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
     """
-    return Step(init_value, step_size, gamma)
+    return nodes.Step(init_value, step_size, gamma)
 
 
 def multistep_decay(milestones: Sequence[int], gamma: float = 0.1, init_value: float = 1.0) -> Schedule:
@@ -87,7 +69,7 @@ def multistep_decay(milestones: Sequence[int], gamma: float = 0.1, init_value: f
     >>> [s(t) for t in range(6)]
     [1.0, 1.0, 0.5, 0.5, 0.125, 0.125]
     """
-    return MultiStep(init_value, milestones, gamma)
+    return nodes.MultiStep(init_value, milestones, gamma)
 
 
 def exponential_decay(gamma: float, init_value: float = 1.0) -> Schedule:
@@ -105,7 +87,7 @@ def exponential_decay(gamma: float, init_value: float = 1.0) -> Schedule:
     >>> exponential_decay(0.5)(3)
     0.125
     """
-    return Exponential(init_value, gamma)
+    return nodes.Exponential(init_value, gamma)
 
 
 def polynomial_decay(total_steps: int, power: float = 1.0, init_value: float = 1.0, end_value: float = 0.0) -> Schedule:
@@ -126,7 +108,7 @@ def polynomial_decay(total_steps: int, power: float = 1.0, init_value: float = 1
     >>> [s(t) for t in (0, 5, 10, 20)]
     [1.0, 0.25, 0.0, 0.0]
     """
-    return Polynomial(init_value, total_steps, power, end_value)
+    return nodes.Polynomial(init_value, total_steps, power, end_value)
 
 
 def linear(start_value: float, end_value: float, total_steps: int) -> Schedule:
@@ -146,7 +128,7 @@ def linear(start_value: float, end_value: float, total_steps: int) -> Schedule:
     >>> [s(t) for t in range(6)]
     [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    return Linear(1.0, start_value, end_value, total_steps)
+    return nodes.Linear(1.0, start_value, end_value, total_steps)
 
 
 def cosine_decay(decay_steps: int, alpha: float = 0.0, init_value: float = 1.0, periodic: bool = False) -> Schedule:
@@ -172,7 +154,7 @@ def cosine_decay(decay_steps: int, alpha: float = 0.0, init_value: float = 1.0, 
     >>> round(cosine_decay(100, periodic=True)(150), 6)
     0.5
     """
-    return Cosine(init_value, decay_steps, alpha * init_value, clamp=not periodic)
+    return nodes.Cosine(init_value, decay_steps, alpha * init_value, clamp=not periodic)
 
 
 def cosine_warm_restarts(T_0: int, T_mult: int = 1, init_value: float = 1.0, floor: float = 0.0) -> Schedule:
@@ -196,7 +178,7 @@ def cosine_warm_restarts(T_0: int, T_mult: int = 1, init_value: float = 1.0, flo
     >>> [round(s(t), 6) for t in range(7)]
     [1.0, 0.5, 1.0, 0.853553, 0.5, 0.146447, 1.0]
     """
-    return WarmRestarts(init_value, T_0, T_mult, floor)
+    return nodes.WarmRestarts(init_value, T_0, T_mult, floor)
 
 
 def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_size_down: int | None = None,
@@ -229,7 +211,7 @@ def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_s
         raise ValueError(f"mode is invalid, got {mode!r}; expected one of {sorted(modes)}")
     up = float(step_size_up)
     total = up + (up if step_size_down is None else float(step_size_down))
-    return Cyclic(base_value, max_value, total, up / total, mode=modes[mode], gamma=gamma)
+    return nodes.Cyclic(base_value, max_value, total, up / total, mode=modes[mode], gamma=gamma)
 
 
 def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, anneal_strategy: str = "cos",
@@ -261,7 +243,7 @@ def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, 
     if anneal_strategy not in ("cos", "linear"):
         raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
     initial = max_value / div_factor
-    return OneCycle(initial, max_value, initial / final_div_factor, total_steps, pct_start=pct_start,
+    return nodes.OneCycle(initial, max_value, initial / final_div_factor, total_steps, pct_start=pct_start,
                     three_phase=three_phase, anneal_cos=anneal_strategy == "cos")
 
 
@@ -282,7 +264,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     >>> [s(t) for t in range(6)]
     [1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
     """
-    return Sequential(schedules, boundaries)
+    return nodes.Sequential(schedules, boundaries)
 
 
 def product(*schedules: Schedule) -> Schedule:
@@ -299,7 +281,7 @@ def product(*schedules: Schedule) -> Schedule:
     >>> [s(t) for t in range(5)]
     [2.0, 2.0, 1.0, 1.0, 0.5]
     """
-    return Product(schedules)
+    return nodes.Product(schedules)
 
 
 def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> Schedule:
@@ -321,7 +303,7 @@ def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> S
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
     positive_int("warmup_steps", warmup_steps)
-    return Sequential([Linear(1.0, start_value, schedule(0), warmup_steps), schedule], [warmup_steps])
+    return nodes.Sequential([nodes.Linear(1.0, start_value, schedule(0), warmup_steps), schedule], [warmup_steps])
 
 
 def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, end_value: float = 0.0,
@@ -343,7 +325,7 @@ def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, 
     >>> [round(s(t), 4) for t in (0, 1, 2, 7, 12, 20)]
     [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
     """
-    cosine = Cosine(peak_value, decay_steps, end_value, clamp=True)
+    cosine = nodes.Cosine(peak_value, decay_steps, end_value, clamp=True)
     return warmup(cosine, warmup_steps, start_value)
 
 
@@ -375,14 +357,14 @@ def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, 
     non_negative_int("stable_steps", stable_steps)
     positive_int("decay_steps", decay_steps)
     decays = {
-        "linear": lambda: Polynomial(peak_value, decay_steps, 1.0, end_value),
-        "cosine": lambda: Cosine(peak_value, decay_steps, end_value, clamp=True),
-        "1-sqrt": lambda: OneMinusSqrt(peak_value, end_value, decay_steps),
+        "linear": lambda: nodes.Polynomial(peak_value, decay_steps, 1.0, end_value),
+        "cosine": lambda: nodes.Cosine(peak_value, decay_steps, end_value, clamp=True),
+        "1-sqrt": lambda: nodes.OneMinusSqrt(peak_value, end_value, decay_steps),
     }
     if decay not in decays:
         raise ValueError(f"decay must be one of {sorted(decays)}, got {decay!r}")
-    ramp = Linear(1.0, start_value, peak_value, positive_int("warmup_steps", warmup_steps))
-    return Sequential([ramp, Constant(peak_value), decays[decay]()], [warmup_steps, warmup_steps + stable_steps])
+    ramp = nodes.Linear(1.0, start_value, peak_value, positive_int("warmup_steps", warmup_steps))
+    return nodes.Sequential([ramp, nodes.Constant(peak_value), decays[decay]()], [warmup_steps, warmup_steps + stable_steps])
 
 
 def inverse_sqrt(warmup_steps: int = 0, timescale: int | None = None, peak_value: float = 1.0) -> Schedule:
@@ -407,10 +389,10 @@ def inverse_sqrt(warmup_steps: int = 0, timescale: int | None = None, peak_value
     timescale = timescale if timescale is not None else (warmup_steps or 10_000)
     positive_int("timescale", timescale)
     # The decay child restarts at its own t=0 at the boundary: t_child + warmup + (timescale - warmup).
-    decay = InverseSqrt(peak_value, timescale, float(timescale))
+    decay = nodes.InverseSqrt(peak_value, timescale, float(timescale))
     if warmup_steps == 0:
         return decay
-    return Sequential([Linear(peak_value, 0.0, 1.0, warmup_steps), decay], [warmup_steps])
+    return nodes.Sequential([nodes.Linear(peak_value, 0.0, 1.0, warmup_steps), decay], [warmup_steps])
 
 
 def lr_range_exp(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
@@ -430,7 +412,7 @@ def lr_range_exp(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
     >>> [f"{s(t):.0e}" for t in range(0, 8, 2)]
     ['1e-06', '1e-04', '1e-02', '1e+00']
     """
-    return ExpRamp(start_lr, end_lr, num_iter)
+    return nodes.ExpRamp(start_lr, end_lr, num_iter)
 
 
 def lr_range_linear(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
@@ -450,7 +432,7 @@ def lr_range_linear(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
     >>> [s(t) for t in range(6)]
     [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    return LinearRamp(start_lr, end_lr, num_iter)
+    return nodes.LinearRamp(start_lr, end_lr, num_iter)
 
 
 def lambda_schedule(function: Callable[[int], float], *, horizon: int | None = None, capacity: int = 1024) -> Schedule:
@@ -473,4 +455,4 @@ def lambda_schedule(function: Callable[[int], float], *, horizon: int | None = N
     >>> round(s(10), 6)
     0.348678
     """
-    return Tabulated(function, capacity=capacity, horizon=horizon)
+    return nodes.Tabulated(function, capacity=capacity, horizon=horizon)

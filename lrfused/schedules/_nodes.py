@@ -15,37 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from ._checks import finite, non_negative_int, positive, positive_int
-from ._layout import (
-    CYCLIC_EXP_RANGE,
-    CYCLIC_TABLE_BY_CYCLE,
-    CYCLIC_TABLE_BY_ITERATION,
-    CYCLIC_TRIANGULAR,
-    CYCLIC_TRIANGULAR2,
-    KIND_CONSTANT,
-    KIND_CONSTANT_FACTOR,
-    KIND_COSINE,
-    KIND_CYCLIC,
-    KIND_EXP_RAMP,
-    KIND_EXPONENTIAL,
-    KIND_HELD,
-    KIND_INVERSE_SQRT,
-    KIND_LINEAR,
-    KIND_LINEAR_RAMP,
-    KIND_MULTI_STEP,
-    KIND_ONE_CYCLE,
-    KIND_ONE_MINUS_SQRT,
-    KIND_POLYNOMIAL,
-    KIND_PRODUCT,
-    KIND_SEQUENTIAL,
-    KIND_STEP,
-    KIND_TABLE,
-    KIND_WARM_RESTARTS,
-    LAYOUTS,
-    MAX_DEPTH,
-    NodeLayout,
-    field_name,
-    field_type,
-)
+from . import _layout
+from ._layout import LAYOUTS, MAX_DEPTH, NodeLayout, field_name, field_type
 
 class Schedule:
     """Base class: a value (and optionally beta1) at every integer clock ``t >= 0``.
@@ -136,7 +107,7 @@ class Schedule:
 class Constant(Schedule):
     """``value`` at every step."""
 
-    kind = KIND_CONSTANT
+    kind = _layout.KIND_CONSTANT
 
     def __init__(self, value: float):
         self.value_ = finite("value", value)
@@ -153,7 +124,7 @@ class Held(Schedule):
     """A param group's current lr (and beta1, NaN when the optimizer's applies), as words that the
     host and the scheduler ops write in place (note [Scheduler steps on the device])."""
 
-    kind = KIND_HELD
+    kind = _layout.KIND_HELD
 
     def __init__(self, lr: float, beta1: float = math.nan):
         self.lr_, self.beta1_ = float(lr), float(beta1)
@@ -178,7 +149,7 @@ class Tabulated(Schedule):
     CUDA-graph replays need no host at all, and asking for ``t >= horizon`` is an error.
     """
 
-    kind = KIND_TABLE
+    kind = _layout.KIND_TABLE
 
     def __init__(self, function: Callable[[int], float], *, capacity: int = 1024, horizon: int | None = None):
         if not callable(function):
@@ -229,7 +200,7 @@ class _TableWindow(Tabulated):
 class Step(Schedule):
     """StepLR: ``init * gamma ** floor(t / step_size)``."""
 
-    kind = KIND_STEP
+    kind = _layout.KIND_STEP
 
     def __init__(self, init: float, step_size: int, gamma: float = 0.1):
         self.init = finite("init", init)
@@ -243,7 +214,7 @@ class Step(Schedule):
 class MultiStep(Schedule):
     """MultiStepLR: ``init * gamma ** (number of milestones <= t)``; duplicate milestones compound."""
 
-    kind = KIND_MULTI_STEP
+    kind = _layout.KIND_MULTI_STEP
 
     def __init__(self, init: float, milestones: Sequence[int], gamma: float = 0.1):
         self.init = finite("init", init)
@@ -270,7 +241,7 @@ class MultiStep(Schedule):
 class ConstantFactor(Schedule):
     """ConstantLR: ``init * factor`` for ``t < total_iters``, then ``init``."""
 
-    kind = KIND_CONSTANT_FACTOR
+    kind = _layout.KIND_CONSTANT_FACTOR
 
     def __init__(self, init: float, factor: float, total_iters: int):
         self.init = finite("init", init)
@@ -284,7 +255,7 @@ class ConstantFactor(Schedule):
 class Linear(Schedule):
     """LinearLR: ``init * (start + (end - start) * min(t, T) / T)``."""
 
-    kind = KIND_LINEAR
+    kind = _layout.KIND_LINEAR
 
     def __init__(self, init: float, start_factor: float, end_factor: float, total_iters: int):
         self.init = finite("init", init)
@@ -303,7 +274,7 @@ class Linear(Schedule):
 class Exponential(Schedule):
     """ExponentialLR: ``init * gamma ** t`` (float64 pow, exact for long runs)."""
 
-    kind = KIND_EXPONENTIAL
+    kind = _layout.KIND_EXPONENTIAL
 
     def __init__(self, init: float, gamma: float):
         self.init = finite("init", init)
@@ -316,7 +287,7 @@ class Exponential(Schedule):
 class Polynomial(Schedule):
     """PolynomialLR: ``end + (init - end) * (1 - min(t, T) / T) ** power``."""
 
-    kind = KIND_POLYNOMIAL
+    kind = _layout.KIND_POLYNOMIAL
 
     def __init__(self, init: float, total_iters: int, power: float = 1.0, end: float = 0.0):
         self.init = finite("init", init)
@@ -334,7 +305,7 @@ class Cosine(Schedule):
     Periodic past ``period`` like torch's closed form, or held at ``floor`` with ``clamp=True``.
     """
 
-    kind = KIND_COSINE
+    kind = _layout.KIND_COSINE
 
     def __init__(self, init: float, period: int, floor: float = 0.0, clamp: bool = False):
         self.init = finite("init", init)
@@ -356,7 +327,7 @@ class WarmRestarts(Schedule):
     lands in the previous cycle); lrfused always restarts exactly at the boundary.
     """
 
-    kind = KIND_WARM_RESTARTS
+    kind = _layout.KIND_WARM_RESTARTS
 
     def __init__(self, init: float, T_0: int, T_mult: int = 1, floor: float = 0.0):
         self.init = finite("init", init)
@@ -387,10 +358,10 @@ class Cyclic(Schedule):
     ``max_m - (max_m - base_m) * f(x) * scale``.
     """
 
-    kind = KIND_CYCLIC
+    kind = _layout.KIND_CYCLIC
 
     def __init__(self, base: float, peak: float, total_size: float, step_ratio: float, *,
-                 mode: int = CYCLIC_TRIANGULAR, gamma: float = 1.0, cycle_momentum: bool = False,
+                 mode: int = _layout.CYCLIC_TRIANGULAR, gamma: float = 1.0, cycle_momentum: bool = False,
                  base_momentum: float = 0.8, max_momentum: float = 0.9, scale_table: Tabulated | None = None):
         self.base = finite("base_lr", base)
         self.peak = finite("max_lr", peak)
@@ -400,9 +371,9 @@ class Cyclic(Schedule):
             raise ValueError(f"Invalid step_size_up + step_size_down: {total_size} (must be > 0)")
         if not 0 < self.step_ratio <= 1:
             raise ValueError(f"Invalid step_ratio: {step_ratio} (step_size_up must be > 0)")
-        if mode not in range(CYCLIC_TRIANGULAR, CYCLIC_TABLE_BY_ITERATION + 1):
+        if mode not in range(_layout.CYCLIC_TRIANGULAR, _layout.CYCLIC_TABLE_BY_ITERATION + 1):
             raise ValueError(f"Invalid mode: {mode}")
-        if (mode >= CYCLIC_TABLE_BY_CYCLE) != (scale_table is not None):
+        if (mode >= _layout.CYCLIC_TABLE_BY_CYCLE) != (scale_table is not None):
             raise ValueError("a tabulated CyclicLR mode needs a scale_table, and only it")
         self.mode = mode
         self.gamma = finite("gamma", gamma)
@@ -420,14 +391,14 @@ class Cyclic(Schedule):
         cycle = math.floor(1 + t / total)
         x = 1.0 + t / total - cycle
         factor = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
-        if self.mode == CYCLIC_TRIANGULAR:
+        if self.mode == _layout.CYCLIC_TRIANGULAR:
             scale = 1.0
-        elif self.mode == CYCLIC_TRIANGULAR2:
+        elif self.mode == _layout.CYCLIC_TRIANGULAR2:
             scale = 2.0 ** (1 - cycle)  # torch: 1 / 2.0 ** (cycle - 1), which overflows for late cycles
-        elif self.mode == CYCLIC_EXP_RANGE:
+        elif self.mode == _layout.CYCLIC_EXP_RANGE:
             scale = self.gamma ** float(t)
         else:
-            scale = self.children[0](cycle if self.mode == CYCLIC_TABLE_BY_CYCLE else t)
+            scale = self.children[0](cycle if self.mode == _layout.CYCLIC_TABLE_BY_CYCLE else t)
         lr = self.base + (self.peak - self.base) * factor * scale
         beta1 = None
         if self.cycle_momentum:
@@ -448,7 +419,7 @@ class OneCycle(Schedule):
     torch raises past ``total_steps``; the kernels hold the value reached at ``total_steps``.
     """
 
-    kind = KIND_ONE_CYCLE
+    kind = _layout.KIND_ONE_CYCLE
 
     def __init__(self, initial: float, peak: float, minimum: float, total_steps: int, *, pct_start: float = 0.3,
                  three_phase: bool = False, anneal_cos: bool = True, cycle_momentum: bool = False,
@@ -513,7 +484,7 @@ class OneCycle(Schedule):
 class Sequential(Schedule):
     """Child ``i`` for ``boundaries[i-1] <= t < boundaries[i]``, restarted at its own ``t = 0``."""
 
-    kind = KIND_SEQUENTIAL
+    kind = _layout.KIND_SEQUENTIAL
 
     def __init__(self, schedules: Sequence[Schedule], boundaries: Sequence[int]):
         schedules = tuple(schedules)
@@ -554,7 +525,7 @@ class Sequential(Schedule):
 class Product(Schedule):
     """``init * prod(child(t))``; beta1 from the first child that cycles it."""
 
-    kind = KIND_PRODUCT
+    kind = _layout.KIND_PRODUCT
 
     def __init__(self, schedules: Sequence[Schedule], init: float = 1.0):
         schedules = tuple(schedules)
@@ -587,7 +558,7 @@ class Product(Schedule):
 class InverseSqrt(Schedule):
     """``init / sqrt((t + shift) / timescale)``."""
 
-    kind = KIND_INVERSE_SQRT
+    kind = _layout.KIND_INVERSE_SQRT
 
     def __init__(self, init: float, timescale: float, shift: float = 0.0):
         self.init = finite("init", init)
@@ -605,7 +576,7 @@ class InverseSqrt(Schedule):
 class OneMinusSqrt(Schedule):
     """``end + (init - end) * (1 - sqrt(min(t, T) / T))``: the 1-sqrt cooldown of WSD schedules."""
 
-    kind = KIND_ONE_MINUS_SQRT
+    kind = _layout.KIND_ONE_MINUS_SQRT
 
     def __init__(self, init: float, end: float, total_iters: int):
         self.init = finite("init", init)
@@ -620,7 +591,7 @@ class ExpRamp(Schedule):
     """LR range test, exponential: ``start * (end / start) ** (t / (num_iter - 1))``, held at
     ``end`` from ``t = num_iter - 1`` on."""
 
-    kind = KIND_EXP_RAMP
+    kind = _layout.KIND_EXP_RAMP
 
     def __init__(self, start: float, end: float, num_iter: int):
         self.start = finite("start_lr", start)
@@ -638,7 +609,7 @@ class ExpRamp(Schedule):
 class LinearRamp(ExpRamp):
     """LR range test, linear: ``start + t / (num_iter - 1) * (end - start)``, held at ``end`` after."""
 
-    kind = KIND_LINEAR_RAMP
+    kind = _layout.KIND_LINEAR_RAMP
 
     def __init__(self, start: float, end: float, num_iter: int):
         self.start = finite("start_lr", start)
