@@ -93,7 +93,8 @@ def test_compiled_op_matches_reference(amsgrad, maximize, weight_decay, decouple
         if a.is_floating_point():
             if dtype == torch.float32:
                 torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-            else:  # one rounding apart at most (a kernel that wrote nothing fails: three steps move every moment by far more)
+            else:  # one rounding apart at most: a kernel that wrote nothing would fail, as three steps
+                # move every moment by far more
                 torch.testing.assert_close(a, b, rtol=torch.finfo(dtype).eps, atol=0)
         else:
             assert torch.equal(a, b)
