@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import lrfused
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -36,7 +38,6 @@ def twin_params():
 def twin_setup():
     """A factory of (ours, theirs, lrfused optimizer, torch optimizer): two param groups (the second
     with its own lr) on the same params, lr 1e-2."""
-    import lrfused
 
     def make(device, torch_optimizer=torch.optim.Adam, **opt_kwargs):
         torch.manual_seed(0)

@@ -14,9 +14,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from ._checks import finite, non_negative_int, positive, positive_int
 from . import _layout
+from ._checks import finite, non_negative_int, positive, positive_int
 from ._layout import LAYOUTS, MAX_DEPTH, NodeLayout, field_name, field_type
+
 
 class Schedule:
     """Base class: a value (and optionally beta1) at every integer clock ``t >= 0``.
