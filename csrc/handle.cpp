@@ -43,7 +43,7 @@ at::Tensor new_handle() {
 
 std::shared_ptr<void> handle_state(const at::Tensor& handle, const std::function<std::shared_ptr<void>()>& make) {
   TORCH_CHECK(handle.device().is_cpu() && handle.scalar_type() == at::kLong && handle.numel() == 1,
-              "fused_adam_: handle must be the one-element int64 CPU tensor of lrfused::new_handle(), got ",
+              "lrfused: a handle must be the one-element int64 CPU tensor of lrfused::new_handle(), got ",
               handle.scalar_type(), " on ", handle.device(), " with ", handle.numel(), " elements");
   const int64_t id = handle.data_ptr<int64_t>()[0];
   Registry& r = registry();

@@ -110,11 +110,45 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   }
 }
 
-WorkingLayout::WorkingLayout(const FusedAdamArgs& a) : args_(a) {
-  const at::TensorList lists[kLists] = {a.params, a.grads, a.exp_avgs, a.exp_avg_sqs, a.max_exp_avg_sqs};
-  const int used = a.amsgrad ? kLists : kMaxExpAvgSqs;
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    const at::Tensor& p = a.params[i];
+void StepTensors::clear() {
+  params.clear();
+  grads.clear();
+  exp_avgs.clear();
+  exp_avg_sqs.clear();
+  max_exp_avg_sqs.clear();
+}
+
+void StepTensors::reserve(size_t n) {
+  params.reserve(n);
+  grads.reserve(n);
+  exp_avgs.reserve(n);
+  exp_avg_sqs.reserve(n);
+  max_exp_avg_sqs.reserve(n);
+}
+
+void StepTensors::add(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                      const at::Tensor& exp_avg_sq, const at::Tensor* max_exp_avg_sq) {
+  params.push_back(&param);
+  grads.push_back(&grad);
+  exp_avgs.push_back(&exp_avg);
+  exp_avg_sqs.push_back(&exp_avg_sq);
+  max_exp_avg_sqs.push_back(max_exp_avg_sq);
+}
+
+const std::vector<const at::Tensor*>& WorkingLayout::column(int c) const {
+  switch (c) {
+    case kParams: return tensors_.params;
+    case kGrads: return tensors_.grads;
+    case kExpAvgs: return tensors_.exp_avgs;
+    case kExpAvgSqs: return tensors_.exp_avg_sqs;
+    default: return tensors_.max_exp_avg_sqs;
+  }
+}
+
+WorkingLayout::WorkingLayout(const StepTensors& tensors, bool grads_written)
+    : tensors_(tensors), grads_written_(grads_written) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& p = *tensors.params[i];
     const bool dense = p.is_non_overlapping_and_dense();
     // The layout the five share: the param's, or contiguous when the param is not dense.
     const at::IntArrayRef sizes = p.sizes();
@@ -123,26 +157,230 @@ WorkingLayout::WorkingLayout(const FusedAdamArgs& a) : args_(a) {
       contiguous = c10::contiguous_strides(sizes);
     }
     const at::IntArrayRef strides = dense ? p.strides() : at::IntArrayRef(contiguous);
-    for (int list = 0; list < used; ++list) {
-      const at::Tensor& t = lists[list][i];
-      if (t.strides() == strides && (list != kParams || dense)) continue;
-      std::vector<at::Tensor>& copies = copies_[list];
-      if (copies.empty()) copies.resize(a.params.size());
-      copies[i] = at::empty_strided(sizes, strides, t.options()).copy_(t);
+    for (int c = 0; c < kColumns; ++c) {
+      const at::Tensor* t = column(c)[i];
+      if (t == nullptr || (t->strides() == strides && (c != kParams || dense))) continue;
+      std::vector<at::Tensor>& copies = copies_[c];
+      if (copies.empty()) copies.resize(tensors.size());
+      copies[i] = at::empty_strided(sizes, strides, t->options()).copy_(*t);
     }
   }
 }
 
 void WorkingLayout::write_back() const {
-  const at::TensorList lists[kLists] = {args_.params, args_.grads, args_.exp_avgs, args_.exp_avg_sqs,
-                                        args_.max_exp_avg_sqs};
-  for (int list = 0; list < kLists; ++list) {
-    if (list == kGrads && !args_.grad_scale.has_value()) continue;
-    const std::vector<at::Tensor>& copies = copies_[list];
+  for (int c = 0; c < kColumns; ++c) {
+    if (c == kGrads && !grads_written_) continue;
+    const std::vector<at::Tensor>& copies = copies_[c];
     for (size_t i = 0; i < copies.size(); ++i) {
-      if (copies[i].defined()) lists[list][i].copy_(copies[i]);
+      if (copies[i].defined()) const_cast<at::Tensor&>(*column(c)[i]).copy_(copies[i]);
     }
   }
+}
+
+void StepCall::clear() {
+  tensors.clear();
+  tensor_bucket.clear();
+  buckets.clear();
+  deferred = DeferredSteps{};
+  grad_scale = found_inf = invalid_steps = words = nullptr;
+}
+
+ElementType element_type_of(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kHalf: return ElementType::kFloat16;
+    case at::kBFloat16: return ElementType::kBFloat16;
+    default: return ElementType::kFloat32;
+  }
+}
+
+void gather_fused_adam(const FusedAdamArgs& a, StepCall& call) {
+  call.clear();
+  call.tensors.reserve(a.params.size());
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    call.tensors.add(a.params[i], a.grads[i], a.exp_avgs[i], a.exp_avg_sqs[i],
+                     a.amsgrad ? &a.max_exp_avg_sqs[i] : nullptr);
+    call.tensor_bucket.push_back(0);
+  }
+  BucketSpec b{};
+  b.step = a.step.data_ptr<int64_t>();
+  b.clock = a.clock.has_value() ? a.clock->data_ptr<int64_t>() : nullptr;
+  b.program = a.schedule.data_ptr<double>();
+  b.group = -1;
+  b.beta1 = a.beta1;
+  b.beta2 = a.beta2;
+  b.eps = a.eps;
+  b.weight_decay = a.weight_decay;
+  b.flags = (a.amsgrad ? kFlagAmsgrad : 0) | (a.decoupled_weight_decay ? kFlagDecoupled : 0) |
+            (a.maximize ? kFlagMaximize : 0);
+  b.element_type = static_cast<int32_t>(
+      element_type_of(a.params.empty() ? at::kFloat : a.params[0].scalar_type()));
+  call.buckets.push_back(b);
+  call.grad_scale = a.grad_scale.has_value() ? &*a.grad_scale : nullptr;
+  call.found_inf = a.found_inf.has_value() ? &*a.found_inf : nullptr;
+  call.invalid_steps = a.invalid_steps.has_value() ? &*a.invalid_steps : nullptr;
+  call.words = &a.schedule;
+}
+
+namespace {
+
+bool whole_in(double x, double low, double high) { return x >= low && x <= high && x == std::floor(x); }
+
+}  // namespace
+
+void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tensor& words, int64_t tensor_count,
+                    StepCall& call) {
+  TORCH_CHECK(rows.device().is_cpu() && rows.scalar_type() == at::kDouble && rows.dim() == 2 &&
+                  rows.size(1) == kBucketWords && rows.is_contiguous(),
+              "adam_step_: buckets must be a contiguous CPU float64 tensor of ", kBucketWords,
+              " words per bucket, got ", rows.scalar_type(), " of shape ", rows.sizes(), " on ", rows.device());
+  TORCH_CHECK(words.scalar_type() == at::kDouble && words.dim() == 1 && words.is_contiguous(),
+              "adam_step_: words must be a contiguous 1-d float64 tensor, got ", words.scalar_type(), " of shape ",
+              words.sizes());
+  const int64_t count = rows.size(0);
+  TORCH_CHECK(static_cast<int64_t>(steps.size()) == count, "adam_step_: ", count, " buckets need ", count,
+              " step counters, got ", steps.size());
+  const double* r = rows.data_ptr<double>();
+  const int64_t word_count = words.numel();
+  double* base = words.data_ptr<double>();
+  int64_t expected_begin = 0;
+  for (int64_t b = 0; b < count; ++b, r += kBucketWords) {
+    const at::Tensor& step = steps[b];
+    TORCH_CHECK(step.scalar_type() == at::kLong && step.numel() == 1 && step.device() == words.device(),
+                "adam_step_: steps[", b, "] must be a one-element int64 tensor on ", words.device(), ", got ",
+                step.scalar_type(), " with ", step.numel(), " elements on ", step.device());
+    TORCH_CHECK(r[kBucketTensorBegin] == static_cast<double>(expected_begin) &&
+                    whole_in(r[kBucketTensorEnd], r[kBucketTensorBegin], static_cast<double>(tensor_count)),
+                "adam_step_: bucket ", b, " covers tensors [", r[kBucketTensorBegin], ", ", r[kBucketTensorEnd],
+                "); the buckets must cover the ", tensor_count, " tensors in order");
+    expected_begin = static_cast<int64_t>(r[kBucketTensorEnd]);
+    TORCH_CHECK(r[kBucketBeta1] >= 0.0 && r[kBucketBeta1] < 1.0, "adam_step_: bucket ", b, ": invalid beta1: ",
+                r[kBucketBeta1]);
+    TORCH_CHECK(r[kBucketBeta2] >= 0.0 && r[kBucketBeta2] < 1.0, "adam_step_: bucket ", b, ": invalid beta2: ",
+                r[kBucketBeta2]);
+    TORCH_CHECK(r[kBucketEps] >= 0.0 && std::isfinite(r[kBucketEps]), "adam_step_: bucket ", b,
+                ": invalid eps: ", r[kBucketEps]);
+    TORCH_CHECK(r[kBucketWeightDecay] >= 0.0 && std::isfinite(r[kBucketWeightDecay]), "adam_step_: bucket ", b,
+                ": invalid weight_decay: ", r[kBucketWeightDecay]);
+    TORCH_CHECK(whole_in(r[kBucketFlags], 0, kFlagAmsgrad | kFlagDecoupled | kFlagMaximize),
+                "adam_step_: bucket ", b, ": invalid flags: ", r[kBucketFlags]);
+    const double group = r[kBucketGroup];
+    TORCH_CHECK(group == -1.0 || whole_in(group, 0, static_cast<double>(word_count / kHeldWords - 1)),
+                "adam_step_: bucket ", b, ": invalid group: ", group);
+    TORCH_CHECK(whole_in(r[kBucketProgram], 0, static_cast<double>(word_count - 2)), "adam_step_: bucket ", b,
+                ": program offset ", r[kBucketProgram], " is outside the ", word_count, " words");
+    const int64_t program = static_cast<int64_t>(r[kBucketProgram]);
+    TORCH_CHECK(group < 0 || program == static_cast<int64_t>(group) * kHeldWords, "adam_step_: bucket ", b,
+                ": group ", group, "'s HELD node is at ", static_cast<int64_t>(group) * kHeldWords, ", not ",
+                program);
+    BucketSpec spec{};
+    spec.step = step.data_ptr<int64_t>();
+    spec.clock = nullptr;
+    spec.program = base + program;
+    spec.group = static_cast<int64_t>(group);
+    spec.beta1 = r[kBucketBeta1];
+    spec.beta2 = r[kBucketBeta2];
+    spec.eps = r[kBucketEps];
+    spec.weight_decay = r[kBucketWeightDecay];
+    spec.flags = static_cast<int32_t>(r[kBucketFlags]);
+    // The tensors are gathered first: the bucket's dtype is its first tensor's.
+    const int64_t begin = static_cast<int64_t>(r[kBucketTensorBegin]);
+    spec.element_type = static_cast<int32_t>(element_type_of(
+        begin < expected_begin && static_cast<size_t>(begin) < call.tensors.size()
+            ? call.tensors.params[begin]->scalar_type() : at::kFloat));
+    call.buckets.push_back(spec);
+    for (int64_t i = static_cast<int64_t>(r[kBucketTensorBegin]); i < expected_begin; ++i) {
+      call.tensor_bucket.push_back(static_cast<int32_t>(b));
+    }
+  }
+  TORCH_CHECK(expected_begin == tensor_count, "adam_step_: the buckets cover ", expected_begin, " of the ",
+              tensor_count, " tensors");
+  if (words.device().is_cpu()) {
+    // The device trusts what the host validated when it built the words; here it costs nothing.
+    for (const BucketSpec& spec : call.buckets) {
+      const int64_t offset = spec.program - base;
+      const double length = spec.program[1];
+      TORCH_CHECK(whole_in(length, 2, static_cast<double>(word_count - offset)), "adam_step_: the program at word ",
+                  offset, " has length ", length, ", beyond the ", word_count, " words");
+      const char* error = validate_schedule(spec.program, static_cast<int64_t>(length));
+      TORCH_CHECK(error == nullptr, "adam_step_: malformed program at word ", offset, ": ", error);
+    }
+  }
+  call.words = &words;
+}
+
+void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
+                     const at::Tensor& pending, StepCall& call) {
+  const int64_t count = static_cast<int64_t>(rules.size());
+  TORCH_CHECK(count <= kMaxDeferredSteps && static_cast<int64_t>(clocks.size()) <= count,
+              "adam_step_: at most ", kMaxDeferredSteps, " deferred steps and one clock per step, got ", count,
+              " rules and ", clocks.size(), " clocks");
+  TORCH_CHECK(applied.scalar_type() == at::kLong && applied.numel() == 1 && applied.device() == words.device(),
+              "adam_step_: applied must be a one-element int64 tensor on ", words.device(), ", got ",
+              applied.scalar_type(), " with ", applied.numel(), " elements on ", applied.device());
+  TORCH_CHECK(pending.device().is_cpu() && pending.scalar_type() == at::kLong && pending.dim() == 1 &&
+                  pending.is_contiguous() && pending.numel() >= 1 + count,
+              "adam_step_: pending must be a contiguous CPU int64 tensor of at least ", 1 + count,
+              " words (the first sequence number, then each step's clock), got ", pending.scalar_type(),
+              " of shape ", pending.sizes(), " on ", pending.device());
+  const int64_t group_count = words.numel() / kHeldWords;
+  DeferredSteps& d = call.deferred;
+  d.count = static_cast<int32_t>(count);
+  d.clock_count = static_cast<int32_t>(clocks.size());
+  d.group_count = group_count;
+  d.applied = applied.data_ptr<int64_t>();
+  d.words = words.data_ptr<double>();
+  const int64_t* header = pending.data_ptr<int64_t>();
+  d.first_sequence = header[0];
+  for (size_t c = 0; c < clocks.size(); ++c) {
+    const at::Tensor& clock = clocks[c];
+    TORCH_CHECK(clock.scalar_type() == at::kLong && clock.numel() == 1 && clock.device() == words.device(),
+                "adam_step_: clocks[", c, "] must be a one-element int64 tensor on ", words.device());
+    d.clocks[c] = clock.data_ptr<int64_t>();
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    const at::Tensor& r = rules[i];
+    TORCH_CHECK(r.scalar_type() == at::kDouble && r.dim() == 1 && r.is_contiguous() &&
+                    r.device() == words.device() && r.numel() > group_count,
+                "adam_step_: rules[", i, "] must be indexed rules (", group_count,
+                " offsets, then the nodes) in a contiguous float64 tensor on ", words.device(), ", got ",
+                r.scalar_type(), " of shape ", r.sizes(), " on ", r.device());
+    TORCH_CHECK(words.numel() % kHeldWords == 0, "adam_step_: deferred steps need words of HELD nodes");
+    const int64_t slot = header[1 + i];
+    TORCH_CHECK(slot >= 0 && slot < static_cast<int64_t>(clocks.size()), "adam_step_: step ", i,
+                " names clock ", slot, " of ", clocks.size());
+    d.rules[i] = r.data_ptr<double>();
+    d.clock_slot[i] = static_cast<int32_t>(slot);
+    if (r.device().is_cpu()) {
+      check_indexed_rules(r, group_count);
+    }
+  }
+}
+
+void check_step_tensor(const StepCall& call, size_t i, const char* op) {
+  const at::Tensor& p = *call.tensors.params[i];
+  const auto check = [&](const at::Tensor& other, const char* what) {
+    TORCH_CHECK(other.device() == p.device() && other.scalar_type() == p.scalar_type() && other.sizes() == p.sizes(),
+                op, ": ", what, "[", i, "] is ", other.scalar_type(), " ", other.sizes(), " on ", other.device(),
+                " but params[", i, "] is ", p.scalar_type(), " ", p.sizes(), " on ", p.device());
+    TORCH_CHECK(!other.is_sparse(), op, ": sparse tensors are not supported (", what, "[", i, "])");
+  };
+  const auto dtype = p.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": params must be float32, float16 or bfloat16, got ", dtype, " for params[", i, "]");
+  TORCH_CHECK(!p.is_sparse(), op, ": sparse tensors are not supported (params[", i, "])");
+  TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ",
+              p.device(), " but the words are on ", call.words->device());
+  check(*call.tensors.grads[i], "grads");
+  check(*call.tensors.exp_avgs[i], "exp_avgs");
+  check(*call.tensors.exp_avg_sqs[i], "exp_avg_sqs");
+  const BucketSpec& bucket = call.buckets[call.tensor_bucket[i]];
+  if (bucket.flags & kFlagAmsgrad) {
+    TORCH_CHECK(call.tensors.max_exp_avg_sqs[i] != nullptr, op, ": params[", i,
+                "] is in an AMSGrad bucket but has no max_exp_avg_sq");
+    check(*call.tensors.max_exp_avg_sqs[i], "max_exp_avg_sqs");
+  }
+  TORCH_CHECK(bucket.element_type == static_cast<int32_t>(element_type_of(dtype)), op, ": params[", i,
+              "] has dtype ", dtype, " but its bucket's first param has another");
 }
 
 void check_schedule_program(const at::Tensor& schedule) {
@@ -172,6 +410,20 @@ void check_rules(const at::Tensor& rules, int64_t group_count) {
   TORCH_CHECK(rules.device().is_cpu(), "check_rules needs a CPU tensor");
   const char* error = validate_rules(rules.data_ptr<double>(), rules.numel(), group_count);
   TORCH_CHECK(error == nullptr, "advance_lr_: malformed rules: ", error);
+}
+
+void check_indexed_rules(const at::Tensor& rules, int64_t group_count) {
+  TORCH_CHECK(rules.device().is_cpu(), "check_indexed_rules needs a CPU tensor");
+  const double* r = rules.data_ptr<double>();
+  const int64_t nodes = rules.numel() - group_count;
+  int64_t offset = 0;
+  for (int64_t g = 0; g < group_count; ++g) {
+    TORCH_CHECK(r[g] == static_cast<double>(offset) && offset + 1 < nodes, "adam_step_: indexed rules: group ", g,
+                "'s offset is ", r[g], ", expected ", offset);
+    offset += static_cast<int64_t>(r[group_count + offset + 1]);
+  }
+  const char* error = validate_rules(r + group_count, nodes, group_count);
+  TORCH_CHECK(error == nullptr, "adam_step_: malformed rules: ", error);
 }
 
 namespace {
@@ -213,6 +465,23 @@ TORCH_LIBRARY(lrfused, m) {
       "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!) step, Tensor? clock, Tensor schedule, *, float beta1, "
       "float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, "
       "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(g!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  // note [One op per step] (common/step_plan.h): every group and dtype of one device, and the
+  // scheduler steps deferred to it, in one call. `buckets` holds kBucketWords words per bucket.
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
+      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] steps, Tensor buckets, Tensor(g!) words, Tensor(h!)[] clocks, "
+      "Tensor[] rules, Tensor(i!) applied, Tensor pending, *, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  // The same step from the tensors a table holds (note [Step tables] in step_table.h): the grads
+  // are read from the params in C++. Returns False, having changed nothing, when the grads no
+  // longer match the table; the caller then makes a new table.
+  m.def(
+      "table_step_(Tensor table, Tensor buckets, Tensor(a!)[] steps, Tensor(b!) words, Tensor(c!)[] clocks, "
+      "Tensor[] rules, Tensor(d!) applied, Tensor pending, *, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "Tensor(e!)? invalid_steps=None) -> bool");
+  m.def(
+      "set_step_table(Tensor table, Tensor[] sources, Tensor[] params, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
+      "Tensor[] max_exp_avg_sqs, Tensor[] watched) -> ()");
   // A bucket's handle (note [Bucket handles] in handle.h).
   // Tagged so that no compiler pass may merge two calls (each bucket needs a handle of its own);
   // torch 2.13's aot_eager and inductor keep them apart even without the tag.

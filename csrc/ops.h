@@ -3,8 +3,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <memory>
 #include <optional>
 #include <vector>
+
+#include "common/step_plan.h"
 
 namespace lrfused {
 
@@ -32,6 +35,18 @@ struct FusedAdamArgs {
 // Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.
 void check_fused_adam_args(const FusedAdamArgs& args);
 
+// The tensors of one call by column: tensor i of the call is params[i], grads[i], ...;
+// max_exp_avg_sqs[i] is null when its bucket has no AMSGrad. Pointers, so that the eager table
+// (step_table.h) lists the tensors it holds and the grads it reads without copying a handle.
+struct StepTensors {
+  std::vector<const at::Tensor*> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
+  size_t size() const { return params.size(); }
+  void clear();
+  void reserve(size_t n);
+  void add(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+           const at::Tensor* max_exp_avg_sq);
+};
+
 // note [Working layout]
 // The kernels walk the five tensors of a param (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
 // with one index, so the five must share one dense memory layout: the param's when the param is
@@ -42,28 +57,65 @@ void check_fused_adam_args(const FusedAdamArgs& args);
 // and reloads its states in the param's layout.
 class WorkingLayout {
  public:
-  explicit WorkingLayout(const FusedAdamArgs& args);
-  // The pointers the kernels read for tensor i of each list: the argument's own, or its copy.
-  void* param(size_t i) const { return pointer(kParams, args_.params, i); }
-  void* grad(size_t i) const { return pointer(kGrads, args_.grads, i); }
-  void* exp_avg(size_t i) const { return pointer(kExpAvgs, args_.exp_avgs, i); }
-  void* exp_avg_sq(size_t i) const { return pointer(kExpAvgSqs, args_.exp_avg_sqs, i); }
-  void* max_exp_avg_sq(size_t i) const { return pointer(kMaxExpAvgSqs, args_.max_exp_avg_sqs, i); }
-  // Copies back what the kernel wrote into the tensors that were copied (the grads only when the
-  // kernel wrote them: with AMP it stores the unscaled grad).
+  // `grads_written`: the kernel stores the unscaled grads (AMP), so copied grads are copied back.
+  WorkingLayout(const StepTensors& tensors, bool grads_written);
+  // The pointers the kernels read for tensor i of each column: the argument's own, or its copy.
+  void* param(size_t i) const { return pointer(kParams, i); }
+  void* grad(size_t i) const { return pointer(kGrads, i); }
+  void* exp_avg(size_t i) const { return pointer(kExpAvgs, i); }
+  void* exp_avg_sq(size_t i) const { return pointer(kExpAvgSqs, i); }
+  void* max_exp_avg_sq(size_t i) const { return pointer(kMaxExpAvgSqs, i); }
+  // Copies back what the kernel wrote into the tensors that were copied.
   void write_back() const;
 
  private:
-  enum List { kParams, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs, kLists };
-  void* pointer(List list, at::TensorList tensors, size_t i) const {
-    const std::vector<at::Tensor>& copies = copies_[list];
-    return copies.empty() || !copies[i].defined() ? tensors[i].data_ptr() : copies[i].data_ptr();
+  enum Column { kParams, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs, kColumns };
+  const std::vector<const at::Tensor*>& column(int c) const;
+  void* pointer(Column c, size_t i) const {
+    const std::vector<at::Tensor>& copies = copies_[c];
+    if (!copies.empty() && copies[i].defined()) return copies[i].data_ptr();
+    const at::Tensor* t = column(c)[i];
+    return t != nullptr ? t->data_ptr() : nullptr;
   }
-  const FusedAdamArgs& args_;
-  // Per list, the copies by index; a list with no copy stays empty (the training loop's case:
+  const StepTensors& tensors_;
+  bool grads_written_;
+  // Per column, the copies by index; a column with no copy stays empty (the training loop's case:
   // nothing is allocated, no tensor is touched beyond its strides).
-  std::vector<at::Tensor> copies_[kLists];
+  std::vector<at::Tensor> copies_[kColumns];
 };
+
+// One call of the step, whichever op made it (note [One op per step] in common/step_plan.h): the
+// tensors, the bucket of each, the buckets, the deferred scheduler steps and AMP's scalars.
+struct StepCall {
+  StepTensors tensors;
+  std::vector<int32_t> tensor_bucket;
+  std::vector<BucketSpec> buckets;
+  DeferredSteps deferred{};
+  const at::Tensor* grad_scale = nullptr;
+  const at::Tensor* found_inf = nullptr;
+  const at::Tensor* invalid_steps = nullptr;
+  const at::Tensor* words = nullptr;  // the tensor the programs point into (for its device)
+  void clear();
+};
+
+// Fills `call` from fused_adam_'s arguments (one bucket, no deferred steps), after its checks.
+void gather_fused_adam(const FusedAdamArgs& args, StepCall& call);
+
+// Fills `call.buckets` from the `buckets` rows of adam_step_/table_step_ and checks them:
+// `steps[b]` is bucket b's counter, its program lies in `words`.
+void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tensor& words, int64_t tensor_count,
+                    StepCall& call);
+
+// Fills `call.deferred` from the deferred-step arguments and checks them.
+void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
+                     const at::Tensor& pending, StepCall& call);
+
+// Checks tensor i of the call against its param (device, dtype, shape, sparsity) and the bucket's
+// dtype; `op` names the op in the message.
+void check_step_tensor(const StepCall& call, size_t i, const char* op);
+
+// The dtype of a bucket's elements, as the shared code names it.
+ElementType element_type_of(at::ScalarType dtype);
 
 // Raises when a CPU schedule program is malformed (see note [Schedule encoding]).
 void check_schedule_program(const at::Tensor& schedule);
@@ -74,5 +126,17 @@ int64_t check_advance_lr_args(const at::Tensor& groups, const at::Tensor& clock,
 
 // Raises when a CPU rules array for `group_count` groups is malformed.
 void check_rules(const at::Tensor& rules, int64_t group_count);
+
+// Raises when CPU indexed rules ([offset of each group's node | the nodes]) are malformed.
+void check_indexed_rules(const at::Tensor& rules, int64_t group_count);
+
+// Runs a gathered call on its device: the CPU loop, or the CUDA launch that the CUDA library
+// registers when it is built. `state` keeps what a backend caches between calls (the CUDA
+// tables), or is null for a call that keeps nothing.
+void run_step(StepCall& call, std::shared_ptr<void>* state);
+void run_step_cpu(StepCall& call);
+using StepRunner = void (*)(StepCall& call, std::shared_ptr<void>* state);
+// Called by the CUDA library's static initialiser.
+bool register_cuda_step_runner(StepRunner runner);
 
 }  // namespace lrfused

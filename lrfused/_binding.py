@@ -11,11 +11,18 @@ one of four doors, and nothing else writes the words:
   step, it compares each ``group["lr"]`` (and ``group["betas"]``) with what the words were last
   known to hold and writes what changed: a hand write, a stock torch scheduler, SWALR, a
   framework's ``lr_find``, ``load_state_dict``. The last writer wins, as in torch.
-* ``advance(clock, rules, epoch)``: a scheduler step computed on the device (``advance_lr_``):
-  the words move without the host, so a captured ``scheduler.step()`` replays correctly.
+* ``advance(clock, rules, epoch)``: a scheduler step computed on the device: the words move
+  without the host, so a captured ``scheduler.step()`` replays correctly. A plain ``step()`` is
+  deferred to the next optimizer step, whose op applies it first (note [One op per step] in
+  csrc/common/step_plan.h): one launch for both. A step to an explicit epoch, a step while a CUDA
+  graph captures, and a ninth step in a row without an optimizer step run at once
+  (``advance_lr_``), after the deferred ones.
 * ``write(groups)``: a scheduler step the host computed (a Python ``lr_lambda`` without
   ``horizon=``, a fractional epoch): the host's values are written, like a hand write.
 * ``lr_words()``: ReduceLROnPlateau's device ops update the lr words in place.
+
+Every door that reads or writes the words outside the optimizer's op flushes the deferred steps
+first (``flush()``, the op with no tensors), so nothing ever sees words that are behind.
 
 After a scheduler step, ``record(groups)`` notes the host mirror (the floats torch's own code
 computed, or the device tensors a plateau published) as what the words hold, so that the next
@@ -31,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _ops, _rules
+from . import _ops, _rules, _step_plan
 from .schedules import Product, Schedule
 
 
@@ -78,6 +85,15 @@ class Binding:
         # host comparisons out (each value would become a guard, each step a recompilation).
         self.driven = False
         self.buffers[device] = self._encode(groups, 0)
+        # The scheduler steps deferred to the next optimizer step: their indexed rules, the
+        # distinct clocks they move, and the header the op reads (the first step's sequence number,
+        # then each step's clock slot), a CPU tensor written here so that a compiled step reads
+        # new values without a new guard.
+        self.deferred_rules: list[Tensor] = []
+        self.deferred_clocks: list[Tensor] = []
+        self.pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
+        self.sequence = 0  # deferred steps issued so far
+        self.applied = torch.zeros((), dtype=torch.int64, device=device)  # ... and applied, on the device
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -115,6 +131,7 @@ class Binding:
             return
         if len(groups) < first:
             raise RuntimeError(f"the optimizer had {first} param groups and now has {len(groups)}")
+        self.flush()
         added = self._encode(groups, first)
         self.buffers = {self.primary: torch.cat([self.buffers[self.primary], added])}
         self.views = {}
@@ -129,20 +146,29 @@ class Binding:
 
     def mirror_to(self, devices: set[torch.device]) -> None:
         """Copies the words to the other devices a step updates (device to device, no sync)."""
+        self.flush()
         source = self.buffers[self.primary]
         for device in devices - {self.primary}:
             if device not in self.buffers:
                 self.buffers[device] = torch.empty_like(source, device=device)
             self.buffers[device].copy_(source, non_blocking=True)
 
+    def words(self) -> Tensor:
+        """Every group's words on the primary device, the deferred steps applied."""
+        self.flush()
+        return self.buffers[self.primary]
+
     def lr_words(self) -> Tensor:
         """The lr word of every group, a strided view (HELD layout only)."""
+        self.flush()
         return self.buffers[self.primary].view(self.group_count, _rules.HELD_WORDS)[:, _rules.HELD_LR]
 
     def _lr_word(self, index: int) -> Tensor:
+        self.flush()
         return self.buffers[self.primary][self.offsets[index] + _rules.HELD_LR]
 
     def _beta1_word(self, index: int) -> Tensor:
+        self.flush()
         return self.buffers[self.primary][self.offsets[index] + _rules.HELD_BETA1]
 
     # --- the doors -------------------------------------------------------------------------------
@@ -182,12 +208,49 @@ class Binding:
         self.record(groups)
 
     def advance(self, clock: Tensor, rules: Tensor, epoch: int | None, beta1_from: list[float | None]) -> None:
-        """A step on the device; ``beta1_from[i]`` is group i's beta1 when the rules drive it, else None."""
-        _ops.advance_lr_(self.buffers[self.primary], clock, rules, epoch)
+        """A step on the device; ``rules`` are indexed (``_rules.indexed``); ``beta1_from[i]`` is
+        group i's beta1 when the rules drive it, else None."""
+        if epoch is None and self._can_defer():
+            slot = next((i for i, c in enumerate(self.deferred_clocks) if c is clock), None)
+            if slot is None:
+                slot = len(self.deferred_clocks)
+                self.deferred_clocks.append(clock)
+            if not self.deferred_rules:
+                self.pending[0] = self.sequence
+            self.pending[1 + len(self.deferred_rules)] = slot
+            self.deferred_rules.append(rules)
+            self.sequence += 1
+        else:
+            self.flush()
+            _ops.advance_lr_(self.buffers[self.primary], clock, rules[self.group_count:], epoch)
         for index, beta1 in enumerate(beta1_from):
             if beta1 is not None and self._beta1_arg[index] is None:
                 self._beta1_arg[index] = beta1
         self.driven = True
+
+    def _can_defer(self) -> bool:
+        if len(self.deferred_rules) == _step_plan.MAX_DEFERRED_STEPS:
+            return False
+        # A captured step must replay on its own: the optimizer op it would join is already recorded.
+        return not (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+    def deferred(self) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+        """What the optimizer's op takes to apply the deferred steps: (clocks, rules, applied, pending)."""
+        return self.deferred_clocks, self.deferred_rules, self.applied, self.pending
+
+    def deferred_done(self) -> None:
+        """The optimizer's op applied the deferred steps."""
+        if self.deferred_rules:
+            self.deferred_rules = []
+            self.deferred_clocks = []
+
+    def flush(self) -> None:
+        """Applies the deferred steps now (the step op with no tensors: one launch)."""
+        if not self.deferred_rules:
+            return
+        _ops.adam_step_([], [], [], [], [], [], _step_plan.NO_BUCKETS, self.buffers[self.primary],
+                        self.deferred_clocks, self.deferred_rules, self.applied, self.pending)
+        self.deferred_done()
 
     def record(self, groups: list[dict[str, Any]]) -> None:
         """Notes the host's values as what the words hold (after a step that set both). A tensor
@@ -227,10 +290,12 @@ class Binding:
     # --- the finder's save and restore -----------------------------------------------------------
 
     def snapshot(self) -> tuple[Tensor, list[Any], list[Any], list[float | None]]:
+        self.flush()
         return (self.buffers[self.primary].clone(), list(self._seen_lr), list(self._seen_betas),
                 list(self._beta1_arg))
 
     def restore(self, snapshot: tuple[Tensor, list[Any], list[Any], list[float | None]]) -> None:
         words, seen_lr, seen_betas, beta1_arg = snapshot
+        self.flush()
         self.buffers[self.primary].copy_(words)
         self._seen_lr, self._seen_betas, self._beta1_arg = list(seen_lr), list(seen_betas), list(beta1_arg)

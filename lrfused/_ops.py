@@ -98,6 +98,49 @@ def fused_adam_(
     )
 
 
+def adam_step_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
+    buckets: torch.Tensor,
+    words: torch.Tensor,
+    clocks: list[torch.Tensor],
+    rules: list[torch.Tensor],
+    applied: torch.Tensor,
+    pending: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    invalid_steps: torch.Tensor | None = None,
+    handle: torch.Tensor | None = None,
+) -> None:
+    """One step of every group and dtype of one device, and the scheduler steps deferred to it
+    (note [One op per step] in csrc/common/step_plan.h). ``buckets`` has one row per step counter,
+    laid out as :mod:`lrfused._step_plan` says."""
+    op = torch.ops.lrfused.adam_step_ if _LOAD_ERROR is None else _reference.adam_step_
+    op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules, applied, pending,
+       grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle)
+
+
+def table_step_(table: torch.Tensor, buckets: torch.Tensor, steps: list[torch.Tensor], words: torch.Tensor,
+                clocks: list[torch.Tensor], rules: list[torch.Tensor], applied: torch.Tensor, pending: torch.Tensor, *,
+                grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
+                invalid_steps: torch.Tensor | None = None) -> bool:
+    """:func:`adam_step_` from the tensors the table holds, the grads read in C++ (note [Step
+    tables] in csrc/step_table.h); False, with nothing changed, when the grads no longer match."""
+    return torch.ops.lrfused.table_step_(table, buckets, steps, words, clocks, rules, applied, pending,
+                                         grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps)
+
+
+def set_step_table(table: torch.Tensor, sources: list[torch.Tensor], params: list[torch.Tensor],
+                   exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], max_exp_avg_sqs: list[torch.Tensor],
+                   watched: list[torch.Tensor]) -> None:
+    torch.ops.lrfused.set_step_table(table, sources, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, watched)
+
+
 def new_handle() -> torch.Tensor | None:
     """A bucket's handle: what the CUDA op keeps for the bucket is freed with it (None without the library)."""
     return torch.ops.lrfused.new_handle() if _LOAD_ERROR is None else None
@@ -144,6 +187,11 @@ if _LOAD_ERROR is None:
                          beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
                          grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
         # Mutates its inputs in place and returns nothing: no new tensors to describe.
+        return None
+
+    @torch.library.register_fake("lrfused::adam_step_")
+    def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules,
+                        applied, pending, *, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
         return None
 
     @torch.library.register_fake("lrfused::advance_lr_")

@@ -136,3 +136,50 @@ def advance_lr_(groups: torch.Tensor, clock: torch.Tensor, rules: torch.Tensor, 
     words = _rules.apply_rules(rules.tolist(), groups.tolist(), t, epoch is not None)
     groups.copy_(torch.tensor(words, dtype=torch.float64))
     clock.fill_(t)
+
+
+@torch.no_grad()
+def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules, applied,
+               pending, *, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
+    """``lrfused::adam_step_`` (note [One op per step] in csrc/common/step_plan.h): the deferred
+    scheduler steps on the host's floats, then each bucket as :func:`fused_adam_` steps it."""
+    from . import _step_plan as P
+
+    rows = buckets.tolist()
+    old_words = words.tolist()
+    group_count = len(old_words) // _rules.HELD_WORDS
+    header = pending.tolist()
+    clock_values = [int(c.item()) for c in clocks]
+    done = int(applied.item())
+    new_words = list(old_words)
+    # The deferred steps, in order; one already applied (a replayed graph's) is skipped.
+    for i, rule_tensor in enumerate(rules):
+        sequence = int(header[0]) + i
+        if done > sequence:
+            continue
+        slot = int(header[1 + i])
+        clock_values[slot] += 1
+        indexed = rule_tensor.tolist()
+        for g in range(group_count):
+            base = g * _rules.HELD_WORDS
+            new_words[base + _rules.HELD_LR], new_words[base + _rules.HELD_BETA1] = _rules.apply_group_rule(
+                indexed, group_count, g, clock_values[slot], new_words[base + _rules.HELD_LR],
+                new_words[base + _rules.HELD_BETA1])
+        done = sequence + 1
+    for row, step in zip(rows, steps):
+        begin, end, max_begin = int(row[P.TENSOR_BEGIN]), int(row[P.TENSOR_END]), int(row[P.MAX_BEGIN])
+        flags, offset, group = int(row[P.FLAGS]), int(row[P.PROGRAM]), int(row[P.GROUP])
+        amsgrad = bool(flags & P.FLAG_AMSGRAD)
+        source = new_words if group >= 0 else old_words
+        program = torch.tensor(source[offset:offset + int(source[offset + 1])], dtype=torch.float64)
+        fused_adam_(params[begin:end], grads[begin:end], exp_avgs[begin:end], exp_avg_sqs[begin:end],
+                    max_exp_avg_sqs[max_begin:max_begin + end - begin] if amsgrad else [], step, None, program,
+                    beta1=row[P.BETA1], beta2=row[P.BETA2], eps=row[P.EPS], weight_decay=row[P.WEIGHT_DECAY],
+                    decoupled_weight_decay=bool(flags & P.FLAG_DECOUPLED), amsgrad=amsgrad,
+                    maximize=bool(flags & P.FLAG_MAXIMIZE), grad_scale=grad_scale, found_inf=found_inf,
+                    invalid_steps=invalid_steps)
+    if rules:
+        words.copy_(torch.tensor(new_words, dtype=torch.float64))
+        for clock, value in zip(clocks, clock_values):
+            clock.fill_(value)
+        applied.fill_(done)

@@ -57,6 +57,19 @@ def sequential(milestones: Sequence[int], children: Sequence[list[float]]) -> li
     return [float(RULE_SEQUENTIAL), float(2 + len(body))] + body
 
 
+def indexed(rules: Sequence[float], group_count: int) -> list[float]:
+    """Rules prefixed with the offset of each group's node (note [One op per step] in
+    csrc/common/step_plan.h): what a deferred step carries, so that the kernel finds any group's
+    node without walking the ones before it."""
+    offsets, position = [], 0
+    for _ in range(group_count):
+        offsets.append(float(position))
+        position += int(rules[position + 1])
+    if position != len(rules):
+        raise ValueError(f"rules for {group_count} groups hold {len(rules)} words, their nodes {position}")
+    return offsets + [float(w) for w in rules]
+
+
 # --- the reference (mirrors lr_step.h) --------------------------------------------------------------
 
 
@@ -119,6 +132,14 @@ def _apply(rule: list[float], t: int, explicit: bool, lr: float, beta1: float) -
         index += 1
     child = rule[offset:offset + int(rule[offset + 1])]
     return _leaf(child, t - start, explicit or (index > 0 and t == start), lr, beta1)
+
+
+def apply_group_rule(indexed_rules: list[float], group_count: int, group: int, t: int, lr: float,
+                     beta1: float) -> tuple[float, float]:
+    """Group ``group``'s (lr, beta1) after one step at clock t, from indexed rules."""
+    start = group_count + int(indexed_rules[group])
+    rule = indexed_rules[start:start + int(indexed_rules[start + 1])]
+    return _apply(rule, t, False, lr, beta1)
 
 
 def apply_rules(rules: list[float], groups: list[float], t: int, explicit: bool) -> list[float]:

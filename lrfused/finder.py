@@ -182,9 +182,9 @@ class LRFinder:
             # The ramp steps on the device like a scheduler (note [The binding]): the host never
             # writes an lr during the test.
             binding = self.optimizer._scheduler_binding("LRFinder")
-            rules = torch.tensor([w for ramp_ in ramps for w in _rules.set_(ramp_)], dtype=torch.float64)
-            _ops.validate_rules(rules, len(ramps))
-            rules = rules.to(binding.primary)
+            words = [w for ramp_ in ramps for w in _rules.set_(ramp_)]
+            _ops.validate_rules(torch.tensor(words, dtype=torch.float64), len(ramps))
+            rules = torch.tensor(_rules.indexed(words, len(ramps)), dtype=torch.float64).to(binding.primary)
             clock = torch.zeros((), dtype=torch.int64, device=binding.primary)
             binding.absorb(groups)
             binding.advance(clock, rules, 0, [None] * len(ramps))

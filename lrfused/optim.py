@@ -6,16 +6,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops
+from . import _ops, _step_plan
 from ._reference import KERNEL_DTYPES
 from ._binding import Binding
+from ._step_plan import Bucket, DeviceStep, GroupPlan
 from .schedules import Schedule, Tabulated
 
 __all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
@@ -52,29 +52,6 @@ def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid epsilon value: {eps}")
     if _check_number("weight_decay value", weight_decay) < 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-
-
-@dataclass
-class _Bucket:
-    """Params of one group that share a device, a dtype and a step counter: one op call."""
-
-    indices: list[int]
-    params: list[Tensor]
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    max_exp_avg_sqs: list[Tensor]
-    step: Tensor
-    complex_: list[bool]
-    # Keeps what the CUDA op builds for this bucket (its tensor tables) for as long as it lives.
-    handle: Tensor | None = None
-
-
-@dataclass
-class _Plan:
-    """How a group's step splits into op calls, valid while the same params have grads."""
-
-    has_grad: tuple[bool, ...]
-    buckets: list[_Bucket] = field(default_factory=list)
 
 
 class FusedScheduledAdam(Optimizer):
@@ -184,7 +161,11 @@ class FusedScheduledAdam(Optimizer):
         # Updates skipped because the schedule gave an unusable value, per device (invalid_steps).
         self._invalid_steps: dict[torch.device, Tensor] = {}
         self._binding: Binding | None = None
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, GroupPlan] = {}
+        # The op calls of a step, assembled from the plans (None: assembled at the next step), and
+        # the per-group values their bucket rows were made from.
+        self._calls: list[DeviceStep] | None = None
+        self._rows_made_from: list[tuple] | None = None
         # Per group, the (betas, eps, weight_decay) last checked by a step.
         self._checked_hyperparameters: dict[int, tuple] = {}
         super().__init__(params, defaults)
@@ -233,6 +214,8 @@ class FusedScheduledAdam(Optimizer):
             self.__dict__.setdefault(key, default)
         # Plans hold views of the tensors they were made from: rebuilt at the next step.
         self._plans = {}
+        self._calls = None
+        self._rows_made_from = None
         self._checked_hyperparameters = {}
         if self._binding is not None:
             self._binding.views = {}
@@ -240,6 +223,8 @@ class FusedScheduledAdam(Optimizer):
     def _invalidate(self) -> None:
         # The binding stays: its next absorb follows whatever the groups now hold.
         self._plans = {}
+        self._calls = None
+        self._rows_made_from = None
         self._checked_hyperparameters = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -326,7 +311,7 @@ class FusedScheduledAdam(Optimizer):
                     if name not in state:
                         raise KeyError(f"the optimizer state of {where} has a 'step' but no {name!r}")
 
-    def _make_plan(self, group: dict[str, Any], grads: list[Tensor | None]) -> _Plan:
+    def _make_plan(self, group: dict[str, Any], grads: list[Tensor | None]) -> GroupPlan:
         params = group["params"]
         amsgrad = group["amsgrad"]
         stepping = [i for i, g in enumerate(grads) if g is not None]
@@ -371,7 +356,7 @@ class FusedScheduledAdam(Optimizer):
                 holders[id(counter)] -= len(members)
                 for p in members:
                     self.state[p]["step"] = own
-        plan = _Plan(tuple(g is not None for g in grads))
+        plan = GroupPlan(tuple(g is not None for g in grads))
         local = _local_tensor
         by_key: dict[tuple, _Bucket] = {}
         seen: dict[int, int] = {}
@@ -383,8 +368,7 @@ class FusedScheduledAdam(Optimizer):
             real = (lambda x: torch.view_as_real(local(x))) if p.is_complex() else local
             key = (listing, p.device, p.dtype, id(state["step"]))
             if key not in by_key:
-                handle = _ops.new_handle() if p.device.type == "cuda" else None
-                by_key[key] = _Bucket([], [], [], [], [], state["step"], [], handle)
+                by_key[key] = Bucket([], [], [], [], [], state["step"], [], listing)
             bucket = by_key[key]
             bucket.indices.append(i)
             bucket.params.append(real(p))
@@ -393,8 +377,7 @@ class FusedScheduledAdam(Optimizer):
             if amsgrad:
                 bucket.max_exp_avg_sqs.append(real(state["max_exp_avg_sq"]))
             bucket.complex_.append(p.is_complex())
-        # First listings first, then second listings, ...: each call sees the previous one's update.
-        plan.buckets = [by_key[key] for key in sorted(by_key, key=lambda k: k[0])]
+        plan.buckets = list(by_key.values())
         return plan
 
     # --- the binding (note [The binding] in _binding.py) ----------------------------------------
@@ -427,13 +410,15 @@ class FusedScheduledAdam(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Performs one optimization step (one kernel launch per device and dtype of each group)."""
+        """Performs one optimization step: one op (one kernel launch) per device for every group and
+        dtype, which also applies the scheduler steps deferred to it (note [One op per step])."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         binding = self._binding_now()
-        if not (binding.driven and torch.compiler.is_compiling()):
+        compiling = torch.compiler.is_compiling()
+        if not (binding.driven and compiling):
             # Host writes of group["lr"] (last writer wins). Under torch.compile with a scheduler
             # driving the words, the comparison would make each lr a guard and each step a
             # recompilation: the scheduler's own step absorbs them instead.
@@ -442,49 +427,146 @@ class FusedScheduledAdam(Optimizer):
                 self._warn_if_scheduled_twice()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
         # Everything the step checks is checked for every group before the first write. (Not in a
         # compiled step: each value compared would become a guard and each new lr or beta1 a
         # recompilation; the op still checks its own arguments.)
-        if not torch.compiler.is_compiling():
+        if not compiling:
             self._check_hyperparameters()
+        # The eager step of one device reads its grads through its table, which also notices when
+        # they no longer fit the plan; any other step reads them here and checks the plan.
+        calls = self._calls
+        fast = (calls is not None and len(calls) == 1 and calls[0].table is not None and not compiling
+                and not self._check_finite)
+        all_grads = None
+        if not fast:
+            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+            calls = self._plan_calls(all_grads)
+            if len(calls) == 1 and calls[0].table_wanted and not compiling:
+                self._set_table(calls[0], calls)
+        self._refresh_rows(calls, binding)
+        if self._check_finite:
+            found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
+        if len(calls) != 1 or calls[0].device != binding.primary:
+            # Several devices (or a param listed twice): the deferred steps are applied first and
+            # the words copied to every device, then one call each.
+            binding.flush()
+            devices = {call.device for call in calls}
+            if devices - {binding.primary}:
+                binding.mirror_to(devices)
+        for call in calls:
+            device = call.device
+            scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
+            found = None if found_inf is None else found_inf.to(device, non_blocking=True)
+            words = binding.buffers[device]
+            clocks, rules, applied, pending = binding.deferred() if device == binding.primary else ([], [], None, None)
+            if applied is None:
+                applied, pending = self._no_deferred(device)
+            if call.table is not None and not compiling:
+                if _ops.table_step_(call.table, call.rows, call.steps, words, clocks, rules, applied, pending,
+                                    grad_scale=scale, found_inf=found, invalid_steps=self._invalid_counter(device)):
+                    binding.deferred_done()
+                    continue
+                # The grads no longer match the table (note [Step tables]): a new plan, checked.
+                all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+                return self._replan_and_step(all_grads, binding, grad_scale, found_inf, loss)
+            if all_grads is None:
+                all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+            self._list_step(call, all_grads, words, clocks, rules, applied, pending, scale, found)
+            if device == binding.primary:
+                binding.deferred_done()
+        if not calls:
+            binding.flush()
+        return loss
+
+    def _replan_and_step(self, all_grads, binding: Binding, grad_scale, found_inf, loss):
+        """The step after a table refused its grads: plans for what the grads are now, then the
+        list path (whose checks raise for a grad that does not fit its param)."""
+        calls = self._plan_calls(all_grads)
+        self._refresh_rows(calls, binding)
+        for call in calls:
+            device = call.device
+            clocks, rules, applied, pending = binding.deferred()
+            self._list_step(call, all_grads, binding.buffers[device], clocks, rules, applied, pending,
+                            None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                            None if found_inf is None else found_inf.to(device, non_blocking=True))
+            binding.deferred_done()
+        if not calls:
+            binding.flush()
+        return loss
+
+    def _list_step(self, call: DeviceStep, all_grads, words, clocks, rules, applied, pending, grad_scale, found_inf):
+        grads = [torch.view_as_real(_local_tensor(all_grads[g][i])) if c else _local_tensor(all_grads[g][i])
+                 for (g, i), c in zip(call.grad_of, call.complex_)]
+        _ops.adam_step_(call.params, grads, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs, call.steps,
+                        call.rows, words, clocks, rules, applied, pending, grad_scale=grad_scale,
+                        found_inf=found_inf, invalid_steps=self._invalid_counter(call.device), handle=call.handle)
+
+    def _no_deferred(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The `applied` and `pending` arguments of a call that carries no deferred step."""
+        spare = self.__dict__.setdefault("_spare_counters", {})
+        if device not in spare:
+            spare[device] = (torch.zeros((), dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64))
+        return spare[device]
+
+    def _plan_calls(self, all_grads) -> list[DeviceStep]:
+        """The op calls for the grads of this step: each group's plan is made again when its params
+        with a grad changed, and the calls are assembled again when any plan changed."""
         stale = []
         for index, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
             plan = self._plans.get(index)
             if plan is None or plan.has_grad != tuple(g is not None for g in grads):
                 self._check_group(index, group, grads)
                 stale.append(index)
+        if not stale and self._calls is not None:
+            return self._calls
         for index in stale:
             self._plans[index] = self._make_plan(self.param_groups[index], all_grads[index])
         plans = [self._plans[index] for index in range(len(self.param_groups))]
-        devices = {bucket.step.device for plan in plans for bucket in plan.buckets}
-        if devices != {binding.primary}:
-            binding.mirror_to(devices)
-        if self._check_finite:
-            found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
+        calls = _step_plan.assemble(plans, _ops.new_handle)
+        self._calls = calls
+        self._rows_made_from = None
+        return calls
+
+    def _set_table(self, call: DeviceStep, calls: list[DeviceStep]) -> None:
+        """Gives the call a table (note [Step tables]) when every grad can be read in C++: not for
+        a DTensor's (its local shard is read in Python), a param listed twice in a group, or a step
+        of several calls. Made in an eager step (a compiled step takes the list path)."""
+        call.table_wanted = False
+        if not _ops.has_kernels() or len(calls) != 1:
+            return
+        plans = [self._plans[index] for index in range(len(self.param_groups))]
+        sources = []
+        for g, i in call.grad_of:
+            p = self.param_groups[g]["params"][i]
+            if _local_tensor(p) is not p:
+                return
+            sources.append(p)
+        if any(bucket.listing for bucket in call.buckets):
+            return
+        watched = [p for group, plan in zip(self.param_groups, plans)
+                   for p, has in zip(group["params"], plan.has_grad) if not has and p.device == call.device]
+        call.table = _ops.new_handle()
+        _ops.set_step_table(call.table, sources, call.params, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs,
+                            watched)
+
+    def _refresh_rows(self, calls: list[DeviceStep], binding: Binding) -> None:
+        """The bucket rows, made again when a group's hyperparameters or program changed."""
+        values = []
         for index, group in enumerate(self.param_groups):
-            plan, grads = plans[index], all_grads[index]
             beta1, beta2 = group["betas"]
             # A tensor beta written after construction (a stock scheduler's tensor momentum) is
             # read here: a sync for a GPU tensor, as torch's own step makes.
             beta1 = binding.beta1_for(index, beta1)
-            beta1 = float(beta1) if isinstance(beta1, Tensor) else beta1
-            beta2 = float(beta2) if isinstance(beta2, Tensor) else beta2
-            for bucket in plan.buckets:
-                device = bucket.step.device
-                bucket_grads = [torch.view_as_real(_local_tensor(grads[i])) if c else _local_tensor(grads[i])
-                                for i, c in zip(bucket.indices, bucket.complex_)]
-                _ops.fused_adam_(
-                    bucket.params, bucket_grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.max_exp_avg_sqs,
-                    bucket.step, None, binding.program(index, device),
-                    beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
-                    decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
-                    maximize=group["maximize"],
-                    grad_scale=None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                    found_inf=None if found_inf is None else found_inf.to(device, non_blocking=True),
-                    invalid_steps=self._invalid_counter(device), handle=bucket.handle,
-                )
-        return loss
+            beta1 = float(beta1) if isinstance(beta1, Tensor) else float(beta1)
+            beta2 = float(beta2) if isinstance(beta2, Tensor) else float(beta2)
+            values.append((beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
+                           _step_plan.flags_of(group)))
+        if values == self._rows_made_from and all(call.rows is not None for call in calls):
+            return
+        programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(self.param_groups))]
+        for call in calls:
+            call.rows = _step_plan.bucket_rows(call, values, programs)
+        self._rows_made_from = values
 
     def _check_hyperparameters(self) -> None:
         """The hyperparameters of every group, checked before any op call when they changed (the

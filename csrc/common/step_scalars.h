@@ -23,17 +23,22 @@ struct StepScalars {
   bool usable;  // false: skip the call (see the note above)
 };
 
-// `beta1` is the optimizer's; a schedule that cycles beta1 overrides it. `step` is the count
-// before this step.
-LRFUSED_HOST_DEVICE StepScalars step_scalars(const double* schedule, int64_t clock, double beta1, double beta2,
-                                             double eps, double weight_decay, int64_t step) {
-  const ScheduleValue value = evaluate_schedule(schedule, clock);
+// The scalars from a schedule value. `beta1` is the optimizer's; a value that cycles beta1
+// overrides it. `step` is the count before this step.
+LRFUSED_HOST_DEVICE StepScalars scalars_from(ScheduleValue value, double beta1, double beta2, double eps,
+                                             double weight_decay, int64_t step) {
   const double step_beta1 = schedule_is_nan(value.beta1) ? beta1 : value.beta1;
   StepScalars result;
   // x - x is 0 for every finite x and NaN for NaN and the infinities.
   result.usable = value.lr - value.lr == 0.0 && step_beta1 >= 0.0 && step_beta1 < 1.0;
   result.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, step + 1);
   return result;
+}
+
+// The same, from a program evaluated at `clock`.
+LRFUSED_HOST_DEVICE StepScalars step_scalars(const double* schedule, int64_t clock, double beta1, double beta2,
+                                             double eps, double weight_decay, int64_t step) {
+  return scalars_from(evaluate_schedule(schedule, clock), beta1, beta2, eps, weight_decay, step);
 }
 
 }  // namespace lrfused

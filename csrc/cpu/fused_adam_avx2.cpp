@@ -1,4 +1,4 @@
-// The update loop for x86-64 CPUs with AVX2, FMA and F16C, chosen at run time (fused_adam.cpp).
+// The update loop for x86-64 CPUs with AVX2, FMA and F16C, chosen at run time (adam_step.cpp).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c")
 // g++ does not define the feature macros for a target pragma (gcc does); ATen's AVX2 vectors and
@@ -25,7 +25,7 @@
 #include "fused_adam_kernel.h"
 
 namespace lrfused::cpu_avx2 {
-void update_bucket_entry(const CpuBucket& bucket, const StepConfig& config) {
-  update_bucket(bucket, config);
+RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled) {
+  return select_update(type, amsgrad, decoupled);
 }
 }  // namespace lrfused::cpu_avx2

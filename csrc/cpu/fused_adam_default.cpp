@@ -3,7 +3,7 @@
 #include "fused_adam_kernel.h"
 
 namespace lrfused::cpu_default {
-void update_bucket_entry(const CpuBucket& bucket, const StepConfig& config) {
-  update_bucket(bucket, config);
+RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled) {
+  return select_update(type, amsgrad, decoupled);
 }
 }  // namespace lrfused::cpu_default

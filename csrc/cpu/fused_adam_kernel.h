@@ -2,7 +2,6 @@
 // fused_adam.cpp): every file that includes this header defines LRFUSED_CPU_VARIANT first.
 #pragma once
 
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -12,7 +11,7 @@
 #include <vector>
 
 #include "../common/adam_math.h"
-#include "cpu_bucket.h"
+#include "cpu_segment.h"
 
 namespace lrfused {
 
@@ -116,46 +115,26 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
 }
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-void update_all(const std::vector<Segment<scalar_t>>& segments, const std::vector<int64_t>& offsets,
-                const StepConfig& config) {
-  const int64_t total = offsets.back();
-  at::parallel_for(0, total, kGrainSize, [&](int64_t begin, int64_t end) {
-    // offsets[k] is where tensor k starts; find the last tensor starting at or before `begin`.
-    size_t k = std::upper_bound(offsets.begin(), offsets.end(), begin) - offsets.begin() - 1;
-    int64_t position = begin;
-    while (position < end) {
-      const int64_t tensor_end = std::min(end, offsets[k + 1]);
-      update_range<scalar_t, kAmsgrad, kDecoupled>(segments[k], position - offsets[k], tensor_end - offsets[k],
-                                                   config);
-      position = tensor_end;
-      ++k;
-    }
-  });
+void update_segment(const CpuSegment& s, int64_t begin, int64_t end) {
+  const Segment<scalar_t> typed{static_cast<scalar_t*>(s.param), static_cast<scalar_t*>(s.grad),
+                                static_cast<scalar_t*>(s.exp_avg), static_cast<scalar_t*>(s.exp_avg_sq),
+                                static_cast<scalar_t*>(s.max_exp_avg_sq)};
+  update_range<scalar_t, kAmsgrad, kDecoupled>(typed, begin, end, *s.config);
 }
 
 template <typename scalar_t>
-void update_typed(const CpuBucket& bucket, const StepConfig& config) {
-  std::vector<Segment<scalar_t>> segments;
-  segments.reserve(bucket.params.size());
-  for (size_t i = 0; i < bucket.params.size(); ++i) {
-    segments.push_back({static_cast<scalar_t*>(bucket.params[i]), static_cast<scalar_t*>(bucket.grads[i]),
-                        static_cast<scalar_t*>(bucket.exp_avgs[i]), static_cast<scalar_t*>(bucket.exp_avg_sqs[i]),
-                        bucket.amsgrad ? static_cast<scalar_t*>(bucket.max_exp_avg_sqs[i]) : nullptr});
+RangeUpdate typed_update(bool amsgrad, bool decoupled) {
+  if (amsgrad) {
+    return decoupled ? &update_segment<scalar_t, true, true> : &update_segment<scalar_t, true, false>;
   }
-  if (bucket.amsgrad) {
-    bucket.decoupled ? update_all<scalar_t, true, true>(segments, bucket.offsets, config)
-                     : update_all<scalar_t, true, false>(segments, bucket.offsets, config);
-  } else {
-    bucket.decoupled ? update_all<scalar_t, false, true>(segments, bucket.offsets, config)
-                     : update_all<scalar_t, false, false>(segments, bucket.offsets, config);
-  }
+  return decoupled ? &update_segment<scalar_t, false, true> : &update_segment<scalar_t, false, false>;
 }
 
-inline void update_bucket(const CpuBucket& bucket, const StepConfig& config) {
-  switch (bucket.dtype) {
-    case at::kFloat: update_typed<float>(bucket, config); break;
-    case at::kHalf: update_typed<at::Half>(bucket, config); break;
-    default: update_typed<at::BFloat16>(bucket, config); break;
+inline RangeUpdate select_update(ElementType type, bool amsgrad, bool decoupled) {
+  switch (type) {
+    case ElementType::kFloat16: return typed_update<at::Half>(amsgrad, decoupled);
+    case ElementType::kBFloat16: return typed_update<at::BFloat16>(amsgrad, decoupled);
+    default: return typed_update<float>(amsgrad, decoupled);
   }
 }
 

@@ -7,8 +7,9 @@ host from the current ``group["lr"]`` (so ``get_last_lr()``, ``param_groups[i]["
 
 1. the binding absorbs what the host wrote since the last step (last writer wins);
 2. torch's step runs on the host;
-3. the same step runs on the device from the scheduler's own int64 clock (``advance_lr_``, one
-   launch, no sync), or, where the step has no device form (a Python ``lr_lambda`` without
+3. the same step runs on the device from the scheduler's own int64 clock: deferred to the next
+   optimizer step, whose op applies it first (note [One op per step]: no launch of its own, no
+   sync), or at once where it cannot wait (``advance_lr_``); or, where the step has no device form (a Python ``lr_lambda`` without
    ``horizon=``, a fractional epoch), the host's values are written to the device;
 4. the binding notes the host's values as what the device holds.
 
@@ -27,7 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from .. import _ops
+from .. import _ops, _rules
 from ..optim import FusedScheduledAdam
 
 
@@ -178,10 +179,9 @@ class OnDevice:
             words = self._group_rules(key) if binding.held else None
             rules = None
             if words is not None:
-                host = torch.tensor(words, dtype=torch.float64)
                 # Checked once, on the host: the CUDA op trusts the structure of its rules.
-                _ops.validate_rules(host, key)
-                rules = host.to(binding.primary)
+                _ops.validate_rules(torch.tensor(words, dtype=torch.float64), key)
+                rules = torch.tensor(_rules.indexed(words, key), dtype=torch.float64).to(binding.primary)
             # Not kept from the constructor's own step: torch's constructors may set base_lrs after it
             # (CyclicLR does).
             if getattr(self, "_is_initial", False):

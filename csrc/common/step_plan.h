@@ -1,0 +1,138 @@
+// What one call of the step op reads besides the tensors: the buckets (one per step counter) with
+// their hyperparameters and programs, and the scheduler steps deferred to this call.
+//
+// note [One op per step]
+// An optimizer step and the scheduler steps around it are one call of lrfused::adam_step_ (one
+// launch on CUDA) per device, whatever the number of param groups and dtypes:
+//
+// * Buckets. The params that share a step counter (one group, one dtype) form a bucket; each
+//   bucket carries its group's hyperparameters, its flags and where its program is in the
+//   binding's words (a HELD node, or the `lr * schedule(step)` product of `schedule=`). A tensor
+//   names its bucket, so one call walks every group and dtype.
+// * Deferred scheduler steps. A torch-compatible scheduler's `step()` computes torch's values on
+//   the host for `get_last_lr()` and `group["lr"]`, and leaves its device step (a rules array and
+//   its clock, note [Scheduler steps on the device]) to the next optimizer step, which applies it
+//   before computing the lrs: torch's order, since a scheduler step comes after the optimizer step
+//   it follows and before the next. Each deferred step has a sequence number; the device counter
+//   `applied` says how many were applied, and a step whose number is below it is skipped. So a
+//   CUDA graph that captured a call carrying deferred steps applies them at its first replay only,
+//   and an eager call never applies one twice. Whatever must see the device lrs before the next
+//   optimizer step (a host write of the lr, ReduceLROnPlateau, a captured scheduler step, a step
+//   to an explicit epoch) first flushes the deferred steps with a call that has no tensors.
+// * Every block (every CPU call) computes the lr of a bucket from the words as they were before
+//   the call plus the deferred steps, in registers; the one writer at the end (the last CUDA
+//   block, the CPU call after its loop) advances the step counters, writes the new HELD words and
+//   moves the clocks. An AMP-skipped step (found_inf) still applies the deferred scheduler steps,
+//   as torch's scheduler steps do not depend on the optimizer's.
+#pragma once
+
+#include <cstdint>
+
+#include "adam_math.h"
+#include "host_device.h"
+#include "lr_schedule.h"
+#include "lr_step.h"
+#include "step_scalars.h"
+
+namespace lrfused {
+
+// Element types, as every backend names them without including torch.
+enum class ElementType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+enum BucketFlags : int32_t { kFlagAmsgrad = 1, kFlagDecoupled = 2, kFlagMaximize = 4 };
+
+// Deferred scheduler steps one call carries at most; more are flushed first.
+constexpr int kMaxDeferredSteps = 8;
+
+// The words of one bucket in the op's `buckets` argument (a CPU float64 tensor, one row per bucket).
+enum BucketWord : int {
+  kBucketTensorBegin = 0,  // the bucket's tensors are [begin, end) of the lists
+  kBucketTensorEnd = 1,
+  kBucketMaxBegin = 2,     // its first max_exp_avg_sq (AMSGrad) in that list
+  kBucketProgram = 3,      // offset of its program in the words
+  kBucketGroup = 4,        // its HELD node's group index (deferred steps apply), or -1
+  kBucketBeta1 = 5,
+  kBucketBeta2 = 6,
+  kBucketEps = 7,
+  kBucketWeightDecay = 8,
+  kBucketFlags = 9,
+  kBucketWords = 10,
+};
+
+struct BucketSpec {
+  int64_t* step;           // the bucket's step counter
+  const int64_t* clock;    // the program's clock (fused_adam_'s `clock`); null: the step counter
+  const double* program;   // its program: a HELD node or a schedule
+  int64_t group;           // >= 0: the program is group `group`'s HELD node, moved by deferred steps
+  double beta1;
+  double beta2;
+  double eps;
+  double weight_decay;
+  int32_t flags;
+  int32_t element_type;
+};
+
+struct DeferredSteps {
+  int32_t count;
+  int32_t clock_count;
+  int64_t first_sequence;     // the sequence number of step 0
+  int64_t group_count;        // groups in the words (each rules array has one node per group)
+  int64_t* applied;           // deferred steps applied so far (device counter)
+  double* words;              // the HELD words, kHeldWords per group
+  // Per step: its indexed rules ([offset of group g's node, for each g | the nodes]) and its clock.
+  const double* rules[kMaxDeferredSteps];
+  int32_t clock_slot[kMaxDeferredSteps];
+  int64_t* clocks[kMaxDeferredSteps];
+};
+
+// Group `group`'s (lr, beta1) after the deferred steps, from the words as they are before the call.
+LRFUSED_HOST_DEVICE HeldValue held_after(const DeferredSteps& d, int64_t group) {
+  const double* node = d.words + group * kHeldWords;
+  HeldValue held{node[kHeldLr], node[kHeldBeta1]};
+  if (d.count == 0) return held;
+  int64_t clocks[kMaxDeferredSteps];
+  for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+  int64_t applied = *d.applied;
+  for (int i = 0; i < d.count; ++i) {
+    const int64_t sequence = d.first_sequence + i;
+    if (applied > sequence) continue;  // applied by an earlier call (a replayed graph)
+    const double* rules = d.rules[i];
+    const double* rule = rules + d.group_count + static_cast<int64_t>(rules[group]);
+    const int64_t t = ++clocks[d.clock_slot[i]];
+    held = apply_rule(rule, t, /*explicit_epoch=*/false, held);
+    applied = sequence + 1;
+  }
+  return held;
+}
+
+// The writer's part for the clocks and the `applied` counter, after every group's words were
+// written (held_after read the old ones).
+LRFUSED_HOST_DEVICE void commit_clocks(const DeferredSteps& d) {
+  if (d.count == 0) return;
+  int64_t clocks[kMaxDeferredSteps];
+  for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+  int64_t applied = *d.applied;
+  for (int i = 0; i < d.count; ++i) {
+    const int64_t sequence = d.first_sequence + i;
+    if (applied > sequence) continue;
+    ++clocks[d.clock_slot[i]];
+    applied = sequence + 1;
+  }
+  for (int c = 0; c < d.clock_count; ++c) *d.clocks[c] = clocks[c];
+  *d.applied = applied;
+}
+
+// The scalars of a bucket for this call (note [Unusable schedule values] decides `usable`).
+LRFUSED_HOST_DEVICE StepScalars bucket_scalars(const BucketSpec& b, const DeferredSteps& d) {
+  const int64_t step = *b.step;
+  ScheduleValue value;
+  if (b.group >= 0) {
+    const HeldValue held = held_after(d, b.group);
+    value = {held.lr, held.beta1};
+  } else {
+    value = evaluate_schedule(b.program, b.clock != nullptr ? *b.clock : step);
+  }
+  return scalars_from(value, b.beta1, b.beta2, b.eps, b.weight_decay, step);
+}
+
+}  // namespace lrfused

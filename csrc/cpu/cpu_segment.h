@@ -1,0 +1,41 @@
+// What the CPU step hands to its update loop: per tensor, raw pointers and the function that
+// updates a range of its elements with its bucket's scalars.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/adam_math.h"
+#include "../common/step_plan.h"
+
+namespace lrfused {
+
+struct StepConfig {
+  AdamScalars scalars;
+  bool maximize;
+  bool has_weight_decay;
+  const float* grad_scale;  // null without AMP
+};
+
+struct CpuSegment;
+// Updates elements [begin, end) of one tensor; one instance per dtype, AMSGrad and decoupling.
+using RangeUpdate = void (*)(const CpuSegment& segment, int64_t begin, int64_t end);
+
+struct CpuSegment {
+  void* param;
+  void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;  // null without AMSGrad
+  RangeUpdate update;
+  const StepConfig* config;
+};
+
+// The update of each instruction-set variant (note [CPU instruction sets] in adam_step.cpp).
+namespace cpu_default {
+RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled);
+}
+namespace cpu_avx2 {
+RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled);
+}
+
+}  // namespace lrfused

@@ -1,0 +1,210 @@
+// The step ops (fused_adam_, adam_step_, table_step_, set_step_table): each gathers its arguments
+// into one StepCall, checked before anything is written, and runs it on the call's device.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "handle.h"
+#include "ops.h"
+#include "step_table.h"
+
+namespace lrfused {
+
+namespace {
+
+StepRunner& cuda_runner() {
+  static StepRunner runner = nullptr;
+  return runner;
+}
+
+std::shared_ptr<HandleState> state_of(const std::optional<at::Tensor>& handle) {
+  return handle.has_value() ? handle_state<HandleState>(*handle) : nullptr;
+}
+
+void set_amp(StepCall& call, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+             const std::optional<at::Tensor>& invalid_steps, const char* op) {
+  const at::Device device = call.words->device();
+  const auto check = [&](const std::optional<at::Tensor>& t, at::ScalarType dtype, const char* name) {
+    if (!t.has_value()) return;
+    TORCH_CHECK(t->numel() == 1 && t->scalar_type() == dtype && t->device() == device, op, ": ", name,
+                " must be a one-element ", dtype, " tensor on ", device, ", got ", t->scalar_type(), " with ",
+                t->numel(), " elements on ", t->device());
+  };
+  check(grad_scale, at::kFloat, "grad_scale");
+  check(found_inf, at::kFloat, "found_inf");
+  check(invalid_steps, at::kLong, "invalid_steps");
+  call.grad_scale = grad_scale.has_value() ? &*grad_scale : nullptr;
+  call.found_inf = found_inf.has_value() ? &*found_inf : nullptr;
+  call.invalid_steps = invalid_steps.has_value() ? &*invalid_steps : nullptr;
+}
+
+void fused_adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                   at::TensorList max_exp_avg_sqs, const at::Tensor& step, const std::optional<at::Tensor>& clock,
+                   const at::Tensor& schedule, double beta1, double beta2, double eps, double weight_decay,
+                   bool decoupled_weight_decay, bool amsgrad, bool maximize,
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& invalid_steps, const std::optional<at::Tensor>& handle) {
+  const FusedAdamArgs args{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
+                           beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
+                           grad_scale, found_inf, invalid_steps};
+  check_fused_adam_args(args);
+  if (schedule.device().is_cpu()) {
+    // On CUDA the program's structure is checked where it is built (reading it back is a sync).
+    check_schedule_program(schedule);
+  }
+  if (params.empty()) return;
+  StepCall call;
+  gather_fused_adam(args, call);
+  std::shared_ptr<HandleState> state = state_of(handle);
+  run_step(call, state ? &state->backend : nullptr);
+}
+
+void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                  at::TensorList max_exp_avg_sqs, at::TensorList steps, const at::Tensor& buckets,
+                  const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
+                  const at::Tensor& pending, const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& invalid_steps,
+                  const std::optional<at::Tensor>& handle) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
+              "adam_step_: params, grads, exp_avgs and exp_avg_sqs must have the same length, got ", n, ", ",
+              grads.size(), ", ", exp_avgs.size(), " and ", exp_avg_sqs.size());
+  StepCall call;
+  call.tensors.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    call.tensors.add(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], nullptr);
+  }
+  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
+  const double* rows = buckets.data_ptr<double>();
+  for (size_t b = 0; b < call.buckets.size(); ++b) {
+    const double* row = rows + b * kBucketWords;
+    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
+    const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
+    const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
+    const double max_begin = row[kBucketMaxBegin];
+    TORCH_CHECK(max_begin >= 0 && max_begin == std::floor(max_begin) &&
+                    static_cast<int64_t>(max_begin) + (end - begin) <= static_cast<int64_t>(max_exp_avg_sqs.size()),
+                "adam_step_: bucket ", b, " (AMSGrad) needs max_exp_avg_sqs [", max_begin, ", ",
+                max_begin + (end - begin), "), but there are ", max_exp_avg_sqs.size());
+    for (int64_t i = begin; i < end; ++i) {
+      call.tensors.max_exp_avg_sqs[i] = &max_exp_avg_sqs[static_cast<int64_t>(max_begin) + (i - begin)];
+    }
+  }
+  for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "adam_step_");
+  gather_deferred(words, clocks, rules, applied, pending, call);
+  set_amp(call, grad_scale, found_inf, invalid_steps, "adam_step_");
+  std::shared_ptr<HandleState> state = state_of(handle);
+  run_step(call, state ? &state->backend : nullptr);
+}
+
+void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::TensorList params,
+                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                       at::TensorList watched) {
+  const size_t n = params.size();
+  TORCH_CHECK(sources.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
+              "set_step_table: sources, params, exp_avgs and exp_avg_sqs must have the same length, got ",
+              sources.size(), ", ", n, ", ", exp_avgs.size(), " and ", exp_avg_sqs.size());
+  auto table = std::make_unique<StepTable>();
+  table->sources.assign(sources.begin(), sources.end());
+  for (const at::Tensor& source : sources) table->complex_sources.push_back(source.is_complex());
+  table->params.assign(params.begin(), params.end());
+  table->exp_avgs.assign(exp_avgs.begin(), exp_avgs.end());
+  table->exp_avg_sqs.assign(exp_avg_sqs.begin(), exp_avg_sqs.end());
+  table->max_exp_avg_sqs.assign(max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
+  table->watched.assign(watched.begin(), watched.end());
+  table->real_grads.resize(n);
+  table->call.tensors.reserve(n);
+  table->call.tensor_bucket.reserve(n);
+  handle_state<HandleState>(handle)->table = std::move(table);
+}
+
+// The grads of the table's tensors, or false when they no longer match it (note [Step tables]).
+bool gather_table(StepTable& t) {
+  for (const at::Tensor& w : t.watched) {
+    if (w.grad().defined()) return false;
+  }
+  StepCall& call = t.call;
+  call.clear();
+  const size_t n = t.params.size();
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& grad = t.sources[i].grad();
+    if (!grad.defined() || grad.is_sparse()) return false;
+    const at::Tensor* read = &grad;
+    if (t.complex_sources[i]) {
+      if (!grad.is_complex()) return false;
+      t.real_grads[i] = at::view_as_real(grad);
+      read = &t.real_grads[i];
+    }
+    const at::Tensor& param = t.params[i];
+    if (read->sizes() != param.sizes() || read->scalar_type() != param.scalar_type() ||
+        read->device() != param.device()) {
+      return false;
+    }
+    call.tensors.add(param, *read, t.exp_avgs[i], t.exp_avg_sqs[i], nullptr);
+  }
+  return true;
+}
+
+bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::TensorList steps, const at::Tensor& words,
+                   at::TensorList clocks, at::TensorList rules, const at::Tensor& applied, const at::Tensor& pending,
+                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                   const std::optional<at::Tensor>& invalid_steps) {
+  std::shared_ptr<HandleState> state = handle_state<HandleState>(handle);
+  TORCH_CHECK(state->table != nullptr, "table_step_: no table was set for this handle (lrfused::set_step_table)");
+  StepTable& t = *state->table;
+  if (!gather_table(t)) {
+    // Leaves no dangling pointers to grads behind.
+    t.call.clear();
+    return false;
+  }
+  StepCall& call = t.call;
+  const size_t n = call.tensors.size();
+  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
+  const double* rows = buckets.data_ptr<double>();
+  for (size_t b = 0; b < call.buckets.size(); ++b) {
+    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
+    const double* row = rows + b * kBucketWords;
+    const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
+    const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
+    const int64_t max_begin = static_cast<int64_t>(row[kBucketMaxBegin]);
+    TORCH_CHECK(max_begin >= 0 && max_begin + (end - begin) <= static_cast<int64_t>(t.max_exp_avg_sqs.size()),
+                "table_step_: bucket ", b, " (AMSGrad) needs more max_exp_avg_sqs than the table holds");
+    for (int64_t i = begin; i < end; ++i) {
+      call.tensors.max_exp_avg_sqs[i] = &t.max_exp_avg_sqs[max_begin + (i - begin)];
+    }
+  }
+  for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "table_step_");
+  gather_deferred(words, clocks, rules, applied, pending, call);
+  set_amp(call, grad_scale, found_inf, invalid_steps, "table_step_");
+  run_step(call, &state->backend);
+  call.clear();
+  return true;
+}
+
+}  // namespace
+
+bool register_cuda_step_runner(StepRunner runner) {
+  cuda_runner() = runner;
+  return true;
+}
+
+void run_step(StepCall& call, std::shared_ptr<void>* state) {
+  const at::Device device = call.words->device();
+  if (device.is_cpu()) {
+    run_step_cpu(call);
+    return;
+  }
+  TORCH_CHECK(device.is_cuda() && cuda_runner() != nullptr, "lrfused: no step kernel for device ", device,
+              " (this build of lrfused has ", cuda_runner() != nullptr ? "" : "no ", "CUDA kernels)");
+  cuda_runner()(call, state);
+}
+
+TORCH_LIBRARY_IMPL(lrfused, CompositeExplicitAutograd, m) {
+  m.impl("fused_adam_", &fused_adam_op);
+  m.impl("adam_step_", &adam_step_op);
+  m.impl("table_step_", &table_step_op);
+  m.impl("set_step_table", &set_step_table_op);
+}
+
+}  // namespace lrfused

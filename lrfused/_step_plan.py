@@ -1,0 +1,109 @@
+"""How an optimizer step becomes one op per device: the bucket rows the op reads (mirroring
+``csrc/common/step_plan.h``, note [One op per step]) and the per-device assembly of the buckets
+that the optimizer's plan made for each param group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+# The words of one bucket row (kBucket* in step_plan.h).
+TENSOR_BEGIN, TENSOR_END, MAX_BEGIN, PROGRAM, GROUP, BETA1, BETA2, EPS, WEIGHT_DECAY, FLAGS = range(10)
+BUCKET_WORDS = 10
+FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE = 1, 2, 4
+MAX_DEFERRED_STEPS = 8  # kMaxDeferredSteps
+
+# The rows of a call with no tensors (a flush of deferred scheduler steps).
+NO_BUCKETS = torch.zeros(0, BUCKET_WORDS, dtype=torch.float64)
+
+
+@dataclass
+class Bucket:
+    """Params of one group that share a device, a dtype and a step counter."""
+
+    indices: list[int]
+    params: list[Tensor]  # what the kernel writes: the local shard, viewed as real when complex
+    exp_avgs: list[Tensor]
+    exp_avg_sqs: list[Tensor]
+    max_exp_avg_sqs: list[Tensor]
+    step: Tensor
+    complex_: list[bool]
+    listing: int = 0  # 0 for a param's first listing in its group, 1 for its second, ...
+
+
+@dataclass
+class GroupPlan:
+    """How a group's step splits into buckets, valid while the same params have grads."""
+
+    has_grad: tuple[bool, ...]
+    buckets: list[Bucket] = field(default_factory=list)
+
+
+@dataclass
+class DeviceStep:
+    """One op call: the buckets of every group on one device (for one listing of the params)."""
+
+    device: torch.device
+    listing: int
+    groups: list[int] = field(default_factory=list)  # per bucket, its group
+    buckets: list[Bucket] = field(default_factory=list)
+    params: list[Tensor] = field(default_factory=list)
+    exp_avgs: list[Tensor] = field(default_factory=list)
+    exp_avg_sqs: list[Tensor] = field(default_factory=list)
+    max_exp_avg_sqs: list[Tensor] = field(default_factory=list)
+    steps: list[Tensor] = field(default_factory=list)
+    # (group, index in the group) of each tensor's param: where the list path reads its grad.
+    grad_of: list[tuple[int, int]] = field(default_factory=list)
+    complex_: list[bool] = field(default_factory=list)
+    rows: Tensor | None = None  # the bucket rows, made again when a hyperparameter changes
+    table: Tensor | None = None  # the eager table's handle (note [Step tables]); None: the list path
+    table_wanted: bool = True  # no table was tried yet
+    handle: Tensor | None = None  # keeps the CUDA tables of the list path
+
+
+def assemble(plans: list[GroupPlan], new_handle) -> list[DeviceStep]:
+    """The op calls of a step: one per device (and per listing of a param listed twice)."""
+    steps: dict[tuple[int, torch.device], DeviceStep] = {}
+    for group, plan in enumerate(plans):
+        for bucket in plan.buckets:
+            device = bucket.step.device
+            key = (bucket.listing, device)
+            call = steps.get(key)
+            if call is None:
+                call = steps[key] = DeviceStep(device, bucket.listing)
+                if device.type == "cuda":
+                    call.handle = new_handle()
+            call.groups.append(group)
+            call.buckets.append(bucket)
+            call.params += bucket.params
+            call.exp_avgs += bucket.exp_avgs
+            call.exp_avg_sqs += bucket.exp_avg_sqs
+            call.max_exp_avg_sqs += bucket.max_exp_avg_sqs
+            call.steps.append(bucket.step)
+            call.grad_of += [(group, i) for i in bucket.indices]
+            call.complex_ += bucket.complex_
+    # Each listing sees the update of the one before (torch's for-loop steps each listing in turn).
+    return [steps[key] for key in sorted(steps, key=lambda k: k[0])]
+
+
+def bucket_rows(call: DeviceStep, hyperparameters: list[tuple[float, float, float, float, int]],
+                programs: list[tuple[int, int]]) -> Tensor:
+    """The rows of ``call``: ``hyperparameters[g]`` is group g's (beta1, beta2, eps, weight_decay,
+    flags) and ``programs[g]`` its program's offset in the words and its HELD group (or -1)."""
+    rows, begin, max_begin = [], 0, 0
+    for group, bucket in zip(call.groups, call.buckets):
+        beta1, beta2, eps, weight_decay, flags = hyperparameters[group]
+        offset, held_group = programs[group]
+        end = begin + len(bucket.params)
+        rows.append([begin, end, max_begin, offset, held_group, beta1, beta2, eps, weight_decay, flags])
+        if flags & FLAG_AMSGRAD:
+            max_begin += len(bucket.max_exp_avg_sqs)
+        begin = end
+    return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), BUCKET_WORDS)
+
+
+def flags_of(group: dict) -> int:
+    return ((FLAG_AMSGRAD if group["amsgrad"] else 0) | (FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
+            | (FLAG_MAXIMIZE if group["maximize"] else 0))
