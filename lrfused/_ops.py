@@ -59,7 +59,9 @@ def has_cuda_kernels() -> bool:
     """Whether lrfused._C was built with its CUDA kernels."""
     if not has_kernels():
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("lrfused::fused_adam_", "CUDA")
+    # The step ops are composite (they gather, then run the backend's runner); advance_lr_ has a
+    # kernel per backend, built together with the CUDA runner.
+    return torch._C._dispatch_has_kernel_for_dispatch_key("lrfused::advance_lr_", "CUDA")
 
 
 def fused_adam_(

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "common/step_scalars.h"
-#include "cuda/fused_adam_kernel.cuh"
+#include "cuda/adam_step_kernel.cuh"
 
 using namespace lrfused;
 using namespace lrfused::cuda;
@@ -133,6 +133,7 @@ void free_tensor(TestTensor<T>& t) {
 
 // The device table of a launch, laid out as the torch glue lays it out.
 struct DeviceTable {
+  BucketSpec* bucket = nullptr;  // the launch's one bucket, written by launch_args
   TensorEntry* tensors = nullptr;
   ChunkTask* tasks = nullptr;
   LaunchCounters* counters = nullptr;
@@ -146,7 +147,7 @@ DeviceTable make_table(std::vector<TestTensor<T>>& tensors) {
   const uintptr_t pack = kPackElements * sizeof(T);
   for (size_t i = 0; i < tensors.size(); ++i) {
     TestTensor<T>& t = tensors[i];
-    TensorEntry e{t.dp, t.dg, t.dm, t.dv, t.dx, t.numel, 0, 0};
+    TensorEntry e{t.dp, t.dg, t.dm, t.dv, t.dx, t.numel, 0, /*bucket=*/0};
     e.aligned = reinterpret_cast<uintptr_t>(t.dp) % pack == 0 && reinterpret_cast<uintptr_t>(t.dg) % pack == 0 &&
                 reinterpret_cast<uintptr_t>(t.dm) % pack == 0 && reinterpret_cast<uintptr_t>(t.dv) % pack == 0 &&
                 (t.dx == nullptr || reinterpret_cast<uintptr_t>(t.dx) % pack == 0);
@@ -156,6 +157,7 @@ DeviceTable make_table(std::vector<TestTensor<T>>& tensors) {
   DeviceTable table;
   table.tensors = device_copy(entries);
   table.tasks = device_copy(tasks);
+  CHECK_CUDA(cudaMalloc(&table.bucket, sizeof(BucketSpec)));
   CHECK_CUDA(cudaMalloc(&table.counters, sizeof(LaunchCounters)));
   CHECK_CUDA(cudaMemset(table.counters, 0, sizeof(LaunchCounters)));
   table.num_tasks = static_cast<int32_t>(tasks.size());
@@ -163,6 +165,7 @@ DeviceTable make_table(std::vector<TestTensor<T>>& tensors) {
 }
 
 void free_table(DeviceTable& table) {
+  CHECK_CUDA(cudaFree(table.bucket));
   CHECK_CUDA(cudaFree(table.tensors));
   CHECK_CUDA(cudaFree(table.tasks));
   CHECK_CUDA(cudaFree(table.counters));
@@ -221,19 +224,27 @@ struct Options {
   double weight_decay = 0.1;
 };
 
-LaunchArgs launch_args(const DeviceTable& table, const Scalars& s, const Options& o) {
+// One bucket holding every tensor of the table, with the schedule program as its program (as the
+// per-bucket op fused_adam_ makes it), and no deferred scheduler step.
+LaunchArgs launch_args(const DeviceTable& table, const Scalars& s, const Options& o, ElementType type) {
+  BucketSpec bucket{};
+  bucket.step = s.step;
+  bucket.clock = o.clock ? s.clock : nullptr;
+  bucket.program = s.schedule;
+  bucket.group = -1;
+  bucket.beta1 = 0.9;
+  bucket.beta2 = 0.999;
+  bucket.eps = 1e-8;
+  bucket.weight_decay = o.weight_decay;
+  bucket.flags = (o.amsgrad ? kFlagAmsgrad : 0) | (o.decoupled ? kFlagDecoupled : 0) | (o.maximize ? kFlagMaximize : 0);
+  bucket.element_type = static_cast<int32_t>(type);
+  write_value(table.bucket, bucket);
   LaunchArgs args{};
   args.tensors = table.tensors;
   args.tasks = table.tasks;
+  args.buckets = table.bucket;
   args.num_tasks = table.num_tasks;
-  args.step = s.step;
-  args.clock = o.clock ? s.clock : nullptr;
-  args.schedule = s.schedule;
-  args.beta1 = 0.9;
-  args.beta2 = 0.999;
-  args.eps = 1e-8;
-  args.weight_decay = o.weight_decay;
-  args.maximize = o.maximize;
+  args.num_buckets = 1;
   args.grad_scale = o.unscale ? s.grad_scale : nullptr;
   args.found_inf = o.amp ? s.found_inf : nullptr;
   args.invalid_steps = s.invalid;
@@ -304,7 +315,7 @@ void check_agreement(const Options& o, int blocks, const char* label) {
     if (o.clock) write_value<int64_t>(s.clock, 3 * k + 1);
     const int64_t t = o.clock ? 3 * k + 1 : k;
     const StepScalars scalars = step_scalars(program.data(), t, 0.9, 0.999, 1e-8, o.weight_decay, k);
-    CHECK_CUDA(launch_fused_adam(type_of<T>(), o.amsgrad, o.decoupled, launch_args(table, s, o), blocks, nullptr));
+    CHECK_CUDA(launch_adam_step(launch_args(table, s, o, type_of<T>()), blocks, nullptr));
     CHECK_CUDA(cudaDeviceSynchronize());
     for (auto& tensor : tensors) reference_step(tensor, scalars.scalars, o, grad_scale, 0, tensor.numel);
     for (auto& tensor : tensors) mismatches += count_mismatches(tensor, o.amsgrad, o.unscale);
@@ -357,7 +368,7 @@ void check_skips() {
   o.amp = o.unscale = true;
   Scalars s = make_scalars({kConstant, 3, 1e-3});
   write_value(s.found_inf, 1.0f);
-  CHECK_CUDA(launch_fused_adam(ElementType::kFloat32, false, true, launch_args(table, s, o), 16, nullptr));
+  CHECK_CUDA(launch_adam_step(launch_args(table, s, o, ElementType::kFloat32), 16, nullptr));
   CHECK_CUDA(cudaDeviceSynchronize());
   expect(count_mismatches(tensors[0], false, true) == 0, "found_inf: nothing changes, grads included");
   expect(read_value(s.step) == 0, "found_inf: the step counter stays");
@@ -379,7 +390,7 @@ void check_skips() {
     if (c.program[0] == static_cast<double>(kTable)) write_value<int64_t>(bad.step, 5);  // t = 5 is past [0, 2)
     const int64_t step_before = read_value(bad.step);
     for (int k = 0; k < 3; ++k) {
-      CHECK_CUDA(launch_fused_adam(ElementType::kFloat32, false, true, launch_args(table, bad, plain), 16, nullptr));
+      CHECK_CUDA(launch_adam_step(launch_args(table, bad, plain, ElementType::kFloat32), 16, nullptr));
     }
     CHECK_CUDA(cudaDeviceSynchronize());
     expect(count_mismatches(tensors[0], false, true) == 0, std::string(c.what) + ": nothing changes");
@@ -407,7 +418,7 @@ void check_graph_replays() {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  CHECK_CUDA(launch_fused_adam(ElementType::kFloat32, false, true, launch_args(table, s, o), 3, stream));
+  CHECK_CUDA(launch_adam_step(launch_args(table, s, o, ElementType::kFloat32), 3, stream));
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
   CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
   const int replays = 50;
@@ -459,8 +470,8 @@ void check_huge_tensor() {
   Options o;
   int device = 0;
   CHECK_CUDA(cudaGetDevice(&device));
-  const int blocks = resident_blocks(ElementType::kFloat16, false, true, device);
-  CHECK_CUDA(launch_fused_adam(ElementType::kFloat16, false, true, launch_args(table, s, o), blocks, nullptr));
+  const int blocks = resident_blocks(device);
+  CHECK_CUDA(launch_adam_step(launch_args(table, s, o, ElementType::kFloat16), blocks, nullptr));
   CHECK_CUDA(cudaDeviceSynchronize());
   const StepScalars scalars = step_scalars(program.data(), 0, 0.9, 0.999, 1e-8, o.weight_decay, 0);
   float p = 0.5f, g = 0.25f, m = 0.0f, v = 0.0f, x = 0.0f;

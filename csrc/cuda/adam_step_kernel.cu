@@ -1,7 +1,7 @@
 // The multi-tensor Adam kernel with its schedule (see note [One launch per step] in the header).
-#include "fused_adam_kernel.cuh"
+#include "adam_step_kernel.cuh"
 
-#include "../common/step_scalars.h"
+#include "../common/step_plan.h"
 
 namespace lrfused {
 namespace cuda {
@@ -29,6 +29,9 @@ struct alignas(kPackElements * sizeof(scalar_t)) Pack {
 struct BlockState {
   AdamScalars scalars;
   float grad_scale;
+  int32_t flags;         // the bucket's
+  int32_t element_type;  // the bucket's
+  bool has_weight_decay;
   bool skip;     // AMP overflow or an unusable schedule value: nothing changes
   bool invalid;  // the schedule value was unusable: counted in invalid_steps
 };
@@ -55,7 +58,7 @@ __device__ __forceinline__ void update_element(scalar_t& param, scalar_t& grad, 
 }
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-__device__ void update_chunk(const TensorEntry& tensor, int64_t begin, int64_t end, const BlockState& state,
+__device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t begin, int64_t end, const BlockState& state,
                              bool maximize, bool has_weight_decay, bool unscale) {
   auto* param = static_cast<scalar_t*>(tensor.param);
   auto* grad = static_cast<scalar_t*>(tensor.grad);
@@ -110,133 +113,160 @@ __device__ void update_chunk(const TensorEntry& tensor, int64_t begin, int64_t e
   }
 }
 
-// The per-step scalars, from the clock and the schedule in float64: one thread of each block runs
-// this, outlined so that its double-precision code does not weigh on the registers of the loop.
-__device__ __noinline__ BlockState compute_block_state(const LaunchArgs& args) {
-  BlockState state;
+// A bucket's scalars in float64: one thread of a block runs this when the block's chunk changes
+// bucket, outlined so that its double-precision code does not weigh on the registers of the loop.
+__device__ __noinline__ void compute_block_state(const LaunchArgs& args, int32_t bucket, BlockState& state) {
   state.invalid = false;
   state.skip = args.found_inf != nullptr && *args.found_inf != 0.0f;
   state.grad_scale = args.grad_scale != nullptr ? *args.grad_scale : 1.0f;
+  const BucketSpec& spec = args.buckets[bucket];
+  state.flags = spec.flags;
+  state.element_type = spec.element_type;
+  state.has_weight_decay = spec.weight_decay != 0.0;
   if (!state.skip) {
-    const int64_t step = *args.step;
-    const int64_t t = args.clock != nullptr ? *args.clock : step;
-    const StepScalars s = step_scalars(args.schedule, t, args.beta1, args.beta2, args.eps, args.weight_decay, step);
+    const StepScalars s = bucket_scalars(spec, args.deferred);
     state.scalars = s.scalars;
     state.invalid = !s.usable;
     state.skip = state.invalid;
   }
-  return state;
 }
 
-template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSM)
-    fused_adam_kernel(const __grid_constant__ LaunchArgs args) {
-  __shared__ BlockState state;
-  __shared__ int32_t claimed;
-  if (threadIdx.x == 0) {
-    state = compute_block_state(args);
+template <typename scalar_t>
+__device__ __forceinline__ void update_typed(const TensorEntry& tensor, int64_t begin, int64_t end,
+                                             const BlockState& state, int32_t flags, bool has_weight_decay,
+                                             bool unscale) {
+  const bool maximize = (flags & kFlagMaximize) != 0;
+  switch (flags & (kFlagAmsgrad | kFlagDecoupled)) {
+    case 0:
+      update_chunk<scalar_t, false, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
+      break;
+    case kFlagDecoupled:
+      update_chunk<scalar_t, false, true>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
+      break;
+    case kFlagAmsgrad:
+      update_chunk<scalar_t, true, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
+      break;
+    default:
+      update_chunk<scalar_t, true, true>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
+      break;
   }
-  __syncthreads();
-  if (!state.skip) {
-    const bool has_weight_decay = args.weight_decay != 0.0;
-    const bool unscale = args.grad_scale != nullptr;
-    while (true) {
-      if (threadIdx.x == 0) {
-        claimed = static_cast<int32_t>(atomicAdd(&args.counters->next_task, 1u));
+}
+
+// One chunk, in its bucket's dtype and flags. Outlined, as update_chunk is, so that the kernel's
+// loop keeps nothing in registers across it.
+__device__ __noinline__ void update_task(const LaunchArgs& args, int32_t task, const BlockState& state) {
+  const ChunkTask work = args.tasks[task];
+  const TensorEntry tensor = args.tensors[work.tensor];
+  const int64_t begin = static_cast<int64_t>(work.chunk) * kChunkSize;
+  const int64_t end = begin + kChunkSize < tensor.numel ? begin + kChunkSize : tensor.numel;
+  const bool unscale = args.grad_scale != nullptr;
+  switch (static_cast<ElementType>(state.element_type)) {
+    case ElementType::kFloat16:
+      update_typed<__half>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
+      break;
+    case ElementType::kBFloat16:
+      update_typed<__nv_bfloat16>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
+      break;
+    default:
+      update_typed<float>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
+      break;
+  }
+}
+
+// The writer's part (note [One launch per step]), by every thread of the last block.
+__device__ __noinline__ void finish_step(const LaunchArgs& args) {
+  const bool amp_skipped = args.found_inf != nullptr && *args.found_inf != 0.0f;
+  if (!amp_skipped) {
+    for (int32_t b = threadIdx.x; b < args.num_buckets; b += blockDim.x) {
+      const BucketSpec& bucket = args.buckets[b];
+      if (bucket_scalars(bucket, args.deferred).usable) {
+        *bucket.step += 1;
+      } else if (args.invalid_steps != nullptr) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(args.invalid_steps), 1ull);
       }
-      __syncthreads();
-      const int32_t task = claimed;
-      __syncthreads();  // every thread has read `claimed` before thread 0 claims again
-      if (task >= args.num_tasks) break;
-      const ChunkTask work = args.tasks[task];
-      const TensorEntry tensor = args.tensors[work.tensor];
-      const int64_t begin = static_cast<int64_t>(work.chunk) * kChunkSize;
-      const int64_t end = begin + kChunkSize < tensor.numel ? begin + kChunkSize : tensor.numel;
-      update_chunk<scalar_t, kAmsgrad, kDecoupled>(tensor, begin, end, state, args.maximize, has_weight_decay,
-                                                   unscale);
     }
   }
-  // The last block to finish advances the step counter (see the note in the header). Every block
-  // has stopped claiming before it takes its ticket, so the counters can be reset here.
+  __syncthreads();  // every bucket read the old words and clocks
+  const DeferredSteps& d = args.deferred;
+  if (d.count > 0) {
+    for (int64_t g = threadIdx.x; g < d.group_count; g += blockDim.x) {
+      const HeldValue held = held_after(d, g);
+      double* node = d.words + g * kHeldWords;
+      node[kHeldLr] = held.lr;
+      node[kHeldBeta1] = held.beta1;
+    }
+  }
+  __syncthreads();  // every group read the old clocks
+  if (threadIdx.x == 0) {
+    commit_clocks(d);
+    args.counters->next_task = 0u;
+    args.counters->blocks_done = 0u;
+    __threadfence();
+  }
+}
+
+__global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSM)
+    adam_step_kernel(const __grid_constant__ LaunchArgs args) {
+  __shared__ BlockState state;
+  __shared__ int32_t claimed;
+  __shared__ int32_t state_bucket;
+  __shared__ bool is_last;
+  if (threadIdx.x == 0) state_bucket = -1;
+  while (true) {
+    if (threadIdx.x == 0) {
+      const int32_t task = static_cast<int32_t>(atomicAdd(&args.counters->next_task, 1u));
+      claimed = task;
+      if (task < args.num_tasks) {
+        const int32_t bucket = args.tensors[args.tasks[task].tensor].bucket;
+        if (bucket != state_bucket) {
+          compute_block_state(args, bucket, state);
+          state_bucket = bucket;
+        }
+      }
+    }
+    __syncthreads();
+    const int32_t task = claimed;
+    if (task >= args.num_tasks) break;
+    if (!state.skip) update_task(args, task, state);
+    __syncthreads();  // every thread is done with `claimed` and `state` before thread 0 claims again
+  }
+  // Every block has stopped claiming (and reading) before it takes its ticket.
   if (threadIdx.x == 0) {
     __threadfence();
     const unsigned int ticket = atomicAdd(&args.counters->blocks_done, 1u);
-    if (ticket == gridDim.x - 1) {
-      if (!state.skip) {
-        *args.step += 1;
-      } else if (state.invalid && args.invalid_steps != nullptr) {
-        *args.invalid_steps += 1;
-      }
-      args.counters->next_task = 0u;
-      args.counters->blocks_done = 0u;
-      __threadfence();
-    }
+    is_last = ticket == gridDim.x - 1;
   }
-}
-
-template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-struct Variant {
-  static cudaError_t launch(const LaunchArgs& args, int num_blocks, cudaStream_t stream) {
-    fused_adam_kernel<scalar_t, kAmsgrad, kDecoupled><<<num_blocks, kBlockThreads, 0, stream>>>(args);
-    return cudaGetLastError();
+  __syncthreads();
+  if (is_last) {
+    __threadfence();
+    finish_step(args);
   }
-  static int blocks_per_sm() {
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fused_adam_kernel<scalar_t, kAmsgrad, kDecoupled>,
-                                                      kBlockThreads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      blocks = kMinBlocksPerSM;
-    }
-    return blocks > 0 ? blocks : 1;
-  }
-};
-
-template <typename scalar_t>
-cudaError_t launch_typed(bool amsgrad, bool decoupled, const LaunchArgs& args, int num_blocks, cudaStream_t stream) {
-  if (amsgrad) {
-    return decoupled ? Variant<scalar_t, true, true>::launch(args, num_blocks, stream)
-                     : Variant<scalar_t, true, false>::launch(args, num_blocks, stream);
-  }
-  return decoupled ? Variant<scalar_t, false, true>::launch(args, num_blocks, stream)
-                   : Variant<scalar_t, false, false>::launch(args, num_blocks, stream);
-}
-
-template <typename scalar_t>
-int blocks_per_sm_typed(bool amsgrad, bool decoupled) {
-  // Occupancy does not change while the process runs: asked once per variant.
-  static const int table[4] = {Variant<scalar_t, false, false>::blocks_per_sm(),
-                               Variant<scalar_t, false, true>::blocks_per_sm(),
-                               Variant<scalar_t, true, false>::blocks_per_sm(),
-                               Variant<scalar_t, true, true>::blocks_per_sm()};
-  return table[(amsgrad ? 2 : 0) + (decoupled ? 1 : 0)];
 }
 
 }  // namespace
 
-int resident_blocks(ElementType type, bool amsgrad, bool decoupled, int device) {
+int resident_blocks(int device) {
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
     (void)cudaGetLastError();
     sms = 1;
   }
-  int per_sm = kMinBlocksPerSM;
-  switch (type) {
-    case ElementType::kFloat32: per_sm = blocks_per_sm_typed<float>(amsgrad, decoupled); break;
-    case ElementType::kFloat16: per_sm = blocks_per_sm_typed<__half>(amsgrad, decoupled); break;
-    case ElementType::kBFloat16: per_sm = blocks_per_sm_typed<__nv_bfloat16>(amsgrad, decoupled); break;
-  }
+  // Occupancy does not change while the process runs: asked once.
+  static const int per_sm = [] {
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, adam_step_kernel, kBlockThreads, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      blocks = kMinBlocksPerSM;
+    }
+    return blocks > 0 ? blocks : 1;
+  }();
   return sms * per_sm;
 }
 
-cudaError_t launch_fused_adam(ElementType type, bool amsgrad, bool decoupled, const LaunchArgs& args, int num_blocks,
-                              cudaStream_t stream) {
+cudaError_t launch_adam_step(const LaunchArgs& args, int num_blocks, cudaStream_t stream) {
   if (num_blocks <= 0) return cudaErrorInvalidValue;
-  switch (type) {
-    case ElementType::kFloat32: return launch_typed<float>(amsgrad, decoupled, args, num_blocks, stream);
-    case ElementType::kFloat16: return launch_typed<__half>(amsgrad, decoupled, args, num_blocks, stream);
-    case ElementType::kBFloat16: return launch_typed<__nv_bfloat16>(amsgrad, decoupled, args, num_blocks, stream);
-  }
-  return cudaErrorInvalidValue;
+  adam_step_kernel<<<num_blocks, kBlockThreads, 0, stream>>>(args);
+  return cudaGetLastError();
 }
 
 }  // namespace cuda

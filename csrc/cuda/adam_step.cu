@@ -1,12 +1,13 @@
-// lrfused::fused_adam_ on CUDA: argument checks, the tensor tables, and one launch on the current
-// stream (the kernel is csrc/cuda/fused_adam_kernel.cu). Only c10's CUDA headers are included:
+// The step on CUDA (note [One op per step]): the tensor tables and one launch on the current stream
+// (the kernel is csrc/cuda/adam_step_kernel.cu); the ops gather and check their arguments in
+// csrc/step_ops.cpp and hand the call to this runner. Only c10's CUDA headers are included:
 // ATen/cuda/CUDAContext.h would pull in the cuBLAS, cuSPARSE and cuSOLVER headers, which a CUDA
 // toolkit need not have.
 //
 // note [Tensor tables]
-// The kernel reads its tensors from a table in device memory: [counter pairs | TensorEntry[] |
-// ChunkTask[]]. Each bucket of the optimizer has its own set of tables, kept under the bucket's
-// handle (note [Bucket handles]) and freed with it, so a table lives as long as what uses it:
+// The kernel reads its tensors from a table in device memory: [counter pairs | BucketSpec[] |
+// TensorEntry[] | ChunkTask[]]. Each op call of the optimizer has its own set of tables, kept under
+// its handle (note [Bucket handles]) and freed with it, so a table lives as long as what uses it:
 //
 // * Steady state builds nothing. The table is compared with the call's pointers on the host; in
 //   a training loop params and states never move and the caching allocator hands the grads the
@@ -28,7 +29,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -36,7 +39,7 @@
 
 #include "../handle.h"
 #include "../ops.h"
-#include "fused_adam_kernel.cuh"
+#include "adam_step_kernel.cuh"
 
 namespace lrfused {
 namespace {
@@ -51,10 +54,11 @@ constexpr int kCounterSlots = 32;
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 struct Table {
-  std::vector<uintptr_t> key;  // every pointer and size of the call, in order
+  std::vector<uintptr_t> key;  // every pointer and size of the call and its buckets' words, in order
   at::Tensor device;
   at::Tensor pinned;  // the host source of the copy, kept for a copy recorded into a graph
   cudaStream_t allocation_stream = nullptr;
+  size_t buckets_offset = 0;
   size_t entries_offset = 0;
   size_t tasks_offset = 0;
   int32_t num_tasks = 0;
@@ -70,19 +74,27 @@ struct TableSet {
   std::vector<std::unique_ptr<Table>> kept_for_graphs;
 };
 
-std::vector<uintptr_t> table_key(const std::vector<TensorEntry>& entries) {
+std::vector<uintptr_t> table_key(const std::vector<BucketSpec>& buckets, const std::vector<TensorEntry>& entries) {
   std::vector<uintptr_t> key;
-  key.reserve(entries.size() * 6);
+  key.reserve(buckets.size() * (sizeof(BucketSpec) / sizeof(uintptr_t) + 1) + entries.size() * 6);
+  key.push_back(buckets.size());
+  for (const BucketSpec& b : buckets) {
+    uintptr_t words[(sizeof(BucketSpec) + sizeof(uintptr_t) - 1) / sizeof(uintptr_t)] = {};
+    std::memcpy(words, &b, sizeof(BucketSpec));
+    key.insert(key.end(), std::begin(words), std::end(words));
+  }
   for (const TensorEntry& e : entries) {
     key.insert(key.end(), {reinterpret_cast<uintptr_t>(e.param), reinterpret_cast<uintptr_t>(e.grad),
                            reinterpret_cast<uintptr_t>(e.exp_avg), reinterpret_cast<uintptr_t>(e.exp_avg_sq),
-                           reinterpret_cast<uintptr_t>(e.max_exp_avg_sq), static_cast<uintptr_t>(e.numel)});
+                           reinterpret_cast<uintptr_t>(e.max_exp_avg_sq),
+                           static_cast<uintptr_t>(e.numel) ^ (static_cast<uintptr_t>(e.bucket) << 48)});
   }
   return key;
 }
 
-std::unique_ptr<Table> build_table(std::vector<uintptr_t> key, const std::vector<TensorEntry>& entries, int device,
-                                   cudaStream_t stream, bool capturing) {
+std::unique_ptr<Table> build_table(std::vector<uintptr_t> key, const std::vector<BucketSpec>& buckets,
+                                   const std::vector<TensorEntry>& entries, int device, cudaStream_t stream,
+                                   bool capturing) {
   std::vector<ChunkTask> tasks;
   for (size_t i = 0; i < entries.size(); ++i) {
     const int64_t chunks = (entries[i].numel + cuda::kChunkSize - 1) / cuda::kChunkSize;
@@ -94,9 +106,10 @@ std::unique_ptr<Table> build_table(std::vector<uintptr_t> key, const std::vector
   table->key = std::move(key);
   table->allocation_stream = stream;
   table->num_tasks = static_cast<int32_t>(tasks.size());
-  table->entries_offset = round_up(kCounterSlots * sizeof(LaunchCounters), 16);
+  table->buckets_offset = round_up(kCounterSlots * sizeof(LaunchCounters), 16);
+  table->entries_offset = round_up(table->buckets_offset + buckets.size() * sizeof(BucketSpec), 16);
   table->tasks_offset = round_up(table->entries_offset + entries.size() * sizeof(TensorEntry), 16);
-  const size_t bytes = table->tasks_offset + tasks.size() * sizeof(ChunkTask);
+  const size_t bytes = std::max<size_t>(table->tasks_offset + tasks.size() * sizeof(ChunkTask), 16);
   {
     // A pinned allocation may call cudaHostAlloc, which a capture in the default (global) mode
     // refuses from this thread; it has nothing to do with the captured work.
@@ -104,9 +117,10 @@ std::unique_ptr<Table> build_table(std::vector<uintptr_t> key, const std::vector
     table->pinned = at::empty({static_cast<int64_t>(bytes)}, at::dtype(at::kByte).pinned_memory(true));
   }
   uint8_t* host = table->pinned.data_ptr<uint8_t>();
-  std::memset(host, 0, table->entries_offset);  // every counter pair starts at zero
-  std::memcpy(host + table->entries_offset, entries.data(), entries.size() * sizeof(TensorEntry));
-  std::memcpy(host + table->tasks_offset, tasks.data(), tasks.size() * sizeof(ChunkTask));
+  std::memset(host, 0, bytes);  // every counter pair starts at zero
+  if (!buckets.empty()) std::memcpy(host + table->buckets_offset, buckets.data(), buckets.size() * sizeof(BucketSpec));
+  if (!entries.empty()) std::memcpy(host + table->entries_offset, entries.data(), entries.size() * sizeof(TensorEntry));
+  if (!tasks.empty()) std::memcpy(host + table->tasks_offset, tasks.data(), tasks.size() * sizeof(ChunkTask));
   table->device = at::empty({static_cast<int64_t>(bytes)},
                             at::dtype(at::kByte).device(at::kCUDA, static_cast<c10::DeviceIndex>(device)));
   if (capturing) {
@@ -141,11 +155,12 @@ struct Launch {
 };
 
 // The table and counter pair for this call, built or replaced as note [Tensor tables] says.
-Launch prepare_launch(TableSet& set, const std::vector<TensorEntry>& entries, int device, cudaStream_t stream) {
+Launch prepare_launch(TableSet& set, const std::vector<BucketSpec>& buckets, const std::vector<TensorEntry>& entries,
+                      int device, cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   const bool capturing = status == cudaStreamCaptureStatusActive;
-  std::vector<uintptr_t> key = table_key(entries);
+  std::vector<uintptr_t> key = table_key(buckets, entries);
   std::lock_guard<std::mutex> lock(set.mutex);
   const auto retire_current = [&] {
     if (set.current && set.current->read_by_graph) set.kept_for_graphs.push_back(std::move(set.current));
@@ -155,14 +170,14 @@ Launch prepare_launch(TableSet& set, const std::vector<TensorEntry>& entries, in
   const bool usable = set.current && set.current->key == key && !set.current->filled_in_capture;
   if (!usable) {
     retire_current();
-    set.current = build_table(std::move(key), entries, device, stream, capturing);
+    set.current = build_table(std::move(key), buckets, entries, device, stream, capturing);
   }
   int slot = counter_slot(*set.current, stream, capturing);
   if (slot < 0) {
     // Every counter pair is taken (many streams or captures): the same content, a new table.
     std::vector<uintptr_t> same_key = set.current->key;
     retire_current();
-    set.current = build_table(std::move(same_key), entries, device, stream, capturing);
+    set.current = build_table(std::move(same_key), buckets, entries, device, stream, capturing);
     slot = counter_slot(*set.current, stream, capturing);
   }
   Table& table = *set.current;
@@ -176,95 +191,67 @@ Launch prepare_launch(TableSet& set, const std::vector<TensorEntry>& entries, in
   return {&table, slot};
 }
 
-size_t pack_bytes(cuda::ElementType type) { return cuda::kPackElements * cuda::element_size(type); }
+size_t pack_bytes(ElementType type) { return cuda::kPackElements * cuda::element_size(type); }
 
 bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-void fused_adam_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                     at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, const at::Tensor& step,
-                     const std::optional<at::Tensor>& clock, const at::Tensor& schedule, double beta1, double beta2,
-                     double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                     const std::optional<at::Tensor>& invalid_steps, const std::optional<at::Tensor>& handle) {
-  const FusedAdamArgs args{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
-                           beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                           grad_scale, found_inf, invalid_steps};
-  check_fused_adam_args(args);
-  // The program's structure is checked where it is built (the Python encoder validates it with
-  // the CPU op before uploading); reading it back here would cost a sync on every step.
-  if (params.empty()) {
-    return;
-  }
-  const c10::cuda::CUDAGuard guard(params[0].device());
-  const int device = params[0].get_device();
+void run_step_cuda(StepCall& call, std::shared_ptr<void>* state) {
+  const at::Device where = call.words->device();
+  const c10::cuda::CUDAGuard guard(where);
+  const int device = where.index();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
 
-  cuda::ElementType type = cuda::ElementType::kFloat32;
-  if (params[0].scalar_type() == at::kHalf) type = cuda::ElementType::kFloat16;
-  if (params[0].scalar_type() == at::kBFloat16) type = cuda::ElementType::kBFloat16;
-  const size_t pack = pack_bytes(type);
-
-  const WorkingLayout laid_out(args);
-
+  const WorkingLayout laid_out(call.tensors, call.grad_scale != nullptr);
   std::vector<TensorEntry> entries;
-  entries.reserve(params.size());
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (params[i].numel() == 0) continue;
+  entries.reserve(call.tensors.size());
+  for (size_t i = 0; i < call.tensors.size(); ++i) {
+    const int64_t numel = call.tensors.params[i]->numel();
+    if (numel == 0) continue;
+    const int32_t b = call.tensor_bucket[i];
+    const BucketSpec& bucket = call.buckets[b];
+    const bool amsgrad = (bucket.flags & kFlagAmsgrad) != 0;
+    const size_t pack = pack_bytes(static_cast<ElementType>(bucket.element_type));
     TensorEntry e{laid_out.param(i), laid_out.grad(i), laid_out.exp_avg(i), laid_out.exp_avg_sq(i),
-                  amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr, params[i].numel(), 0, 0};
+                  amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr, numel, 0, b};
     e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
                 aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
     entries.push_back(e);
   }
-  if (entries.empty()) {
-    // Only empty tensors: nothing to update, but the step still counts (unless AMP skips it).
-    if (found_inf.has_value()) {
-      step.add_((found_inf->eq(0)).to(at::kLong));
-    } else {
-      step.add_(1);
-    }
-    return;
-  }
 
   // Without a handle (a direct call of the op) the tables live for this call only.
-  const std::shared_ptr<TableSet> set =
-      handle.has_value() ? handle_state<TableSet>(*handle) : std::make_shared<TableSet>();
-  const Launch launch_table = prepare_launch(*set, entries, device, stream);
+  std::shared_ptr<void> local;
+  std::shared_ptr<void>& slot = state != nullptr ? *state : local;
+  if (!slot) slot = std::make_shared<TableSet>();
+  TableSet& set = *std::static_pointer_cast<TableSet>(slot);
+  const Launch launch_table = prepare_launch(set, call.buckets, entries, device, stream);
   const Table& table = *launch_table.table;
   // Without a handle the set dies with this call: a table that a graph reads must outlive it.
-  TORCH_CHECK(handle.has_value() || !table.read_by_graph,
-              "fused_adam_: a call captured in a CUDA graph needs a handle (lrfused::new_handle()) so that its "
+  TORCH_CHECK(state != nullptr || !table.read_by_graph,
+              "lrfused: a step captured in a CUDA graph needs a handle (lrfused::new_handle()) so that its "
               "table outlives the capture");
   uint8_t* base = static_cast<uint8_t*>(table.device.data_ptr());
   cuda::LaunchArgs launch{};
   launch.counters = reinterpret_cast<LaunchCounters*>(base) + launch_table.slot;
+  launch.buckets = reinterpret_cast<const BucketSpec*>(base + table.buckets_offset);
   launch.tensors = reinterpret_cast<const TensorEntry*>(base + table.entries_offset);
   launch.tasks = reinterpret_cast<const ChunkTask*>(base + table.tasks_offset);
   launch.num_tasks = table.num_tasks;
-  launch.step = step.data_ptr<int64_t>();
-  launch.clock = clock.has_value() ? clock->data_ptr<int64_t>() : nullptr;
-  launch.schedule = schedule.data_ptr<double>();
-  launch.beta1 = beta1;
-  launch.beta2 = beta2;
-  launch.eps = eps;
-  launch.weight_decay = weight_decay;
-  launch.maximize = maximize;
-  launch.grad_scale = grad_scale.has_value() ? grad_scale->data_ptr<float>() : nullptr;
-  launch.found_inf = found_inf.has_value() ? found_inf->data_ptr<float>() : nullptr;
-  launch.invalid_steps = invalid_steps.has_value() ? invalid_steps->data_ptr<int64_t>() : nullptr;
+  launch.num_buckets = static_cast<int32_t>(call.buckets.size());
+  launch.deferred = call.deferred;
+  launch.grad_scale = call.grad_scale != nullptr ? call.grad_scale->data_ptr<float>() : nullptr;
+  launch.found_inf = call.found_inf != nullptr ? call.found_inf->data_ptr<float>() : nullptr;
+  launch.invalid_steps = call.invalid_steps != nullptr ? call.invalid_steps->data_ptr<int64_t>() : nullptr;
 
-  // note [Grid size] in fused_adam_kernel.cuh.
-  const int num_blocks =
-      std::min<int>(table.num_tasks, cuda::resident_blocks(type, amsgrad, decoupled_weight_decay, device));
-  C10_CUDA_CHECK(cuda::launch_fused_adam(type, amsgrad, decoupled_weight_decay, launch, num_blocks, stream));
+  // note [Grid size] in adam_step_kernel.cuh. A call with no chunk (deferred steps only, or empty
+  // tensors) still launches one block: it is the writer.
+  const int num_blocks = std::max(1, std::min<int>(table.num_tasks, cuda::resident_blocks(device)));
+  C10_CUDA_CHECK(cuda::launch_adam_step(launch, num_blocks, stream));
 
   laid_out.write_back();
 }
 
-}  // namespace
+[[maybe_unused]] const bool registered = register_cuda_step_runner(&run_step_cuda);
 
-TORCH_LIBRARY_IMPL(lrfused, CUDA, m) {
-  m.impl("fused_adam_", &fused_adam_cuda);
-}
+}  // namespace
 
 }  // namespace lrfused
