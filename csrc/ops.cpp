@@ -179,10 +179,25 @@ void WorkingLayout::write_back() const {
 
 void StepCall::clear() {
   tensors.clear();
+  raw.clear();
   tensor_bucket.clear();
   buckets.clear();
   deferred = DeferredSteps{};
   grad_scale = found_inf = invalid_steps = words = nullptr;
+}
+
+const std::vector<RawTensor>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout) {
+  if (call.raw.size() == call.tensors.size()) return call.raw;
+  layout = std::make_unique<WorkingLayout>(call.tensors, call.grad_scale != nullptr);
+  call.raw.clear();
+  call.raw.reserve(call.tensors.size());
+  for (size_t i = 0; i < call.tensors.size(); ++i) {
+    const int32_t b = call.tensor_bucket[i];
+    const bool amsgrad = (call.buckets[b].flags & kFlagAmsgrad) != 0;
+    call.raw.push_back({layout->param(i), layout->grad(i), layout->exp_avg(i), layout->exp_avg_sq(i),
+                        amsgrad ? layout->max_exp_avg_sq(i) : nullptr, call.tensors.params[i]->numel(), b});
+  }
+  return call.raw;
 }
 
 ElementType element_type_of(at::ScalarType dtype) {

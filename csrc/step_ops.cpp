@@ -120,15 +120,43 @@ void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::Ten
 }
 
 // The grads of the table's tensors, or false when they no longer match it (note [Step tables]).
-bool gather_table(StepTable& t) {
+// `fast` is cleared when a tensor differs from what the last full check noted.
+TensorMeta::Place place_of(const at::Tensor* t) {
+  if (t == nullptr) return {nullptr, 0, nullptr, nullptr};
+  const c10::TensorImpl* impl = t->unsafeGetTensorImpl();
+  const c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
+  return {storage, impl->storage_offset(), storage != nullptr ? storage->data() : nullptr, t->data_ptr()};
+}
+
+// The pointer of a tensor still where `place` saw it, else null.
+void* still_at(const at::Tensor& t, const TensorMeta::Place& place) {
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  const c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
+  return storage == place.storage && impl->storage_offset() == place.offset && storage->data() == place.base
+             ? place.data : nullptr;
+}
+
+bool same_dims(at::IntArrayRef a, const c10::DimVector& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t d = 0; d < a.size(); ++d) {
+    if (a[d] != b[d]) return false;
+  }
+  return true;
+}
+
+bool gather_table(StepTable& t, bool& fast) {
   for (const at::Tensor& w : t.watched) {
-    if (w.grad().defined()) return false;
+    if (w.unsafeGetTensorImpl()->grad().defined()) return false;
   }
   StepCall& call = t.call;
   call.clear();
   const size_t n = t.params.size();
+  fast = t.checked;
+  if (fast) call.raw.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& grad = t.sources[i].grad();
+    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether a param without a
+    // grad is a leaf, to warn.
+    const at::Tensor& grad = t.sources[i].unsafeGetTensorImpl()->grad();
     if (!grad.defined() || grad.is_sparse()) return false;
     const at::Tensor* read = &grad;
     if (t.complex_sources[i]) {
@@ -137,13 +165,46 @@ bool gather_table(StepTable& t) {
       read = &t.real_grads[i];
     }
     const at::Tensor& param = t.params[i];
-    if (read->sizes() != param.sizes() || read->scalar_type() != param.scalar_type() ||
-        read->device() != param.device()) {
+    if (fast) {
+      const TensorMeta& m = t.meta[i];
+      const c10::TensorImpl* p = param.unsafeGetTensorImpl();
+      const c10::TensorImpl* g = read->unsafeGetTensorImpl();
+      // The param may have moved (`p.data = ...`): compared. The states are the optimizer's own,
+      // held by this table and replaced only with a new one (note [Step tables]): not touched.
+      void* param_data = still_at(param, m.param);
+      fast = m.dense && param_data != nullptr && param.scalar_type() == m.dtype && read->scalar_type() == m.dtype &&
+             p->device() == m.device && g->device() == m.device && same_dims(p->sizes(), m.sizes) &&
+             same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) &&
+             same_dims(g->strides(), m.strides);
+      if (fast) {
+        call.raw.push_back({param_data, read->data_ptr(), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0});
+      }
+    } else if (read->sizes() != param.sizes() || read->scalar_type() != param.scalar_type() ||
+               read->device() != param.device()) {
       return false;
     }
     call.tensors.add(param, *read, t.exp_avgs[i], t.exp_avg_sqs[i], nullptr);
   }
   return true;
+}
+
+// Notes what the full checks accepted (note [Step tables]).
+void note_checked(StepTable& t) {
+  t.meta.clear();
+  t.meta.reserve(t.params.size());
+  const StepCall& call = t.call;
+  for (size_t i = 0; i < t.params.size(); ++i) {
+    const at::Tensor& p = t.params[i];
+    bool dense = p.is_non_overlapping_and_dense();
+    for (const at::Tensor* other : {call.tensors.exp_avgs[i], call.tensors.exp_avg_sqs[i],
+                                    call.tensors.max_exp_avg_sqs[i]}) {
+      dense = dense && (other == nullptr || other->strides() == p.strides());
+    }
+    t.meta.push_back({place_of(&p), place_of(call.tensors.exp_avgs[i]), place_of(call.tensors.exp_avg_sqs[i]),
+                      place_of(call.tensors.max_exp_avg_sqs[i]), p.scalar_type(), p.device(),
+                      c10::DimVector(p.sizes()), c10::DimVector(p.strides()), p.numel(), dense});
+  }
+  t.checked = true;
 }
 
 bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::TensorList steps, const at::Tensor& words,
@@ -153,7 +214,8 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
   std::shared_ptr<HandleState> state = handle_state<HandleState>(handle);
   TORCH_CHECK(state->table != nullptr, "table_step_: no table was set for this handle (lrfused::set_step_table)");
   StepTable& t = *state->table;
-  if (!gather_table(t)) {
+  bool fast = false;
+  if (!gather_table(t, fast)) {
     // Leaves no dangling pointers to grads behind.
     t.call.clear();
     return false;
@@ -171,10 +233,22 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
     TORCH_CHECK(max_begin >= 0 && max_begin + (end - begin) <= static_cast<int64_t>(t.max_exp_avg_sqs.size()),
                 "table_step_: bucket ", b, " (AMSGrad) needs more max_exp_avg_sqs than the table holds");
     for (int64_t i = begin; i < end; ++i) {
-      call.tensors.max_exp_avg_sqs[i] = &t.max_exp_avg_sqs[max_begin + (i - begin)];
+      const at::Tensor& max = t.max_exp_avg_sqs[max_begin + (i - begin)];
+      call.tensors.max_exp_avg_sqs[i] = &max;
+      if (fast) {
+        call.raw[i].max_exp_avg_sq = t.meta[i].max_exp_avg_sq.data;
+        fast = call.raw[i].max_exp_avg_sq != nullptr;
+      }
     }
   }
-  for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "table_step_");
+  if (fast) {
+    // Every five share the param's layout and are where the last full check saw them.
+    for (size_t i = 0; i < n; ++i) call.raw[i].bucket = call.tensor_bucket[i];
+  } else {
+    call.raw.clear();
+    for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "table_step_");
+    note_checked(t);
+  }
   gather_deferred(words, clocks, rules, applied, pending, call);
   set_amp(call, grad_scale, found_inf, invalid_steps, "table_step_");
   run_step(call, &state->backend);

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "../common/step_plan.h"
@@ -58,6 +59,7 @@ void update_all(const std::vector<CpuSegment>& segments, const std::vector<int64
 // Scratch reused by the calls of one thread: a training loop's step allocates nothing.
 struct Scratch {
   std::vector<StepConfig> configs;
+  std::vector<RangeUpdate> updates;
   std::vector<char> usable;
   std::vector<CpuSegment> segments;
   std::vector<int64_t> offsets;
@@ -73,6 +75,7 @@ void run_step_cpu(StepCall& call) {
   const DeferredSteps& deferred = call.deferred;
 
   scratch.configs.resize(bucket_count);
+  scratch.updates.resize(bucket_count);
   scratch.usable.assign(bucket_count, 0);
   if (!skipped) {
     for (size_t b = 0; b < bucket_count; ++b) {
@@ -80,28 +83,24 @@ void run_step_cpu(StepCall& call) {
       const StepScalars s = bucket_scalars(bucket, deferred);
       scratch.usable[b] = s.usable;
       scratch.configs[b] = {s.scalars, (bucket.flags & kFlagMaximize) != 0, bucket.weight_decay != 0.0, grad_scale};
+      scratch.updates[b] = range_update(static_cast<ElementType>(bucket.element_type),
+                                        (bucket.flags & kFlagAmsgrad) != 0, (bucket.flags & kFlagDecoupled) != 0);
     }
   }
 
   if (!skipped) {
-    const WorkingLayout laid_out(call.tensors, grad_scale != nullptr);
+    std::unique_ptr<WorkingLayout> layout;
+    const std::vector<RawTensor>& raw = raw_tensors(call, layout);
     scratch.segments.clear();
     scratch.offsets.assign(1, 0);
-    for (size_t i = 0; i < call.tensors.size(); ++i) {
-      const int32_t b = call.tensor_bucket[i];
-      const int64_t numel = call.tensors.params[i]->numel();
-      if (!scratch.usable[b] || numel == 0) continue;
-      const BucketSpec& bucket = call.buckets[b];
-      const bool amsgrad = (bucket.flags & kFlagAmsgrad) != 0;
-      scratch.segments.push_back(
-          {laid_out.param(i), laid_out.grad(i), laid_out.exp_avg(i), laid_out.exp_avg_sq(i),
-           amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr,
-           range_update(static_cast<ElementType>(bucket.element_type), amsgrad, (bucket.flags & kFlagDecoupled) != 0),
-           &scratch.configs[b]});
-      scratch.offsets.push_back(scratch.offsets.back() + numel);
+    for (const RawTensor& t : raw) {
+      if (!scratch.usable[t.bucket] || t.numel == 0) continue;
+      scratch.segments.push_back({t.param, t.grad, t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq,
+                                  scratch.updates[t.bucket], &scratch.configs[t.bucket]});
+      scratch.offsets.push_back(scratch.offsets.back() + t.numel);
     }
     update_all(scratch.segments, scratch.offsets);
-    laid_out.write_back();
+    if (layout) layout->write_back();
   }
 
   // The writer's part. A skipped step (AMP overflow) changes no counter; an unusable schedule value

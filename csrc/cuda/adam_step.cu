@@ -201,18 +201,16 @@ void run_step_cuda(StepCall& call, std::shared_ptr<void>* state) {
   const int device = where.index();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
 
-  const WorkingLayout laid_out(call.tensors, call.grad_scale != nullptr);
+  std::unique_ptr<WorkingLayout> layout;
+  const std::vector<RawTensor>& raw = raw_tensors(call, layout);
   std::vector<TensorEntry> entries;
-  entries.reserve(call.tensors.size());
-  for (size_t i = 0; i < call.tensors.size(); ++i) {
-    const int64_t numel = call.tensors.params[i]->numel();
-    if (numel == 0) continue;
-    const int32_t b = call.tensor_bucket[i];
-    const BucketSpec& bucket = call.buckets[b];
+  entries.reserve(raw.size());
+  for (const RawTensor& t : raw) {
+    if (t.numel == 0) continue;
+    const BucketSpec& bucket = call.buckets[t.bucket];
     const bool amsgrad = (bucket.flags & kFlagAmsgrad) != 0;
     const size_t pack = pack_bytes(static_cast<ElementType>(bucket.element_type));
-    TensorEntry e{laid_out.param(i), laid_out.grad(i), laid_out.exp_avg(i), laid_out.exp_avg_sq(i),
-                  amsgrad ? laid_out.max_exp_avg_sq(i) : nullptr, numel, 0, b};
+    TensorEntry e{t.param, t.grad, t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.numel, 0, t.bucket};
     e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
                 aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
     entries.push_back(e);
@@ -247,7 +245,7 @@ void run_step_cuda(StepCall& call, std::shared_ptr<void>* state) {
   const int num_blocks = std::max(1, std::min<int>(table.num_tasks, cuda::resident_blocks(device)));
   C10_CUDA_CHECK(cuda::launch_adam_step(launch, num_blocks, stream));
 
-  laid_out.write_back();
+  if (layout) layout->write_back();
 }
 
 [[maybe_unused]] const bool registered = register_cuda_step_runner(&run_step_cuda);
