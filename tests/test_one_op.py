@@ -1,0 +1,198 @@
+"""One op per optimizer step and scheduler step (note [One op per step]): the count, torch's
+last_epoch semantics with the scheduler's step deferred into the optimizer's op, the sequence
+numbers that make a replayed call apply a deferred step once, and the eager table's fallbacks."""
+
+import copy
+import random
+import warnings
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as T
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lrfused
+from lrfused import _ops, _rules, _step_plan, schedules
+from lrfused import lr_scheduler as L
+from conftest import max_relative_error
+
+
+class CountLrfusedOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "lrfused":
+            self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def mixed_groups(device, seed):
+    """Two groups, each with a float32 and a bfloat16 param, twins for torch."""
+    torch.manual_seed(seed)
+    base = [(torch.randn(33, 4, device=device), torch.float32), (torch.randn(7, device=device), torch.bfloat16),
+            (torch.randn(129, device=device), torch.float32), (torch.randn(5, 3, device=device), torch.bfloat16)]
+    ours = [b.to(dtype).requires_grad_() for b, dtype in base]
+    theirs = [b.to(dtype).requires_grad_() for b, dtype in base]
+
+    def groups(params):
+        return [{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.1}]
+
+    return ours, theirs, groups
+
+
+def set_grads(ours, theirs, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for a, b in zip(ours, theirs):
+        g = torch.randn(a.shape, generator=generator).to(a.device, a.dtype)
+        a.grad, b.grad = g.clone(), g.clone()
+
+
+def test_an_optimizer_and_scheduler_step_is_one_op_for_every_group_and_dtype(device):
+    ours, _, groups = mixed_groups(device, 0)
+    opt = lrfused.FusedScheduledAdamW(groups(ours), lr=1e-2)
+    sched = L.OneCycleLR(opt, max_lr=[1e-2, 3e-3], total_steps=50)
+    counts = []
+    for k in range(5):
+        set_grads(ours, ours, k)
+        with CountLrfusedOps() as mode:
+            opt.step()
+            sched.step()
+        counts.append(mode.names)
+    # The first step also plans (a table, the scheduler's rules); every step runs one step op.
+    steps = [[n for n in names if n in ("lrfused::table_step_", "lrfused::adam_step_")] for names in counts]
+    assert all(len(s) == 1 for s in steps), counts
+    assert all(len(names) == 1 for names in counts[1:]), counts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
+    """Optimizer steps, scheduler steps with no optimizer step between them (more than a call can
+    carry), steps to an explicit epoch, a skipped optimizer step (check_finite) and a hand write of
+    the lr, in a random order: the params and lrs are torch's."""
+    rng = random.Random(seed)
+    ours, theirs, groups = mixed_groups(device, seed)
+    ours, theirs = [p.detach().float().requires_grad_() for p in ours], [p.detach().float().requires_grad_()
+                                                                          for p in theirs]
+    opt_ours = lrfused.FusedScheduledAdam(groups(ours), lr=1e-2, check_finite=True)
+    opt_theirs = torch.optim.Adam(groups(theirs), lr=1e-2)
+    sched_ours = [L.LinearLR(opt_ours, start_factor=0.5, total_iters=7), L.ExponentialLR(opt_ours, gamma=0.93)]
+    sched_theirs = [T.LinearLR(opt_theirs, start_factor=0.5, total_iters=7), T.ExponentialLR(opt_theirs, gamma=0.93)]
+    for k in range(40):
+        action = rng.choice(["step", "step", "step", "scheduler burst", "nan step", "epoch", "hand write"])
+        if action == "step":
+            set_grads(ours, theirs, 100 * seed + k)
+            opt_ours.step()
+            opt_theirs.step()
+        elif action == "nan step":
+            set_grads(ours, theirs, 100 * seed + k)
+            ours[0].grad[0] = float("nan")
+            opt_ours.step()  # skipped by check_finite, as torch skips a step it never takes
+        elif action == "hand write":
+            for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
+                a["lr"] = b["lr"] = rng.uniform(1e-3, 1e-2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if action == "scheduler burst":
+                for _ in range(rng.randint(1, 11)):
+                    for a, b in zip(sched_ours, sched_theirs):
+                        a.step()
+                        b.step()
+            elif action == "epoch":
+                epoch = sched_theirs[1].last_epoch + rng.randint(0, 3)
+                sched_ours[1].step(epoch)
+                sched_theirs[1].step(epoch)
+            else:
+                for a, b in zip(sched_ours, sched_theirs):
+                    a.step()
+                    b.step()
+    for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
+    assert opt_ours._binding.lr_words().tolist() == pytest.approx([g["lr"] for g in opt_theirs.param_groups],
+                                                                  rel=1e-12)
+    for a, b in zip(ours, theirs):
+        assert max_relative_error(a, b) < 1e-5
+
+
+def test_a_replayed_call_applies_its_deferred_steps_once():
+    """What a CUDA graph replay does to a captured call: the same arguments again. The deferred
+    steps it carries apply the first time only; the optimizer update applies each time."""
+    words = torch.tensor(_rules.held(0.1) + _rules.held(0.2), dtype=torch.float64)
+    rules = torch.tensor(_rules.indexed(_rules.chain(schedules.Exponential(0.1, 0.5))
+                                        + _rules.chain(schedules.Exponential(0.2, 0.5)), 2), dtype=torch.float64)
+    clock = torch.zeros((), dtype=torch.int64)
+    applied = torch.zeros((), dtype=torch.int64)
+    pending = torch.tensor([0, 0], dtype=torch.int64)  # the first step's sequence number, its clock slot
+    p, g = torch.ones(3), torch.full((3,), 0.5)
+    m, v, step = torch.zeros(3), torch.zeros(3), torch.zeros((), dtype=torch.int64)
+    rows = torch.tensor([[0, 1, 0, 0, 0, 0.9, 0.999, 1e-8, 0.0, 0]], dtype=torch.float64)
+    for call in range(3):
+        torch.ops.lrfused.adam_step_([p], [g], [m], [v], [], [step], rows, words, [clock], [rules], applied, pending)
+        assert words.tolist()[2::4] == pytest.approx([0.05, 0.1], rel=1e-15), call
+        assert (int(clock), int(applied), int(step)) == (1, 1, call + 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_op_matches_its_reference_with_deferred_steps(seed):
+    rng = random.Random(seed)
+    groups = rng.randint(1, 3)
+    words = torch.tensor([w for g in range(groups) for w in _rules.held(rng.uniform(0.01, 0.1))], dtype=torch.float64)
+    kinds = [lambda: schedules.Exponential(1.0, 0.9), lambda: schedules.Step(1.0, 2, 0.5),
+             lambda: schedules.Cosine(1.0, 10, 0.01)]
+    rule_lists = []
+    for _ in range(rng.randint(1, 4)):
+        nodes = [w for _ in range(groups) for w in rng.choice([_rules.chain, _rules.set_])(rng.choice(kinds)())]
+        rule_lists.append(torch.tensor(_rules.indexed(nodes, groups), dtype=torch.float64))
+    clock_count = min(2, len(rule_lists))
+    slots = [rng.randrange(clock_count) for _ in rule_lists]
+    torch.manual_seed(seed)
+    shapes = [(rng.randint(1, 50),) for _ in range(groups)]
+    params = [torch.randn(s) for s in shapes]
+    grads = [torch.randn(s) for s in shapes]
+    rows = torch.tensor([[g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED]
+                         for g in range(groups)], dtype=torch.float64)
+
+    def run(op):
+        state = dict(p=[x.clone() for x in params], m=[torch.zeros(s) for s in shapes],
+                     v=[torch.zeros(s) for s in shapes], steps=[torch.zeros((), dtype=torch.int64) for _ in shapes],
+                     words=words.clone(), clocks=[torch.tensor(3), torch.tensor(5)][:clock_count], applied=torch.tensor(2))
+        pending = torch.tensor([2] + slots, dtype=torch.int64)
+        op(state["p"], [x.clone() for x in grads], state["m"], state["v"], [], state["steps"], rows, state["words"],
+           state["clocks"], rule_lists, state["applied"], pending)
+        return state
+
+    ours, reference = run(torch.ops.lrfused.adam_step_), run(lrfused._reference.adam_step_)
+    assert torch.allclose(ours["words"], reference["words"], rtol=1e-14, atol=0, equal_nan=True)
+    assert [int(c) for c in ours["clocks"]] == [int(c) for c in reference["clocks"]]
+    assert int(ours["applied"]) == int(reference["applied"]) == 2 + len(rule_lists)
+    # The tolerance of the other op-vs-reference tests: the reference orders a few operations
+    # differently, which moves a float32 element by an ulp or so.
+    for a, b in zip(ours["p"] + ours["m"] + ours["v"], reference["p"] + reference["m"] + reference["v"]):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_the_table_follows_params_whose_data_is_replaced():
+    """`p.data = x` of another shape: the state no longer fits, and the step raises before it
+    changes anything, as adam_step_ does; of the same shape, the table steps the new data."""
+    p = torch.randn(6, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([p], lr=1e-2)
+    for _ in range(2):
+        p.grad = torch.randn(6)
+        opt.step()
+    assert opt._calls[0].table is not None
+    p.data = torch.randn(6)
+    twin = p.detach().clone().requires_grad_()
+    reference = torch.optim.Adam([twin], lr=1e-2)
+    reference.load_state_dict(copy.deepcopy(opt.state_dict()))  # its own state tensors
+    p.grad = torch.randn(6)
+    twin.grad = p.grad.clone()
+    opt.step()
+    reference.step()
+    assert torch.allclose(p, twin, rtol=1e-6, atol=1e-7)
+    p.data = torch.randn(4)
+    p.grad = torch.randn(4)
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] is Float \[6\]"):
+        opt.step()
+    assert torch.equal(p.detach(), before)
