@@ -1,5 +1,7 @@
 """CPU benchmark: one optimizer+scheduler step of lrfused against torch.optim.Adam (fused and
-foreach), each with a CosineAnnealingLR, plus in-place streaming ops as the machine's ceiling.
+foreach), each with a CosineAnnealingLR, plus in-place streaming ops as the machine's ceiling; the
+host cost per tensor (many small tensors against one tensor of the same size); and the lrfused ops
+one optimizer step and scheduler step make.
 
     python benchmarks/bench_cpu.py [--repeats 30] [--out benchmarks/results]
 
@@ -18,6 +20,7 @@ import statistics
 import time
 
 import torch
+import torch.utils._python_dispatch
 
 import lrfused
 from lrfused import lr_scheduler as fused_schedulers
@@ -91,6 +94,64 @@ def bench_case(label: str, shapes, repeats: int) -> dict:
     return {"case": label, "tensors": len(shapes), "params": numel, "results": rows}
 
 
+def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
+    """A step of many tensors against a step of one tensor with as many elements, each contender
+    with its scheduler: the ratio is the host's cost per tensor (1.0: none)."""
+    cases = [(20, 1), (100, 1), (20, 4096)] if small else [(2000, 1), (10000, 1), (2000, 4096)]
+    rows = []
+    for count, size in cases:
+        row = {"case": f"{count} x {size}", "tensors": count, "elements": count * size}
+        for name in ("lrfused FusedScheduledAdam + lrfused CosineAnnealingLR",
+                     "torch Adam(fused=True) + CosineAnnealingLR"):
+            make_optimizer, make_scheduler = contenders()[name]
+            seconds = {}
+            for layout, shapes in (("many", [(size,)] * count), ("one", [(count * size,)])):
+                params = make_params(shapes)
+                optimizer = make_optimizer(params)
+                scheduler = make_scheduler(optimizer)
+
+                def step():
+                    optimizer.step()
+                    scheduler.step()
+
+                seconds[layout] = median_seconds(step, repeats if size > 1 else 5 * repeats)
+                del params, optimizer, scheduler
+            row[name] = {"us_many": seconds["many"] * 1e6, "us_one": seconds["one"] * 1e6,
+                         "many_over_one": seconds["many"] / seconds["one"]}
+        rows.append(row)
+    return rows
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "lrfused":
+            self.names.append(func.name())
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step() -> list[dict]:
+    """The lrfused ops of one optimizer step and scheduler step (after the first, which plans)."""
+    rows = []
+    for groups, dtypes in ((1, (torch.float32,)), (2, (torch.float32,)), (2, (torch.float32, torch.bfloat16))):
+        torch.manual_seed(0)
+        params = [[torch.randn(64, dtype=dtype, requires_grad=True) for dtype in dtypes] for _ in range(groups)]
+        optimizer = lrfused.FusedScheduledAdam([{"params": ps} for ps in params], lr=1e-3)
+        scheduler = fused_schedulers.CosineAnnealingLR(optimizer, T_max=100)
+        for step in range(3):
+            for p in (p for ps in params for p in ps):
+                p.grad = torch.randn_like(p)
+            with _CountOps() as counter:
+                optimizer.step()
+                scheduler.step()
+        rows.append({"groups": groups, "dtypes": [str(d).replace("torch.", "") for d in dtypes],
+                     "ops": counter.names})
+    return rows
+
+
 def bench_streaming(numel: int, repeats: int) -> dict:
     torch.manual_seed(0)
     a, b, c = torch.randn(numel), torch.randn(numel), torch.randn(numel)
@@ -123,6 +184,8 @@ def main() -> None:
             bench_case(f"(a) one tensor of {big} fp32", [(big,)], args.repeats),
             bench_case(f"(b) {many[0]} tensors of {many[1]} fp32", [(many[1],)] * many[0], args.repeats),
         ],
+        "host_overhead": bench_host_overhead(args.repeats, args.small),
+        "ops_per_step": ops_per_step(),
     }
     best_stream = max(v["GB_per_s"] for v in report["streaming"].values())
     report["best_streaming_GB_per_s"] = best_stream
@@ -137,6 +200,17 @@ def main() -> None:
             row["fraction_of_best_streaming"] = row["GB_per_s"] / best_stream
             print(f"  {name:<58} {row['ms_per_step']:9.3f} {row['GB_per_s']:7.2f} "
                   f"{row['ratio_vs_torch_fused']:14.2f}x {100 * row['fraction_of_best_streaming']:14.0f}%")
+
+    print("\nhost cost per tensor: a step of N tensors over a step of one tensor of the same size")
+    print(f"  {'case':<12} {'contender':<58} {'us (N)':>10} {'us (one)':>10} {'N / one':>8}")
+    for row in report["host_overhead"]:
+        for name, values in row.items():
+            if isinstance(values, dict):
+                print(f"  {row['case']:<12} {name:<58} {values['us_many']:10.1f} {values['us_one']:10.1f} "
+                      f"{values['many_over_one']:7.2f}x")
+    print("\nlrfused ops per optimizer step + scheduler step")
+    for row in report["ops_per_step"]:
+        print(f"  {row['groups']} group(s) x {'+'.join(row['dtypes']):<18} {len(row['ops'])} op(s): {row['ops']}")
 
     os.makedirs(args.out, exist_ok=True)
     suffix = "-small" if args.small else ""
