@@ -6,6 +6,7 @@
 
 #include "common/adam_math.h"
 #include "common/lr_schedule.h"
+#include "common/step_plan.h"
 
 namespace {
 
@@ -103,12 +104,43 @@ void test_adam_element() {
 
 }  // namespace
 
+// Deferred scheduler steps (note [One op per step]): two CHAIN steps of an exponential decay by 0.5
+// for group 0 and a SET to a constant for group 1, the second of them applied already.
+void test_deferred_steps() {
+  using namespace lrfused;
+  std::vector<double> words{kHeld, 4, 0.8, schedule_nan(), kHeld, 4, 0.3, 0.9};
+  // Indexed rules: group 0's node at 0, group 1's at 6 (after the 6 words of group 0's CHAIN).
+  const std::vector<double> rules{0, 6, kRuleChain, 6, kExponential, 4, 1.0, 0.5, kRuleSet, 5, kConstant, 3, 0.25};
+  int64_t clock = 4, applied = 10;
+  DeferredSteps d{};
+  d.count = 2;
+  d.clock_count = 1;
+  d.first_sequence = 9;  // step 0 is number 9 (applied: 10 > 9, skipped), step 1 is number 10
+  d.group_count = 2;
+  d.applied = &applied;
+  d.words = words.data();
+  d.rules[0] = d.rules[1] = rules.data();
+  d.clock_slot[0] = d.clock_slot[1] = 0;
+  d.clocks[0] = &clock;
+  const HeldValue first = held_after(d, 0), second = held_after(d, 1);
+  CHECK(close(first.lr, 0.4) && schedule_is_nan(first.beta1));  // one step applied, not two
+  CHECK(second.lr == 0.25 && second.beta1 == 0.9);
+  commit_clocks(d);
+  CHECK(clock == 5 && applied == 11);
+  d.first_sequence = 11;  // nothing deferred after applied: count 0 leaves everything
+  d.count = 0;
+  CHECK(held_after(d, 0).lr == 0.8);
+  commit_clocks(d);
+  CHECK(clock == 5 && applied == 11);
+}
+
 int main() {
   test_leaves();
   test_cycles_and_beta1();
   test_composites();
   test_validation();
   test_adam_element();
+  test_deferred_steps();
   if (failures == 0) std::printf("all common tests passed\n");
   return failures == 0 ? 0 : 1;
 }
