@@ -119,8 +119,7 @@ void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::Ten
   handle_state<HandleState>(handle)->table = std::move(table);
 }
 
-// The grads of the table's tensors, or false when they no longer match it (note [Step tables]).
-// `fast` is cleared when a tensor differs from what the last full check noted.
+// Where a tensor's elements are, for its table's note.
 TensorMeta::Place place_of(const at::Tensor* t) {
   if (t == nullptr) return {nullptr, 0, nullptr, nullptr};
   const c10::TensorImpl* impl = t->unsafeGetTensorImpl();
@@ -144,18 +143,64 @@ bool same_dims(at::IntArrayRef a, const c10::DimVector& b) {
   return true;
 }
 
+// A tensor's first element, read from its storage (Tensor::data_ptr checks, out of line, what a
+// tensor that passed the table's comparisons already is).
+void* first_element(const c10::TensorImpl* impl) {
+  return static_cast<char*>(impl->unsafe_storage().unsafeGetStorageImpl()->mutable_data()) +
+         impl->storage_offset() * static_cast<int64_t>(impl->itemsize());
+}
+
+enum class Gathered { kFast, kChecked, kRefused };
+
+// The fast gather: every param and grad as the last full check noted it (note [Step tables]).
+// kChecked when one differs (the full gather then runs), kRefused when the grads no longer fit.
+Gathered gather_noted(StepTable& t) {
+  StepCall& call = t.call;
+  const size_t n = t.params.size();
+  call.raw.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether a param without a
+    // grad is a leaf, to warn.
+    const at::Tensor& grad = t.sources[i].unsafeGetTensorImpl()->grad();
+    if (!grad.defined() || grad.is_sparse()) return Gathered::kRefused;
+    if (t.complex_sources[i]) return Gathered::kChecked;  // its real view is made by the full gather
+    const at::Tensor& param = t.params[i];
+    const TensorMeta& m = t.meta[i];
+    const c10::TensorImpl* p = param.unsafeGetTensorImpl();
+    const c10::TensorImpl* g = grad.unsafeGetTensorImpl();
+    // The param may have moved (`p.data = ...`): compared. The states are the optimizer's own,
+    // held by this table and replaced only with a new one: not touched.
+    void* param_data = still_at(param, m.param);
+    if (!(m.dense && param_data != nullptr && param.scalar_type() == m.dtype && grad.scalar_type() == m.dtype &&
+          p->device() == m.device && g->device() == m.device && same_dims(p->sizes(), m.sizes) &&
+          same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) &&
+          same_dims(g->strides(), m.strides))) {
+      return Gathered::kChecked;
+    }
+    call.raw.push_back({param_data, first_element(g), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0});
+    call.tensors.params.push_back(&param);  // the buckets' dtypes and the count are read from it
+  }
+  return Gathered::kFast;
+}
+
+// The grads of the table's tensors, or false when they no longer match it (note [Step tables]).
+// `fast`: the pointers are in `call.raw`, every tensor as the last full check saw it.
 bool gather_table(StepTable& t, bool& fast) {
   for (const at::Tensor& w : t.watched) {
     if (w.unsafeGetTensorImpl()->grad().defined()) return false;
   }
   StepCall& call = t.call;
   call.clear();
+  fast = false;
+  if (t.checked) {
+    switch (gather_noted(t)) {
+      case Gathered::kFast: fast = true; return true;
+      case Gathered::kRefused: return false;
+      case Gathered::kChecked: call.clear(); break;
+    }
+  }
   const size_t n = t.params.size();
-  fast = t.checked;
-  if (fast) call.raw.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    // TensorImpl::grad, not Tensor::grad: the latter also asks autograd whether a param without a
-    // grad is a leaf, to warn.
     const at::Tensor& grad = t.sources[i].unsafeGetTensorImpl()->grad();
     if (!grad.defined() || grad.is_sparse()) return false;
     const at::Tensor* read = &grad;
@@ -165,22 +210,8 @@ bool gather_table(StepTable& t, bool& fast) {
       read = &t.real_grads[i];
     }
     const at::Tensor& param = t.params[i];
-    if (fast) {
-      const TensorMeta& m = t.meta[i];
-      const c10::TensorImpl* p = param.unsafeGetTensorImpl();
-      const c10::TensorImpl* g = read->unsafeGetTensorImpl();
-      // The param may have moved (`p.data = ...`): compared. The states are the optimizer's own,
-      // held by this table and replaced only with a new one (note [Step tables]): not touched.
-      void* param_data = still_at(param, m.param);
-      fast = m.dense && param_data != nullptr && param.scalar_type() == m.dtype && read->scalar_type() == m.dtype &&
-             p->device() == m.device && g->device() == m.device && same_dims(p->sizes(), m.sizes) &&
-             same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) &&
-             same_dims(g->strides(), m.strides);
-      if (fast) {
-        call.raw.push_back({param_data, read->data_ptr(), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0});
-      }
-    } else if (read->sizes() != param.sizes() || read->scalar_type() != param.scalar_type() ||
-               read->device() != param.device()) {
+    if (read->sizes() != param.sizes() || read->scalar_type() != param.scalar_type() ||
+        read->device() != param.device()) {
       return false;
     }
     call.tensors.add(param, *read, t.exp_avgs[i], t.exp_avg_sqs[i], nullptr);
@@ -233,11 +264,12 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
     TORCH_CHECK(max_begin >= 0 && max_begin + (end - begin) <= static_cast<int64_t>(t.max_exp_avg_sqs.size()),
                 "table_step_: bucket ", b, " (AMSGrad) needs more max_exp_avg_sqs than the table holds");
     for (int64_t i = begin; i < end; ++i) {
-      const at::Tensor& max = t.max_exp_avg_sqs[max_begin + (i - begin)];
-      call.tensors.max_exp_avg_sqs[i] = &max;
       if (fast) {
         call.raw[i].max_exp_avg_sq = t.meta[i].max_exp_avg_sq.data;
-        fast = call.raw[i].max_exp_avg_sq != nullptr;
+        TORCH_CHECK(call.raw[i].max_exp_avg_sq != nullptr, "table_step_: tensor ", i,
+                    " had no max_exp_avg_sq when its table was checked");
+      } else {
+        call.tensors.max_exp_avg_sqs[i] = &t.max_exp_avg_sqs[max_begin + (i - begin)];
       }
     }
   }

@@ -427,6 +427,12 @@ class FusedScheduledAdam(Optimizer):
                 self._warn_if_scheduled_twice()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # A group whose amsgrad (or another flag the kernels are chosen by) changed needs states
+        # and buckets made again, as torch makes max_exp_avg_sq at the first AMSGrad step.
+        flags = [_step_plan.flags_of(group) for group in self.param_groups]
+        if flags != self.__dict__.get("_planned_flags"):
+            self._invalidate()
+            self._planned_flags = flags
         # Everything the step checks is checked for every group before the first write. (Not in a
         # compiled step: each value compared would become a guard and each new lr or beta1 a
         # recompilation; the op still checks its own arguments.)

@@ -196,3 +196,24 @@ def test_the_table_follows_params_whose_data_is_replaced():
     with pytest.raises(RuntimeError, match=r"exp_avgs\[0\] is Float \[6\]"):
         opt.step()
     assert torch.equal(p.detach(), before)
+
+
+def test_a_flag_changed_between_steps_is_followed_like_torch():
+    """`maximize` and `decoupled_weight_decay` written into a group after some steps choose another
+    kernel: the step plans again (the eager table included) and follows torch."""
+    torch.manual_seed(3)
+    base = [torch.randn(9), torch.randn(4, 2)]
+    ours, theirs = [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base]
+    opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2, weight_decay=0.1)
+    opt_theirs = torch.optim.Adam(theirs, lr=1e-2, weight_decay=0.1)
+    for k in range(6):
+        if k == 2:
+            opt_ours.param_groups[0]["maximize"] = opt_theirs.param_groups[0]["maximize"] = True
+        if k == 4:
+            for group in (opt_ours.param_groups[0], opt_theirs.param_groups[0]):
+                group["decoupled_weight_decay"] = True
+        set_grads(ours, theirs, k)
+        opt_ours.step()
+        opt_theirs.step()
+        for a, b in zip(ours, theirs):
+            assert max_relative_error(a, b) < 1e-6, k
