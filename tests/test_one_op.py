@@ -199,8 +199,10 @@ def test_the_table_follows_params_whose_data_is_replaced():
 
 
 def test_a_flag_changed_between_steps_is_followed_like_torch():
-    """`maximize` and `decoupled_weight_decay` written into a group after some steps choose another
-    kernel: the step plans again (the eager table included) and follows torch."""
+    """`maximize`, `decoupled_weight_decay` and `amsgrad` written into a group after some steps
+    choose another kernel: the step plans again (the eager table included) and follows torch.
+    (torch raises a KeyError for an amsgrad turned on after its states were made; lrfused makes
+    max_exp_avg_sq then, from zeros, which the torch side is given by hand here.)"""
     torch.manual_seed(3)
     base = [torch.randn(9), torch.randn(4, 2)]
     ours, theirs = [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base]
@@ -212,6 +214,9 @@ def test_a_flag_changed_between_steps_is_followed_like_torch():
         if k == 4:
             for group in (opt_ours.param_groups[0], opt_theirs.param_groups[0]):
                 group["decoupled_weight_decay"] = True
+                group["amsgrad"] = True
+            for p in theirs:
+                opt_theirs.state[p]["max_exp_avg_sq"] = torch.zeros_like(p)
         set_grads(ours, theirs, k)
         opt_ours.step()
         opt_theirs.step()
