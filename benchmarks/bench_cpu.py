@@ -214,7 +214,12 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     suffix = "-small" if args.small else ""
-    path = os.path.join(args.out, f"cpu-{platform.node() or 'host'}-{report['date'].replace('-', '')}{suffix}.json")
+    stem = os.path.join(args.out, f"cpu-{platform.node() or 'host'}-{report['date'].replace('-', '')}")
+    path = f"{stem}{suffix}.json"
+    for letter in "bcdefghijklmnopqrstuvwxyz":  # never over an earlier result of the same day
+        if not os.path.exists(path):
+            break
+        path = f"{stem}{letter}{suffix}.json"
     with open(path, "w") as handle:
         json.dump(report, handle, indent=2)
     print(f"\nwrote {path}")
