@@ -8,7 +8,8 @@ it). Swap the import and nothing else::
 
 Each ``step()`` runs torch's own code on the host, so ``get_last_lr()``, ``param_groups[i]["lr"]``,
 betas, warnings and errors are torch's, and runs the same step on the device from the
-scheduler's own clock (one launch, no host sync): see note [A scheduler step] in ``_device.py``.
+scheduler's own clock, inside the next optimizer step's op (no launch of its own, no host sync):
+see note [A scheduler step] in ``_device.py``.
 Schedulers compose as torch's do: several on one optimizer, stepped at any rates, each step from
 the lr the others left; any other writer of ``param_groups[i]["lr"]`` (a stock torch scheduler,
 SWALR, a framework's lr finder, a hand write, ``load_state_dict``) wins from the next step on.

@@ -14,7 +14,7 @@ from ._device import OnDevice, children_on_host, drives_device, unchanged_if_ref
 class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
     """torch's SequentialLR: child ``i`` from ``milestones[i-1]`` on, restarted at its closed form.
 
-    The children are stepped by torch's code on the host; on the device one launch per step
+    The children are stepped by torch's code on the host; on the device one rule per step
     picks the child from SequentialLR's clock and applies its rule, so a captured ``step()``
     crosses milestones in its replays. A child without a device form (a LambdaLR without
     ``horizon=``, a stock torch scheduler) makes every step host-computed.
