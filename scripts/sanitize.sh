@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The C++ unit tests of csrc/common and the CPU op tests under AddressSanitizer and
-# UndefinedBehaviorSanitizer. The sanitized extension is built into a temporary folder, so the
+# The C++ unit tests of csrc/common and the CPU op tests (the step ops and the eager table
+# included) under AddressSanitizer and UndefinedBehaviorSanitizer. The sanitized extension is built into a temporary folder, so the
 # installed (optimised) one is left alone. Needs gcc with libasan and libubsan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,8 @@ assert lrfused._C.__file__.startswith("$work"), lrfused._C.__file__
 print("testing the sanitized build:", lrfused._C.__file__)
 import pytest
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", "$work", "-c", "/dev/null",
-                      "tests/test_optim.py", "tests/test_robustness.py", "-k", "not missing_library"]))
+                      "tests/test_optim.py", "tests/test_robustness.py", "tests/test_ops.py", "tests/test_one_op.py",
+                      "-k", "not missing_library"]))
 PY
 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" LRFUSED_REQUIRE_KERNELS=1 \
   "$PYTHON" "$work/run_tests.py"
