@@ -186,7 +186,7 @@ void StepCall::clear() {
   grad_scale = found_inf = invalid_steps = words = nullptr;
 }
 
-const std::vector<RawTensor>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout) {
+const std::vector<TensorEntry>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout) {
   if (call.raw.size() == call.tensors.size()) return call.raw;
   layout = std::make_unique<WorkingLayout>(call.tensors, call.grad_scale != nullptr);
   call.raw.clear();
@@ -195,7 +195,7 @@ const std::vector<RawTensor>& raw_tensors(StepCall& call, std::unique_ptr<Workin
     const int32_t b = call.tensor_bucket[i];
     const bool amsgrad = (call.buckets[b].flags & kFlagAmsgrad) != 0;
     call.raw.push_back({layout->param(i), layout->grad(i), layout->exp_avg(i), layout->exp_avg_sq(i),
-                        amsgrad ? layout->max_exp_avg_sq(i) : nullptr, call.tensors.params[i]->numel(), b});
+                        amsgrad ? layout->max_exp_avg_sq(i) : nullptr, call.tensors.params[i]->numel(), 0, b});
   }
   return call.raw;
 }

@@ -86,22 +86,11 @@ class WorkingLayout {
 
 // One call of the step, whichever op made it (note [One op per step] in common/step_plan.h): the
 // tensors, the bucket of each, the buckets, the deferred scheduler steps and AMP's scalars.
-// The pointers the kernels read for one tensor of a call.
-struct RawTensor {
-  void* param;
-  void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // null without AMSGrad
-  int64_t numel;
-  int32_t bucket;
-};
-
 struct StepCall {
   StepTensors tensors;
   // The tensors' pointers when every five of a tensor already share one layout (the eager table
   // knows it without a WorkingLayout); empty: the runner lays the tensors out (note [Working layout]).
-  std::vector<RawTensor> raw;
+  std::vector<TensorEntry> raw;
   std::vector<int32_t> tensor_bucket;
   std::vector<BucketSpec> buckets;
   DeferredSteps deferred{};
@@ -113,7 +102,7 @@ struct StepCall {
 };
 
 // The call's pointers: `call.raw` when it was filled, else those of `layout`, made here.
-const std::vector<RawTensor>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout);
+const std::vector<TensorEntry>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout);
 
 // Fills `call` from fused_adam_'s arguments (one bucket, no deferred steps), after its checks.
 void gather_fused_adam(const FusedAdamArgs& args, StepCall& call);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <optional>
 
 #include "handle.h"
@@ -37,6 +38,25 @@ void set_amp(StepCall& call, const std::optional<at::Tensor>& grad_scale, const 
   call.grad_scale = grad_scale.has_value() ? &*grad_scale : nullptr;
   call.found_inf = found_inf.has_value() ? &*found_inf : nullptr;
   call.invalid_steps = invalid_steps.has_value() ? &*invalid_steps : nullptr;
+}
+
+// Points each tensor of an AMSGrad bucket at its max_exp_avg_sq: the bucket's k-th tensor at
+// maxes[row[kBucketMaxBegin] + k].
+void attach_max_states(const at::Tensor& rows, at::TensorList maxes, StepCall& call, const char* op) {
+  const double* row = rows.data_ptr<double>();
+  for (size_t b = 0; b < call.buckets.size(); ++b, row += kBucketWords) {
+    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
+    const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
+    const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
+    const double max_begin = row[kBucketMaxBegin];
+    TORCH_CHECK(max_begin >= 0 && max_begin == std::floor(max_begin) &&
+                    static_cast<int64_t>(max_begin) + (end - begin) <= static_cast<int64_t>(maxes.size()),
+                op, ": bucket ", b, " (AMSGrad) needs max_exp_avg_sqs [", max_begin, ", ", max_begin + (end - begin),
+                "), but there are ", maxes.size());
+    for (int64_t i = begin; i < end; ++i) {
+      call.tensors.max_exp_avg_sqs[i] = &maxes[static_cast<int64_t>(max_begin) + (i - begin)];
+    }
+  }
 }
 
 void fused_adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -76,21 +96,7 @@ void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList ex
     call.tensors.add(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], nullptr);
   }
   gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
-  const double* rows = buckets.data_ptr<double>();
-  for (size_t b = 0; b < call.buckets.size(); ++b) {
-    const double* row = rows + b * kBucketWords;
-    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
-    const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
-    const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
-    const double max_begin = row[kBucketMaxBegin];
-    TORCH_CHECK(max_begin >= 0 && max_begin == std::floor(max_begin) &&
-                    static_cast<int64_t>(max_begin) + (end - begin) <= static_cast<int64_t>(max_exp_avg_sqs.size()),
-                "adam_step_: bucket ", b, " (AMSGrad) needs max_exp_avg_sqs [", max_begin, ", ",
-                max_begin + (end - begin), "), but there are ", max_exp_avg_sqs.size());
-    for (int64_t i = begin; i < end; ++i) {
-      call.tensors.max_exp_avg_sqs[i] = &max_exp_avg_sqs[static_cast<int64_t>(max_begin) + (i - begin)];
-    }
-  }
+  attach_max_states(buckets, max_exp_avg_sqs, call, "adam_step_");
   for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "adam_step_");
   gather_deferred(words, clocks, rules, applied, pending, call);
   set_amp(call, grad_scale, found_inf, invalid_steps, "adam_step_");
@@ -177,7 +183,7 @@ Gathered gather_noted(StepTable& t) {
           same_dims(g->strides(), m.strides))) {
       return Gathered::kChecked;
     }
-    call.raw.push_back({param_data, first_element(g), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0});
+    call.raw.push_back({param_data, first_element(g), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0, 0});
     call.tensors.params.push_back(&param);  // the buckets' dtypes and the count are read from it
   }
   return Gathered::kFast;
@@ -254,24 +260,16 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
   StepCall& call = t.call;
   const size_t n = call.tensors.size();
   gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
-  const double* rows = buckets.data_ptr<double>();
-  for (size_t b = 0; b < call.buckets.size(); ++b) {
-    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
-    const double* row = rows + b * kBucketWords;
-    const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
-    const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
-    const int64_t max_begin = static_cast<int64_t>(row[kBucketMaxBegin]);
-    TORCH_CHECK(max_begin >= 0 && max_begin + (end - begin) <= static_cast<int64_t>(t.max_exp_avg_sqs.size()),
-                "table_step_: bucket ", b, " (AMSGrad) needs more max_exp_avg_sqs than the table holds");
-    for (int64_t i = begin; i < end; ++i) {
-      if (fast) {
-        call.raw[i].max_exp_avg_sq = t.meta[i].max_exp_avg_sq.data;
-        TORCH_CHECK(call.raw[i].max_exp_avg_sq != nullptr, "table_step_: tensor ", i,
-                    " had no max_exp_avg_sq when its table was checked");
-      } else {
-        call.tensors.max_exp_avg_sqs[i] = &t.max_exp_avg_sqs[max_begin + (i - begin)];
-      }
+  if (fast) {
+    // AMSGrad's states from the note, as the other states.
+    for (size_t i = 0; i < n; ++i) {
+      if (!(call.buckets[call.tensor_bucket[i]].flags & kFlagAmsgrad)) continue;
+      call.raw[i].max_exp_avg_sq = t.meta[i].max_exp_avg_sq.data;
+      TORCH_CHECK(call.raw[i].max_exp_avg_sq != nullptr, "table_step_: tensor ", i,
+                  " had no max_exp_avg_sq when its table was checked");
     }
+  } else {
+    attach_max_states(buckets, t.max_exp_avg_sqs, call, "table_step_");
   }
   if (fast) {
     // Every five share the param's layout and are where the last full check saw them.

@@ -72,6 +72,18 @@ struct BucketSpec {
   int32_t element_type;
 };
 
+// The pointers the kernels read for one tensor of a call (also the CUDA table's entry).
+struct TensorEntry {
+  void* param;
+  void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* max_exp_avg_sq;  // null without AMSGrad
+  int64_t numel;
+  int32_t aligned;  // CUDA: every pointer aligned to a pack (kPackElements elements), the vector path applies
+  int32_t bucket;   // its BucketSpec
+};
+
 struct DeferredSteps {
   int32_t count;
   int32_t clock_count;

@@ -90,10 +90,10 @@ void run_step_cpu(StepCall& call) {
 
   if (!skipped) {
     std::unique_ptr<WorkingLayout> layout;
-    const std::vector<RawTensor>& raw = raw_tensors(call, layout);
+    const std::vector<TensorEntry>& raw = raw_tensors(call, layout);
     scratch.segments.clear();
     scratch.offsets.assign(1, 0);
-    for (const RawTensor& t : raw) {
+    for (const TensorEntry& t : raw) {
       if (!scratch.usable[t.bucket] || t.numel == 0) continue;
       scratch.segments.push_back({t.param, t.grad, t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq,
                                   scratch.updates[t.bucket], &scratch.configs[t.bucket]});

@@ -46,7 +46,6 @@ namespace {
 
 using cuda::ChunkTask;
 using cuda::LaunchCounters;
-using cuda::TensorEntry;
 
 // Counter pairs per table: eager streams and captures take one each, first come first served.
 constexpr int kCounterSlots = 32;
@@ -202,15 +201,15 @@ void run_step_cuda(StepCall& call, std::shared_ptr<void>* state) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)).stream();
 
   std::unique_ptr<WorkingLayout> layout;
-  const std::vector<RawTensor>& raw = raw_tensors(call, layout);
+  const std::vector<TensorEntry>& raw = raw_tensors(call, layout);
   std::vector<TensorEntry> entries;
   entries.reserve(raw.size());
-  for (const RawTensor& t : raw) {
+  for (const TensorEntry& t : raw) {
     if (t.numel == 0) continue;
     const BucketSpec& bucket = call.buckets[t.bucket];
     const bool amsgrad = (bucket.flags & kFlagAmsgrad) != 0;
     const size_t pack = pack_bytes(static_cast<ElementType>(bucket.element_type));
-    TensorEntry e{t.param, t.grad, t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, t.numel, 0, t.bucket};
+    TensorEntry e = t;
     e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
                 aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
     entries.push_back(e);

@@ -63,17 +63,6 @@ constexpr int kUnroll = 2;
 
 inline int element_size(ElementType type) { return type == ElementType::kFloat32 ? 4 : 2; }
 
-struct TensorEntry {
-  void* param;
-  void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // null without AMSGrad
-  int64_t numel;
-  int32_t aligned;  // every pointer aligned to a pack (kPackElements elements): the vector path applies
-  int32_t bucket;   // its BucketSpec (note [One op per step])
-};
-
 struct ChunkTask {
   int32_t tensor;
   int32_t chunk;  // elements [chunk * kChunkSize, min(numel, (chunk + 1) * kChunkSize))
