@@ -441,64 +441,54 @@ class FusedScheduledAdam(Optimizer):
         # The eager step of one device reads its grads through its table, which also notices when
         # they no longer fit the plan; any other step reads them here and checks the plan.
         calls = self._calls
-        fast = (calls is not None and len(calls) == 1 and calls[0].table is not None and not compiling
-                and not self._check_finite)
+        call = None if compiling else _table_call(calls, binding)
         all_grads = None
-        if not fast:
+        if call is None or self._check_finite:
             all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
             calls = self._plan_calls(all_grads)
             if len(calls) == 1 and calls[0].table_wanted and not compiling:
                 self._set_table(calls[0], calls)
-        self._refresh_rows(calls, binding)
+            call = None if compiling else _table_call(calls, binding)
+        self._refresh_rows(calls, binding, flags)
         if self._check_finite:
             found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
+        if call is not None:
+            clocks, rules, applied, pending = binding.deferred()
+            if _ops.table_step_(call.table, call.rows, call.steps, binding.buffers[call.device], clocks, rules, applied,
+                                pending, grad_scale=_on(grad_scale, call.device), found_inf=_on(found_inf, call.device),
+                                invalid_steps=self._invalid_counter(call.device)):
+                binding.deferred_done()
+                return loss
+            # The grads no longer match the table (note [Step tables]): a new plan, checked, and the
+            # list path, whose checks raise for a grad that does not fit its param.
+            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+            calls = self._plan_calls(all_grads)
+            self._refresh_rows(calls, binding, flags)
+        if all_grads is None:
+            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
+        self._list_steps(calls, all_grads, binding, grad_scale, found_inf)
+        return loss
+
+    def _list_steps(self, calls: list[DeviceStep], all_grads, binding: Binding, grad_scale, found_inf) -> None:
+        """The calls of a step with the grads listed here: a compiled step, several devices, DTensor
+        params, a param listed twice, a step just planned again."""
         if len(calls) != 1 or calls[0].device != binding.primary:
-            # Several devices (or a param listed twice): the deferred steps are applied first and
-            # the words copied to every device, then one call each.
+            # No call, several devices or listings: the deferred steps are applied first and the
+            # words copied to every device, then one call each.
             binding.flush()
             devices = {call.device for call in calls}
             if devices - {binding.primary}:
                 binding.mirror_to(devices)
         for call in calls:
             device = call.device
-            scale = None if grad_scale is None else grad_scale.to(device, non_blocking=True)
-            found = None if found_inf is None else found_inf.to(device, non_blocking=True)
-            words = binding.buffers[device]
-            clocks, rules, applied, pending = binding.deferred() if device == binding.primary else ([], [], None, None)
-            if applied is None:
-                applied, pending = self._no_deferred(device)
-            if call.table is not None and not compiling:
-                if _ops.table_step_(call.table, call.rows, call.steps, words, clocks, rules, applied, pending,
-                                    grad_scale=scale, found_inf=found, invalid_steps=self._invalid_counter(device)):
-                    binding.deferred_done()
-                    continue
-                # The grads no longer match the table (note [Step tables]): a new plan, checked.
-                all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-                return self._replan_and_step(all_grads, binding, grad_scale, found_inf, loss)
-            if all_grads is None:
-                all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-            self._list_step(call, all_grads, words, clocks, rules, applied, pending, scale, found)
+            if device == binding.primary:
+                clocks, rules, applied, pending = binding.deferred()
+            else:
+                clocks, rules, (applied, pending) = [], [], self._no_deferred(device)
+            self._list_step(call, all_grads, binding.buffers[device], clocks, rules, applied, pending,
+                            _on(grad_scale, device), _on(found_inf, device))
             if device == binding.primary:
                 binding.deferred_done()
-        if not calls:
-            binding.flush()
-        return loss
-
-    def _replan_and_step(self, all_grads, binding: Binding, grad_scale, found_inf, loss):
-        """The step after a table refused its grads: plans for what the grads are now, then the
-        list path (whose checks raise for a grad that does not fit its param)."""
-        calls = self._plan_calls(all_grads)
-        self._refresh_rows(calls, binding)
-        for call in calls:
-            device = call.device
-            clocks, rules, applied, pending = binding.deferred()
-            self._list_step(call, all_grads, binding.buffers[device], clocks, rules, applied, pending,
-                            None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                            None if found_inf is None else found_inf.to(device, non_blocking=True))
-            binding.deferred_done()
-        if not calls:
-            binding.flush()
-        return loss
 
     def _list_step(self, call: DeviceStep, all_grads, words, clocks, rules, applied, pending, grad_scale, found_inf):
         grads = [torch.view_as_real(_local_tensor(all_grads[g][i])) if c else _local_tensor(all_grads[g][i])
@@ -555,7 +545,7 @@ class FusedScheduledAdam(Optimizer):
         _ops.set_step_table(call.table, sources, call.params, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs,
                             watched)
 
-    def _refresh_rows(self, calls: list[DeviceStep], binding: Binding) -> None:
+    def _refresh_rows(self, calls: list[DeviceStep], binding: Binding, flags: list[int]) -> None:
         """The bucket rows, made again when a group's hyperparameters or program changed."""
         values = []
         for index, group in enumerate(self.param_groups):
@@ -565,8 +555,7 @@ class FusedScheduledAdam(Optimizer):
             beta1 = binding.beta1_for(index, beta1)
             beta1 = float(beta1) if isinstance(beta1, Tensor) else float(beta1)
             beta2 = float(beta2) if isinstance(beta2, Tensor) else float(beta2)
-            values.append((beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
-                           _step_plan.flags_of(group)))
+            values.append((beta1, beta2, float(group["eps"]), float(group["weight_decay"]), flags[index]))
         if values == self._rows_made_from and all(call.rows is not None for call in calls):
             return
         programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(self.param_groups))]
@@ -749,6 +738,18 @@ def _match_param_layout(p: Tensor, state: dict[str, Any]) -> None:
 def _float_betas(betas) -> tuple[float, float]:
     """Betas as floats: a 1-element tensor beta is read once, here (a sync if it is on a GPU)."""
     return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
+
+
+def _table_call(calls: list[DeviceStep] | None, binding: Binding) -> DeviceStep | None:
+    """The one call of an eager step that its table serves (note [Step tables]), or None."""
+    if calls is None or len(calls) != 1 or calls[0].table is None or calls[0].device != binding.primary:
+        return None
+    return calls[0]
+
+
+def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+    """An AMP scalar on the device of a call (no sync: a copy queued on the stream)."""
+    return None if tensor is None else tensor.to(device, non_blocking=True)
 
 
 def _local_tensor(tensor: Tensor) -> Tensor:
