@@ -73,21 +73,25 @@ def contenders():
     }
 
 
+def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int) -> float:
+    """Median seconds of one optimizer step and scheduler step on fresh params of ``shapes``."""
+    params = make_params(shapes)
+    optimizer = make_optimizer(params)
+    scheduler = make_scheduler(optimizer)
+
+    def step():
+        optimizer.step()
+        scheduler.step()
+
+    return median_seconds(step, repeats)
+
+
 def bench_case(label: str, shapes, repeats: int) -> dict:
     numel = sum(torch.Size(s).numel() for s in shapes)
     rows = {}
     for name, (make_optimizer, make_scheduler) in contenders().items():
-        params = make_params(shapes)
-        optimizer = make_optimizer(params)
-        scheduler = make_scheduler(optimizer)
-
-        def step():
-            optimizer.step()
-            scheduler.step()
-
-        seconds = median_seconds(step, repeats)
+        seconds = step_seconds(make_optimizer, make_scheduler, shapes, repeats)
         rows[name] = {"ms_per_step": seconds * 1e3, "GB_per_s": ADAM_BYTES_PER_PARAM * numel / seconds / 1e9}
-        del params, optimizer, scheduler
     baseline = rows["torch Adam(fused=True) + CosineAnnealingLR"]["ms_per_step"]
     for row in rows.values():
         row["ratio_vs_torch_fused"] = row["ms_per_step"] / baseline
@@ -104,18 +108,9 @@ def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
         for name in ("lrfused FusedScheduledAdam + lrfused CosineAnnealingLR",
                      "torch Adam(fused=True) + CosineAnnealingLR"):
             make_optimizer, make_scheduler = contenders()[name]
-            seconds = {}
-            for layout, shapes in (("many", [(size,)] * count), ("one", [(count * size,)])):
-                params = make_params(shapes)
-                optimizer = make_optimizer(params)
-                scheduler = make_scheduler(optimizer)
-
-                def step():
-                    optimizer.step()
-                    scheduler.step()
-
-                seconds[layout] = median_seconds(step, repeats if size > 1 else 5 * repeats)
-                del params, optimizer, scheduler
+            samples = repeats if size > 1 else 5 * repeats
+            seconds = {layout: step_seconds(make_optimizer, make_scheduler, shapes, samples)
+                       for layout, shapes in (("many", [(size,)] * count), ("one", [(count * size,)]))}
             row[name] = {"us_many": seconds["many"] * 1e6, "us_one": seconds["one"] * 1e6,
                          "many_over_one": seconds["many"] / seconds["one"]}
         rows.append(row)
