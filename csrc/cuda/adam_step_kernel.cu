@@ -2,6 +2,7 @@
 #include "adam_step_kernel.cuh"
 
 #include "../common/step_plan.h"
+#include "launch.cuh"
 
 namespace lrfused {
 namespace cuda {
@@ -265,7 +266,7 @@ int resident_blocks(int device) {
 
 cudaError_t launch_adam_step(const LaunchArgs& args, int num_blocks, cudaStream_t stream) {
   if (num_blocks <= 0) return cudaErrorInvalidValue;
-  adam_step_kernel<<<num_blocks, kBlockThreads, 0, stream>>>(args);
+  LRFUSED_LAUNCH(adam_step_kernel, num_blocks, kBlockThreads, 0, stream, args);
   return cudaGetLastError();
 }
 

@@ -2,6 +2,7 @@
 #include "advance_lr_kernel.cuh"
 
 #include "../common/lr_step.h"
+#include "launch.cuh"
 
 namespace lrfused {
 namespace cuda {
@@ -20,7 +21,7 @@ __global__ void advance_lr_kernel(const double* rules, int64_t group_count, doub
 
 cudaError_t launch_advance_lr(const double* rules, int64_t group_count, double* groups, int64_t* clock,
                               int64_t epoch, cudaStream_t stream) {
-  advance_lr_kernel<<<1, 1, 0, stream>>>(rules, group_count, groups, clock, epoch);
+  LRFUSED_LAUNCH(advance_lr_kernel, 1, 1, 0, stream, rules, group_count, groups, clock, epoch);
   return cudaGetLastError();
 }
 

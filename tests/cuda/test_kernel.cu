@@ -1,5 +1,6 @@
 // The CUDA kernel alone, without torch: built by scripts/nvcc_check.sh (CI, no GPU needed to
-// build), run on a GPU by benchmarks/gpu_suite.sh, also under compute-sanitizer.
+// build), executed on the CPU under emulation by scripts/cuda_emulation_check.sh (CI), run on a
+// GPU by benchmarks/gpu_suite.sh, also under compute-sanitizer.
 //
 //   test_kernel            every check below except the tensor of more than 2^31 elements
 //   test_kernel --huge     that one too (about 17 GB of device memory; not under the sanitizer)
@@ -417,8 +418,11 @@ void check_graph_replays() {
   CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaGraph_t graph;
   cudaGraphExec_t exec;
+  // The arguments are built (launch_args copies the bucket to the device with a synchronous
+  // cudaMemcpy) before the capture opens: CUDA refuses legacy-stream work during a global capture.
+  const LaunchArgs args = launch_args(table, s, o, ElementType::kFloat32);
   CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  CHECK_CUDA(launch_adam_step(launch_args(table, s, o, ElementType::kFloat32), 3, stream));
+  CHECK_CUDA(launch_adam_step(args, 3, stream));
   CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
   CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
   const int replays = 50;
