@@ -94,6 +94,20 @@ class Binding:
         self.pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
         self.sequence = 0  # deferred steps issued so far
         self.applied = torch.zeros((), dtype=torch.int64, device=device)  # ... and applied, on the device
+        # The flush's own handle: a flush recorded into a CUDA graph (a capture that opens with
+        # deferred steps pending) launches from a table that must outlive the capture.
+        self.flush_handle = _ops.new_handle()
+
+    # A copy (deepcopy, pickle) gets a handle of its own: sharing the original's id would share its
+    # CUDA tables, and in another process the id could name an unrelated handle.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["flush_handle"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.flush_handle = _ops.new_handle()
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -249,7 +263,8 @@ class Binding:
         if not self.deferred_rules:
             return
         _ops.adam_step_([], [], [], [], [], [], _step_plan.NO_BUCKETS, self.buffers[self.primary],
-                        self.deferred_clocks, self.deferred_rules, self.applied, self.pending)
+                        self.deferred_clocks, self.deferred_rules, self.applied, self.pending,
+                        handle=self.flush_handle)
         self.deferred_done()
 
     def record(self, groups: list[dict[str, Any]]) -> None:

@@ -222,3 +222,41 @@ def test_a_flag_changed_between_steps_is_followed_like_torch():
         opt_theirs.step()
         for a, b in zip(ours, theirs):
             assert max_relative_error(a, b) < 1e-6, k
+
+
+def test_a_flush_of_deferred_steps_carries_the_bindings_own_handle(monkeypatch):
+    # On CUDA a flush recorded into a graph (a capture opening with deferred steps pending) reads a
+    # table that must outlive the capture, which only a handle keeps: every flush passes the same one.
+    param = torch.nn.Parameter(torch.randn(4))
+    opt = lrfused.FusedScheduledAdam([param], lr=1e-2)
+    sched = L.StepLR(opt, step_size=1, gamma=0.5)
+    param.grad = torch.randn(4)
+    opt.step()
+    seen = []
+    real = _ops.adam_step_
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("handle"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_ops, "adam_step_", recording)
+    binding = opt._binding
+    for _ in range(2):
+        sched.step()
+        assert binding.deferred_rules, "the scheduler step was not deferred"
+        binding.flush()
+        assert not binding.deferred_rules
+    assert len(seen) == 2 and seen[0] is not None and seen[0] is seen[1] is binding.flush_handle
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-3)
+
+
+def test_a_copied_optimizer_flushes_through_a_handle_of_its_own():
+    param = torch.nn.Parameter(torch.randn(3))
+    opt = lrfused.FusedScheduledAdam([param], lr=1e-2)
+    L.StepLR(opt, step_size=1, gamma=0.5)
+    param.grad = torch.randn(3)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    assert twin._binding.flush_handle is not None
+    assert twin._binding.flush_handle is not opt._binding.flush_handle
+    assert not torch.equal(twin._binding.flush_handle, opt._binding.flush_handle)

@@ -4,10 +4,11 @@
 // note [Unusable schedule values]
 // A non-finite lr (a tabulated schedule asked past what was uploaded, a function that returned
 // NaN, a NaN tensor lr copied in on the device) or a scheduled beta1 outside [0, 1) cannot raise
-// on a GPU without a host sync. Both backends follow one rule, decided here: the call is skipped
-// (params, states and the step counter unchanged) and the op's `invalid_steps` counter, when
-// given, goes up by one. A finite negative lr is used as it is: torch computes one for some
-// chains (a cosine with eta_min after a decay to zero) and follows it.
+// on a GPU without a host sync. Both backends follow one rule, decided here: the bucket is skipped
+// (its params, states and step counter unchanged; the call's other buckets step) and the op's
+// `invalid_steps` counter, when given, goes up by one for each bucket skipped so.
+// A finite negative lr is used as it is: torch computes one for some chains (a cosine with
+// eta_min after a decay to zero) and follows it.
 #pragma once
 
 #include <cstdint>
