@@ -47,7 +47,7 @@ build() {
   "$CXX" -pthread "$objects/test.o" "$objects/kernel.o" -o "$out" -ltbb
 }
 
-tests=(tests/cuda/test_kernel.cu)
+tests=(tests/cuda/test_kernel.cu tests/cuda/test_step_launch.cu)
 echo "== the kernel tests under the CPU emulation (HIP-CPU at $HIP_CPU_ROOT)"
 for test in "${tests[@]}"; do
   name=$(basename "$test" .cu)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles the torch-free CUDA sources (csrc/cuda/*_kernel.cu) with nvcc for sm_80 and sm_90 and
 # fails when an element loop spills registers (note [Block shape] in adam_step_kernel.cuh), then
-# builds the standalone kernel test (tests/cuda/test_kernel.cu), which runs where there is a GPU.
+# builds the standalone kernel tests (tests/cuda/test_kernel.cu, test_step_launch.cu), which run
+# where there is a GPU (and on the CPU under emulation: scripts/cuda_emulation_check.sh).
 # Skips, saying so, where nvcc is absent. The flags are those of setup.py: --fmad=false keeps the
 # CUDA kernel to the CPU kernel's roundings (no contraction into fused multiply-adds).
 set -euo pipefail
@@ -40,9 +41,12 @@ for source in csrc/cuda/*_kernel.cu; do
   fi
   echo "  $(grep -c 'Function properties for .*update_chunk' "$out/ptxas.log") element loops, none spills"
 done
-echo "nvcc: tests/cuda/test_kernel.cu"
 # The host reference of the test is built with -ffp-contract=off: the device side has --fmad=false,
 # and a host compiler that contracts a*b+c into an FMA (gcc does on aarch64, a GH200) would round
 # differently from the kernel and fail the bit-for-bit comparison.
-"$NVCC" "${flags[@]}" -Xcompiler -ffp-contract=off -lineinfo -Icsrc tests/cuda/test_kernel.cu csrc/cuda/adam_step_kernel.cu -o "$out/test_kernel"
+for test in test_kernel test_step_launch; do
+  echo "nvcc: tests/cuda/$test.cu"
+  "$NVCC" "${flags[@]}" -Xcompiler -ffp-contract=off -lineinfo -Icsrc "tests/cuda/$test.cu" csrc/cuda/adam_step_kernel.cu \
+    -o "$out/$test"
+done
 echo "CUDA compile check passed"
