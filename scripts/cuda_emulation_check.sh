@@ -30,6 +30,8 @@ work=${LRFUSED_EMU_BUILD:-$(mktemp -d)}
 mkdir -p "$work"
 [ -z "${LRFUSED_EMU_BUILD:-}" ] && trap 'rm -rf "$work"' EXIT
 
+# What the emulated device reports as its SM count (the tests change it to show it is cached).
+export LRFUSED_EMU_SMS=${LRFUSED_EMU_SMS:-4}
 passed=0
 failed=0
 result() {  # name status(0 = pass)

@@ -1,6 +1,8 @@
 // The multi-tensor Adam kernel with its schedule (see note [One launch per step] in the header).
 #include "adam_step_kernel.cuh"
 
+#include <atomic>
+
 #include "../common/step_plan.h"
 #include "launch.cuh"
 
@@ -247,21 +249,29 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSM)
 }  // namespace
 
 int resident_blocks(int device) {
+  // Neither the SM count nor the occupancy changes while the process runs, but both belong to a
+  // device (two GPUs of one process may differ): asked once per device, not at every step.
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices] = {};
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  if (cacheable) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
     (void)cudaGetLastError();
     sms = 1;
   }
-  // Occupancy does not change while the process runs: asked once.
-  static const int per_sm = [] {
-    int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, adam_step_kernel, kBlockThreads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      blocks = kMinBlocksPerSM;
-    }
-    return blocks > 0 ? blocks : 1;
-  }();
-  return sms * per_sm;
+  // The occupancy API answers for the current device, which the caller's guard has set.
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adam_step_kernel, kBlockThreads, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    per_sm = kMinBlocksPerSM;
+  }
+  const int blocks = sms * (per_sm > 0 ? per_sm : 1);
+  if (cacheable) cached[device].store(blocks, std::memory_order_relaxed);
+  return blocks;
 }
 
 cudaError_t launch_adam_step(const LaunchArgs& args, int num_blocks, cudaStream_t stream) {

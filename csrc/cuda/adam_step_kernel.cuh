@@ -88,7 +88,8 @@ struct LaunchArgs {
   LaunchCounters* counters;
 };
 
-// Blocks the device holds resident at once (the grid of note [Grid size]).
+// Blocks the device holds resident at once (the grid of note [Grid size]), asked of the runtime
+// once per device. `device` must be the current device.
 int resident_blocks(int device);
 
 // Launches the kernel on `stream`; returns the launch's error code.

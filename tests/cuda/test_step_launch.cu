@@ -422,6 +422,14 @@ int main() {
   }
   // Group 2's words stay NaN from call 9 on (its rules chain on them): its one bucket is counted
   // in calls 9, 10 and 11, once each, and the model's count above was compared after every call.
+  // The grid size is asked of the runtime once per device: the emulation's SM count changed
+  // afterwards is not seen (on a GPU the count cannot change, and this part checks nothing new).
+  const int resident = resident_blocks(0);
+  expect(resident > 0, "resident_blocks(0) is positive");
+  if (std::getenv("LRFUSED_EMU_SMS") != nullptr) {
+    setenv("LRFUSED_EMU_SMS", std::to_string(std::atoi(std::getenv("LRFUSED_EMU_SMS")) * 3).c_str(), 1);
+    expect(resident_blocks(0) == resident, "resident_blocks is cached per device, not asked at every step");
+  }
   expect(m.invalid == 3, "the NaN group's bucket counted once in each of the last three calls, got " +
                              std::to_string(m.invalid));
   if (failures != 0) {
