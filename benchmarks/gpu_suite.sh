@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# The GPU runbook: one step per call, each well under the device machine's 10 minutes a command,
-# each writing its log (and results) under $OUT (default ./gpu-suite-out). Needs nothing outside
-# the repository. On the device machine, in this order:
+# The GPU runbook, writing each step's log (and results) under $OUT (default ./gpu-suite-out) as it
+# goes, so that a call killed at its limit still returns what was done. Needs nothing outside the
+# repository. The one call a lent GPU gets (its device time is 15 minutes in all, 10 a command):
+#
+#   bash benchmarks/gpu_suite.sh all           # every step below in priority order, each with its own
+#                                              #   time budget, 540 s in all (LRFUSED_GPU_BUDGET_S);
+#                                              #   on a machine without a GPU: the probe, then "no GPU"
+#
+# carrying gpu-prebuilt/ (scripts/gpu_prebuild.sh makes it here, without a GPU: the extension for
+# the device image's torch and the kernel test binaries, sm_90). The steps, also one per call:
 #
 #   bash benchmarks/gpu_suite.sh probe         # nvidia-smi; torch, CUDA, nvcc, setuptools, ninja, pytest,
 #                                              #   hypothesis versions; compute-sanitizer present?  (~10 s)
-#   bash benchmarks/gpu_suite.sh build         # pip install -e . with the CUDA kernels (sm_90) and the
-#                                              #   standalone kernel test, into build/gpu       (~3 min)
+#   bash benchmarks/gpu_suite.sh build         # gpu-prebuilt/ when it matches this torch, else pip install
+#                                              #   -e . with the CUDA kernels (sm_90) and the standalone
+#                                              #   kernel tests, into build/gpu                 (~3 min)
+#   bash benchmarks/gpu_suite.sh kernel-test   # build/gpu/test_kernel --huge and test_step_launch, then
+#                                              #   under compute-sanitizer memcheck, racecheck and synccheck
 #   bash benchmarks/gpu_suite.sh cuda-tests    # tests/test_cuda.py and the device-parametrised tests
-#   bash benchmarks/gpu_suite.sh kernel-test   # build/gpu/test_kernel --huge, then under compute-sanitizer
-#                                              #   memcheck, racecheck and synccheck (without --huge)
 #   bash benchmarks/gpu_suite.sh suite         # the whole test suite
 #   bash benchmarks/gpu_suite.sh bench-quick   # bench_cuda.py --quick                            (~1 min)
 #   bash benchmarks/gpu_suite.sh bench-full [CASES]
@@ -17,9 +25,9 @@
 #                                              #   (comma-separated substrings, e.g. "tensor" then
 #                                              #   "GPT-2,Llama,10000" if one call would be too long)
 #
-# A later step assumes the earlier ones ran on the same machine (build/gpu and the editable
-# install survive between calls while the machine stays warm). Benchmark results are also copied
-# to benchmarks/results/ (in $OUT/results/ for fetching back). Exit status: the step's.
+# A later step assumes the earlier ones ran on the same machine (build/gpu and the extension
+# survive between calls while the machine stays warm). Benchmark results are also copied to
+# benchmarks/results/ (in $OUT/results/ for fetching back). Exit status: the step's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-./gpu-suite-out}
@@ -27,8 +35,13 @@ mkdir -p "$OUT"
 step=${1:-}
 shift || true
 build=build/gpu
+prebuilt=gpu-prebuilt
+# The extension may be the prebuilt one copied into lrfused/ (no install): import it from here.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 log() { tee -a "$OUT/$step.log"; }
+
+has_gpu() { python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null; }
 
 case "$step" in
   probe)
@@ -57,6 +70,18 @@ PY
     ;;
   build)
     {
+      here_torch=$(python3 -c "import torch; print(torch.__version__)" 2> /dev/null)
+      if [ -f "$prebuilt/BUILD_INFO" ] && grep -qx "torch $here_torch" "$prebuilt/BUILD_INFO"; then
+        echo "== the prebuilt extension and kernel tests ($prebuilt/BUILD_INFO):"
+        cat "$prebuilt/BUILD_INFO"
+        cp "$prebuilt"/lrfused/_C*.so lrfused/ && mkdir -p "$build" && cp "$prebuilt"/bin/* "$build/" || exit 1
+        python3 -c "import lrfused; print('kernels', lrfused.has_kernels(), 'cuda kernels', lrfused.has_cuda_kernels())" \
+          && exit 0
+        echo "== the prebuilt extension does not load: building here"
+        rm -f lrfused/_C*.so
+      elif [ -d "$prebuilt" ]; then
+        echo "== $prebuilt/ was built for $(grep '^torch' "$prebuilt/BUILD_INFO" 2> /dev/null), this is torch $here_torch: building here"
+      fi
       echo "== pip install -e . (LRFUSED_CUDA=1, TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0})"
       export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} LRFUSED_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
       if ! python3 -m pip install --no-build-isolation --no-deps -e .; then
@@ -82,10 +107,16 @@ PY
       status=0
       echo "== test_kernel --huge"
       "$build/test_kernel" --huge || status=1
+      echo "== test_step_launch"
+      "$build/test_step_launch" || status=1
       if command -v compute-sanitizer > /dev/null; then
+        # Each tool gets a share of the step's time, so that one slow tool cannot starve the others.
+        share=${LRFUSED_SANITIZER_S:-40}
         for tool in memcheck racecheck synccheck; do
-          echo "== compute-sanitizer --tool $tool"
-          compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/test_kernel" || status=1
+          for test in test_step_launch test_kernel; do
+            echo "== compute-sanitizer --tool $tool $test (at most ${share} s)"
+            timeout -k 5 "$share" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/$test" || status=1
+          done
         done
       else
         echo "compute-sanitizer not found"; status=1
@@ -107,8 +138,38 @@ PY
     mkdir -p benchmarks/results && cp "$OUT"/results/*.json "$OUT"/results/*.md benchmarks/results/ 2>/dev/null
     exit "$status"
     ;;
+  all)
+    # Priority order: what cannot be learnt without a GPU first. Each step is its own process with
+    # a timeout of its budget or what is left, whichever is less, so a slow step costs only itself.
+    started=$(date +%s)
+    total=${LRFUSED_GPU_BUDGET_S:-540}
+    : > "$OUT/all.log"
+    run_step() {  # name budget_s [args]
+      local name=$1 budget=$2 left
+      shift 2
+      left=$((total - ($(date +%s) - started) - 10))
+      [ "$budget" -gt "$left" ] && budget=$left
+      if [ "$budget" -lt 15 ]; then
+        echo "$name: not run, $left s left" | tee -a "$OUT/all.log"
+        return
+      fi
+      echo "== $name (at most $budget s)" | tee -a "$OUT/all.log"
+      timeout -k 10 "$budget" bash "$0" "$name" "$@"
+      echo "$name: exit $? after $(($(date +%s) - started)) s in all" | tee -a "$OUT/all.log"
+    }
+    run_step probe 30
+    if ! has_gpu; then
+      echo "no GPU: the GPU steps are not run" | tee -a "$OUT/all.log"
+      exit 0
+    fi
+    run_step build 240
+    run_step kernel-test 150
+    run_step cuda-tests 150
+    run_step bench-quick 120
+    echo "all: $(($(date +%s) - started)) s" | tee -a "$OUT/all.log"
+    ;;
   *)
-    sed -n '2,25p' "$0" >&2
+    sed -n '2,30p' "$0" >&2
     exit 2
     ;;
 esac
