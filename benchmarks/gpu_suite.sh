@@ -7,8 +7,9 @@
 #                                              #   time budget, 540 s in all (LRFUSED_GPU_BUDGET_S);
 #                                              #   on a machine without a GPU: the probe, then "no GPU"
 #
-# carrying gpu-prebuilt/ (scripts/gpu_prebuild.sh makes it here, without a GPU: the extension for
-# the device image's torch and the kernel test binaries, sm_90). The steps, also one per call:
+# The build step uses a carried gpu-prebuilt/ (lrfused/_C*.so, bin/test_kernel, bin/test_step_launch
+# and a BUILD_INFO whose "torch X" line names the torch it was built against) when it matches the
+# device's torch, and builds on the device otherwise (~3 min). The steps, also one per call:
 #
 #   bash benchmarks/gpu_suite.sh probe         # nvidia-smi; torch, CUDA, nvcc, setuptools, ninja, pytest,
 #                                              #   hypothesis versions; compute-sanitizer present?  (~10 s)
