@@ -26,29 +26,13 @@
 
 #include "common/step_scalars.h"
 #include "cuda/adam_step_kernel.cuh"
+#include "test_support.h"
 
 using namespace lrfused;
 using namespace lrfused::cuda;
+using namespace lrfused_test;
 
 namespace {
-
-int failures = 0;
-
-#define CHECK_CUDA(call)                                                                     \
-  do {                                                                                       \
-    cudaError_t error_ = (call);                                                             \
-    if (error_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(error_)); \
-      std::exit(2);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
 
 // Host-side element conversions, the same roundings as the kernel's.
 template <typename T> float to_f(T x);
@@ -69,27 +53,6 @@ template <typename T> const char* name_of();
 template <> const char* name_of<float>() { return "float32"; }
 template <> const char* name_of<__half>() { return "float16"; }
 template <> const char* name_of<__nv_bfloat16>() { return "bfloat16"; }
-
-uint64_t lcg_state = 12345;
-float uniform() {  // in [-1, 1)
-  lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-  return static_cast<float>((lcg_state >> 40) * (1.0 / (1ull << 24))) * 2.0f - 1.0f;
-}
-
-template <typename T>
-T* device_copy(const std::vector<T>& host) {
-  T* device = nullptr;
-  CHECK_CUDA(cudaMalloc(&device, host.size() * sizeof(T) + 64));
-  CHECK_CUDA(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return device;
-}
-
-template <typename T>
-std::vector<T> host_copy(const T* device, size_t n) {
-  std::vector<T> host(n);
-  CHECK_CUDA(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return host;
-}
 
 template <typename T>
 bool same_bits(const T& a, const T& b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }

@@ -22,50 +22,13 @@
 
 #include "common/step_plan.h"
 #include "cuda/adam_step_kernel.cuh"
+#include "test_support.h"
 
 using namespace lrfused;
 using namespace lrfused::cuda;
+using namespace lrfused_test;
 
 namespace {
-
-int failures = 0;
-
-void expect(bool ok, const std::string& what) {
-  if (!ok) {
-    ++failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-#define CHECK_CUDA(call)                                                                               \
-  do {                                                                                                 \
-    cudaError_t error_ = (call);                                                                       \
-    if (error_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(error_)); \
-      std::exit(2);                                                                                    \
-    }                                                                                                  \
-  } while (0)
-
-uint64_t lcg_state = 4242;
-float uniform() {  // in [-1, 1)
-  lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-  return static_cast<float>((lcg_state >> 40) * (1.0 / (1ull << 24))) * 2.0f - 1.0f;
-}
-
-template <typename T>
-T* to_device(const std::vector<T>& host) {
-  T* device = nullptr;
-  CHECK_CUDA(cudaMalloc(&device, host.size() * sizeof(T) + 64));
-  if (!host.empty()) CHECK_CUDA(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return device;
-}
-
-template <typename T>
-std::vector<T> to_host(const T* device, size_t n) {
-  std::vector<T> host(n);
-  if (n != 0) CHECK_CUDA(cudaMemcpy(host.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost));
-  return host;
-}
 
 int element_bytes(ElementType type) { return type == ElementType::kFloat32 ? 4 : 2; }
 
@@ -158,15 +121,15 @@ Model make_model() {
   const std::vector<double> set_exponential = {kRuleSet, 6, kExponential, 4, 3e-3, 0.9};
   const std::vector<double> chain_cosine = {kRuleChain, 8, kCosine, 6, 5e-3, 1e-4, 10, 0};
   m.rules = {indexed_rules({step_lr, step_lr, step_lr}), indexed_rules({keep, set_exponential, chain_cosine})};
-  m.words_d = to_device(m.words);
-  m.cosine_d = to_device(m.cosine);
-  m.steps_d = to_device(m.steps);
-  m.clocks_d = to_device(m.clocks);
-  m.applied_d = to_device(std::vector<int64_t>{0});
-  m.invalid_d = to_device(std::vector<int64_t>{0});
-  m.scale_d = to_device(std::vector<float>{256.0f});
-  m.found_inf_d = to_device(std::vector<float>{0.0f});
-  for (const auto& r : m.rules) m.rules_d.push_back(to_device(r));
+  m.words_d = device_copy(m.words);
+  m.cosine_d = device_copy(m.cosine);
+  m.steps_d = device_copy(m.steps);
+  m.clocks_d = device_copy(m.clocks);
+  m.applied_d = device_copy(std::vector<int64_t>{0});
+  m.invalid_d = device_copy(std::vector<int64_t>{0});
+  m.scale_d = device_copy(std::vector<float>{256.0f});
+  m.found_inf_d = device_copy(std::vector<float>{0.0f});
+  for (const auto& r : m.rules) m.rules_d.push_back(device_copy(r));
 
   struct BucketCase { int group; ElementType type; int flags; double weight_decay; int clock; };
   const BucketCase buckets[] = {
@@ -248,8 +211,8 @@ Table make_table(const Model& m, bool with_tensors) {
       }
     }
   }
-  return {to_device(entries), to_device(tasks), to_device(m.buckets_device),
-          to_device(std::vector<LaunchCounters>{{0u, 0u}}), static_cast<int32_t>(tasks.size())};
+  return {device_copy(entries), device_copy(tasks), device_copy(m.buckets_device),
+          device_copy(std::vector<LaunchCounters>{{0u, 0u}}), static_cast<int32_t>(tasks.size())};
 }
 
 // `count` deferred steps from sequence number `first`, pointing at the host or the device model.
@@ -325,7 +288,7 @@ int64_t differing_elements(const Model& m) {
     const int bytes = element_bytes(t.type);
     for (int a = 0; a < kArrays; ++a) {
       if (t.host[a].empty()) continue;
-      const std::vector<unsigned char> device = to_host(t.device[a], t.host[a].size());
+      const std::vector<unsigned char> device = host_copy(t.device[a], t.host[a].size());
       for (size_t e = static_cast<size_t>(t.offset) * bytes; e < device.size(); e += bytes) {
         bad += std::memcmp(&device[e], &t.host[a][e], bytes) != 0 ? 1 : 0;
       }
@@ -336,7 +299,7 @@ int64_t differing_elements(const Model& m) {
 
 template <typename T>
 bool same_words(const std::vector<T>& host, const T* device) {
-  const std::vector<T> copy = to_host(device, host.size());
+  const std::vector<T> copy = host_copy(device, host.size());
   return std::memcmp(copy.data(), host.data(), host.size() * sizeof(T)) == 0;
 }
 
@@ -359,6 +322,7 @@ int main() {
     std::printf("no CUDA device: nothing run\n");
     return 77;
   }
+  lcg_state = 4242;
   Model m = make_model();
   const Table with_tensors = make_table(m, true);
   const Table flush = make_table(m, false);
@@ -410,9 +374,9 @@ int main() {
     expect(same_words(m.steps, m.steps_d), label + ": step counters");
     expect(same_words(m.clocks, m.clocks_d), label + ": scheduler clocks");
     expect(same_words(m.words, m.words_d), label + ": HELD lr and beta1 words");
-    expect(to_host(m.applied_d, 1)[0] == m.applied, label + ": applied");
-    expect(to_host(m.invalid_d, 1)[0] == m.invalid, label + ": invalid_steps");
-    const LaunchCounters counters = to_host(table.counters, 1)[0];
+    expect(host_copy(m.applied_d, 1)[0] == m.applied, label + ": applied");
+    expect(host_copy(m.invalid_d, 1)[0] == m.invalid, label + ": invalid_steps");
+    const LaunchCounters counters = host_copy(table.counters, 1)[0];
     expect(counters.blocks_done == 0 && counters.next_task == 0, label + ": launch counters back at zero");
     // New grads, as training would have.
     for (Tensor& t : m.tensors) {
