@@ -7,8 +7,8 @@
 #                                              #   time budget, 540 s in all (LRFUSED_GPU_BUDGET_S);
 #                                              #   on a machine without a GPU: the probe, then "no GPU"
 #
-# The build step uses a carried gpu-prebuilt/ (lrfused/_C*.so, bin/test_kernel, bin/test_step_launch
-# and a BUILD_INFO whose "torch X" line names the torch it was built against) when it matches the
+# The build step uses a carried gpu-prebuilt/ (lrfused/_C*.so, bin/test_kernel, bin/test_step_launch,
+# bin/test_tensor_tables and a BUILD_INFO whose "torch X" line names the torch it was built against) when it matches the
 # device's torch, and builds on the device otherwise (~3 min). The steps, also one per call:
 #
 #   bash benchmarks/gpu_suite.sh probe         # nvidia-smi; torch, CUDA, nvcc, setuptools, ninja, pytest,
@@ -16,7 +16,8 @@
 #   bash benchmarks/gpu_suite.sh build         # gpu-prebuilt/ when it matches this torch, else pip install
 #                                              #   -e . with the CUDA kernels (sm_90) and the standalone
 #                                              #   kernel tests, into build/gpu                 (~3 min)
-#   bash benchmarks/gpu_suite.sh kernel-test   # build/gpu/test_kernel --huge and test_step_launch, then
+#   bash benchmarks/gpu_suite.sh kernel-test   # build/gpu/test_kernel --huge, test_step_launch and
+#                                              #   test_tensor_tables, then
 #                                              #   under compute-sanitizer memcheck, racecheck and synccheck
 #   bash benchmarks/gpu_suite.sh cuda-tests    # tests/test_cuda.py and the device-parametrised tests
 #   bash benchmarks/gpu_suite.sh suite         # the whole test suite
@@ -110,11 +111,13 @@ PY
       "$build/test_kernel" --huge || status=1
       echo "== test_step_launch"
       "$build/test_step_launch" || status=1
+      echo "== test_tensor_tables"
+      timeout 60 "$build/test_tensor_tables" || status=1
       if command -v compute-sanitizer > /dev/null; then
         # Each tool gets a share of the step's time, so that one slow tool cannot starve the others.
         share=${LRFUSED_SANITIZER_S:-40}
         for tool in memcheck racecheck synccheck; do
-          for test in test_step_launch test_kernel; do
+          for test in test_step_launch test_tensor_tables test_kernel; do
             echo "== compute-sanitizer --tool $tool $test (at most ${share} s)"
             timeout -k 5 "$share" compute-sanitizer --tool "$tool" --error-exitcode 3 "$build/$test" || status=1
           done

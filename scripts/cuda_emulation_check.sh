@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Executes lrfused's CUDA kernels on the CPU under HIP-CPU (tests/cuda/emulation/emulation.h says
-# what that shows and what it cannot), then proves the tests can fail: copies of the kernel with one
-# planted bug each must each make them fail. Prints a closing line "N passed, M failed".
+# Executes lrfused's CUDA code on the CPU under HIP-CPU (tests/cuda/emulation/emulation.h says what
+# that shows and what it cannot): the kernel tests (tests/cuda/test_kernel.cu, test_step_launch.cu)
+# and the torch-free host logic of the tensor tables (test_tensor_tables.cu). Then proves the tests
+# can fail: copies of the kernel or of the table logic with one planted bug each must each make the
+# tests that use them fail. Prints a closing line "N passed, M failed".
 #
 #   bash scripts/cuda_emulation_check.sh
 #
@@ -39,55 +41,77 @@ result() {  # name status(0 = pass)
 }
 
 flags=(-std=c++17 -O1 -ffp-contract=off -fno-strict-aliasing -pthread -x c++ -w -DLRFUSED_CUDA_EMULATION
-       -I"$root/tests/cuda/emulation" -I"$HIP_CPU_ROOT/include")
-# build OUT KERNEL_SOURCE TEST_SOURCE: one test binary against one copy of the kernel.
-build() {
-  local out=$1 kernel=$2 test=$3 objects=$1.objects
-  mkdir -p "$objects"
-  "$CXX" "${flags[@]}" -I"$root/csrc" -I"$(dirname "$(dirname "$kernel")")" -c "$kernel" -o "$objects/kernel.o" &&
-  "$CXX" "${flags[@]}" -I"$root/csrc" -c "$test" -o "$objects/test.o" &&
-  "$CXX" -pthread "$objects/test.o" "$objects/kernel.o" -o "$out" -ltbb
+       -I"$root/tests/cuda/emulation" -I"$HIP_CPU_ROOT/include" -I"$root/csrc")
+# The csrc/cuda sources each test links (its own source is tests/cuda/<name>.cu).
+declare -A sources=(
+  [test_kernel]=adam_step_kernel.cu
+  [test_step_launch]=adam_step_kernel.cu
+  [test_tensor_tables]=tensor_tables.cu
+)
+tests=(test_kernel test_step_launch test_tensor_tables)
+# compile SOURCE OBJECT [-I DIR]: one translation unit.
+compile() {
+  local source=$1 object=$2
+  shift 2
+  "$CXX" "${flags[@]}" "$@" -c "$source" -o "$object"
+}
+# link OUT TEST_NAME CUDA_DIR: the test's object with the csrc/cuda sources it needs, from CUDA_DIR
+# (the project's, or a mutant's copy), compiled into CUDA_DIR's objects.
+link() {
+  local out=$1 name=$2 dir=$3 objects=() source
+  for source in ${sources[$name]}; do
+    [ -f "$out.$source.o" ] || compile "$dir/$source" "$out.$source.o" -I"$(dirname "$dir")" || return 1
+    objects+=("$out.$source.o")
+  done
+  "$CXX" -pthread "$work/$name.test.o" "${objects[@]}" -o "$out" -ltbb
 }
 
-tests=(tests/cuda/test_kernel.cu tests/cuda/test_step_launch.cu)
-echo "== the kernel tests under the CPU emulation (HIP-CPU at $HIP_CPU_ROOT)"
-for test in "${tests[@]}"; do
-  name=$(basename "$test" .cu)
-  if build "$work/$name" "$root/csrc/cuda/adam_step_kernel.cu" "$root/$test" > "$work/$name.build.log" 2>&1; then
-    "$work/$name" > "$work/$name.log" 2>&1
+echo "== the CUDA tests under the CPU emulation (HIP-CPU at $HIP_CPU_ROOT)"
+for name in "${tests[@]}"; do
+  if compile "$root/tests/cuda/$name.cu" "$work/$name.test.o" > "$work/$name.build.log" 2>&1 &&
+     link "$work/$name" "$name" "$root/csrc/cuda" >> "$work/$name.build.log" 2>&1; then
+    timeout 300 "$work/$name" > "$work/$name.log" 2>&1
     status=$?
-    tail -3 "$work/$name.log"
-    result "$test" "$status"
+    grep -E '^(FAIL|ok  )' "$work/$name.log" | head -20
+    tail -1 "$work/$name.log"
+    result "tests/cuda/$name.cu" "$status"
   else
     tail -20 "$work/$name.build.log"
-    result "$test (build)" 1
+    result "tests/cuda/$name.cu (build)" 1
   fi
 done
 
-# Each mutant is the kernel with one planted bug; the pattern must match (or the mutant would be
-# the kernel itself) and the tests must fail on it. A removed __threadfence is not among them: on
-# x86 (TSO, seq_cst atomics) it cannot be seen.
+# Each mutant is one csrc/cuda source with one planted bug; the pattern must match (or the mutant
+# would be the source itself) and the tests that link that source must fail on it. A removed
+# __threadfence is not among them: on x86 (TSO, seq_cst atomics) it cannot be seen.
 declare -A mutants=(
-  [no_loop_end_barrier]='s|^    __syncthreads\(\);  // every thread is done with `claimed`.*$|    /* planted: no barrier */|'
-  [no_counter_reset]='s|^    args.counters->next_task = 0u;$|    /* planted: next_task not reset */|'
-  [first_block_writes]='s|is_last = ticket == gridDim.x - 1;|is_last = ticket == 0;|'
+  [no_loop_end_barrier]='adam_step_kernel.cu|s|^    __syncthreads\(\);  // every thread is done with `claimed`.*$|    /* planted: no barrier */|'
+  [no_counter_reset]='adam_step_kernel.cu|s|^    args.counters->next_task = 0u;$|    /* planted: next_task not reset */|'
+  [first_block_writes]='adam_step_kernel.cu|s|is_last = ticket == gridDim.x - 1;|is_last = ticket == 0;|'
+  [no_wait_for_the_fill]='tensor_tables.cu|s|^    if \(\(error = cudaStreamWaitEvent\(stream, table.filled, 0\)\) != cudaSuccess\) return error;$|    /* planted: no wait */|'
+  [graph_holds_no_table]='tensor_tables.cu|s|^    if \(\(error = keep_for_graph\(stream, set.current\)\) != cudaSuccess\) return error;$|    /* planted: no reference */|'
+  [streams_keyed_by_handle]='tensor_tables.cu|s|^  if \(\(error = cudaStreamGetId\(stream, &stream_id\)\) != cudaSuccess\) return error;$|  stream_id = reinterpret_cast<uintptr_t>(stream);|'
 )
 echo "== mutants: each must make the tests fail"
-for mutant in no_loop_end_barrier no_counter_reset first_block_writes; do
+for mutant in no_loop_end_barrier no_counter_reset first_block_writes no_wait_for_the_fill graph_holds_no_table \
+              streams_keyed_by_handle; do
+  file=${mutants[$mutant]%%|*}
+  pattern=${mutants[$mutant]#*|}
   copy="$work/mutants/$mutant/cuda"
   mkdir -p "$copy"
-  cp "$root"/csrc/cuda/*.cuh "$copy/"
-  ln -sfn "$root/csrc/common" "$work/mutants/$mutant/common"  # the kernel includes ../common/
-  sed -E "${mutants[$mutant]}" "$root/csrc/cuda/adam_step_kernel.cu" > "$copy/adam_step_kernel.cu"
-  if cmp -s "$copy/adam_step_kernel.cu" "$root/csrc/cuda/adam_step_kernel.cu"; then
-    result "mutant $mutant (its pattern matched nothing in the kernel)" 1
+  cp "$root"/csrc/cuda/*.cuh "$root"/csrc/cuda/*.cu "$copy/"
+  ln -sfn "$root/csrc/common" "$work/mutants/$mutant/common"  # the sources include ../common/
+  sed -E "$pattern" "$root/csrc/cuda/$file" > "$copy/$file"
+  if cmp -s "$copy/$file" "$root/csrc/cuda/$file"; then
+    result "mutant $mutant (its pattern matched nothing in $file)" 1
     continue
   fi
   caught=0
-  for test in "${tests[@]}"; do
-    name=$(basename "$test" .cu)
+  for name in "${tests[@]}"; do
+    [[ " ${sources[$name]} " == *" $file "* ]] || continue
+    [ -f "$work/$name.test.o" ] || { caught=-1; break; }
     binary="$work/mutants/$mutant/$name"
-    if ! build "$binary" "$copy/adam_step_kernel.cu" "$root/$test" > "$binary.build.log" 2>&1; then
+    if ! link "$binary" "$name" "$copy" > "$binary.build.log" 2>&1; then
       tail -20 "$binary.build.log"; caught=-1; break
     fi
     # A mutant may also hang (a barrier that never opens) or crash: both count as caught.
@@ -95,7 +119,7 @@ for mutant in no_loop_end_barrier no_counter_reset first_block_writes; do
     status=$?
     if [ "$status" != 0 ]; then
       caught=1
-      echo "  $mutant: $test exits $status, $(grep -c '^FAIL' "$binary.log") failed checks"
+      echo "  $mutant: $name exits $status, $(grep -c '^FAIL' "$binary.log") failed checks"
     fi
   done
   case $caught in

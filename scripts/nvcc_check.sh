@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compiles the torch-free CUDA sources (csrc/cuda/*_kernel.cu) with nvcc for sm_80 and sm_90 and
 # fails when an element loop spills registers (note [Block shape] in adam_step_kernel.cuh), then
-# builds the standalone kernel tests (tests/cuda/test_kernel.cu, test_step_launch.cu), which run
-# where there is a GPU (and on the CPU under emulation: scripts/cuda_emulation_check.sh).
+# builds the torch-free host logic (csrc/cuda/tensor_tables.cu) and the standalone CUDA tests
+# (tests/cuda/test_kernel.cu, test_step_launch.cu, test_tensor_tables.cu), which run where there
+# is a GPU (and on the CPU under emulation: scripts/cuda_emulation_check.sh).
 # Skips, saying so, where nvcc is absent. The flags are those of setup.py: --fmad=false keeps the
 # CUDA kernel to the CPU kernel's roundings (no contraction into fused multiply-adds).
 set -euo pipefail
@@ -44,9 +45,11 @@ done
 # The host reference of the test is built with -ffp-contract=off: the device side has --fmad=false,
 # and a host compiler that contracts a*b+c into an FMA (gcc does on aarch64, a GH200) would round
 # differently from the kernel and fail the bit-for-bit comparison.
-for test in test_kernel test_step_launch; do
+declare -A sources=([test_kernel]=adam_step_kernel.cu [test_step_launch]=adam_step_kernel.cu
+                    [test_tensor_tables]=tensor_tables.cu)
+for test in test_kernel test_step_launch test_tensor_tables; do
   echo "nvcc: tests/cuda/$test.cu"
-  "$NVCC" "${flags[@]}" -Xcompiler -ffp-contract=off -lineinfo -Icsrc "tests/cuda/$test.cu" csrc/cuda/adam_step_kernel.cu \
-    -o "$out/$test"
+  "$NVCC" "${flags[@]}" -Xcompiler -ffp-contract=off -lineinfo -Icsrc "tests/cuda/$test.cu" \
+    "csrc/cuda/${sources[$test]}" -o "$out/$test"
 done
 echo "CUDA compile check passed"
