@@ -25,11 +25,15 @@ Releases& releases() {
   return *instance;
 }
 
-void release_from_graph(void* reference) {
-  std::unique_ptr<std::shared_ptr<Table>> table(static_cast<std::shared_ptr<Table>*>(reference));
+void release_later(std::shared_ptr<Table> table) {
   Releases& r = releases();
   std::lock_guard<std::mutex> lock(r.mutex);
-  r.pending.push_back(std::move(*table));
+  r.pending.push_back(std::move(table));
+}
+
+void release_from_graph(void* reference) {
+  std::unique_ptr<std::shared_ptr<Table>> table(static_cast<std::shared_ptr<Table>*>(reference));
+  release_later(std::move(*table));
 }
 
 }  // namespace
@@ -141,13 +145,14 @@ std::vector<uintptr_t> table_key(const std::vector<BucketSpec>& buckets, const s
 cudaError_t prepare_launch(TableSet& set, const std::vector<BucketSpec>& buckets,
                            const std::vector<TensorEntry>& entries, cudaStream_t stream,
                            const AllocateTable& allocate, LaunchTable* launch) {
-  free_tables_released_by_graphs();
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   unsigned long long capture_id = 0;
   cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, &capture_id);
   if (error != cudaSuccess) return error;
   if (status == cudaStreamCaptureStatusInvalidated) return cudaErrorStreamCaptureInvalidated;
   const bool capturing = status == cudaStreamCaptureStatusActive;
+  // Freeing destroys events and returns memory, which a capture is better left without.
+  if (!capturing) free_tables_released_by_graphs();
   unsigned long long stream_id = 0;
   if ((error = cudaStreamGetId(stream, &stream_id)) != cudaSuccess) return error;
   std::vector<uintptr_t> key = table_key(buckets, entries);
@@ -158,7 +163,10 @@ cudaError_t prepare_launch(TableSet& set, const std::vector<BucketSpec>& buckets
     const cudaError_t built =
         build_table(std::move(table_key), buckets, entries, stream, stream_id, capturing, allocate, &table);
     if (built != cudaSuccess) return built;
-    if (capturing) table->capture = capture_id;
+    if (capturing) {
+      table->capture = capture_id;
+      if (set.current) release_later(std::move(set.current));  // freed after the capture
+    }
     set.current = std::move(table);  // the old one lives on only in the graphs that read it
     ++set.tables_built;
     return cudaSuccess;

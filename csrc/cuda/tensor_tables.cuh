@@ -25,7 +25,8 @@
 // * A graph keeps every table it reads alive: the capture gives the graph a reference (a CUDA user
 //   object), so a graph replayed after its optimizer (and the handle) died still reads live memory.
 //   The graph's release, run by CUDA where no CUDA call is allowed, only queues the table; the next
-//   prepare_launch of any set frees it.
+//   prepare_launch of any set outside a capture frees it (a table replaced during a capture is
+//   queued the same way: a capture is left without event destruction and frees).
 // * Every launch has its own pair of counters (LaunchCounters): eager launches one per stream, a
 //   captured launch one of its own, so launches that may overlap never share one. Streams are told
 //   apart by cudaStreamGetId, never by their handle's value, which a new stream may reuse while the
