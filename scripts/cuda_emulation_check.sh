@@ -45,7 +45,7 @@ flags=(-std=c++17 -O1 -ffp-contract=off -fno-strict-aliasing -pthread -x c++ -w 
 # The csrc/cuda sources each test links (its own source is tests/cuda/<name>.cu).
 declare -A sources=(
   [test_kernel]=adam_step_kernel.cu
-  [test_step_launch]=adam_step_kernel.cu
+  [test_step_launch]='adam_step_kernel.cu tensor_tables.cu'
   [test_tensor_tables]=tensor_tables.cu
 )
 tests=(test_kernel test_step_launch test_tensor_tables)
@@ -56,12 +56,13 @@ compile() {
   "$CXX" "${flags[@]}" "$@" -c "$source" -o "$object"
 }
 # link OUT TEST_NAME CUDA_DIR: the test's object with the csrc/cuda sources it needs, from CUDA_DIR
-# (the project's, or a mutant's copy), compiled into CUDA_DIR's objects.
+# (the project's, or a mutant's copy), each compiled once beside OUT.
 link() {
-  local out=$1 name=$2 dir=$3 objects=() source
+  local out=$1 name=$2 dir=$3 objects=() source object
   for source in ${sources[$name]}; do
-    [ -f "$out.$source.o" ] || compile "$dir/$source" "$out.$source.o" -I"$(dirname "$dir")" || return 1
-    objects+=("$out.$source.o")
+    object="$(dirname "$out")/$source.o"
+    [ -f "$object" ] || compile "$dir/$source" "$object" || return 1
+    objects+=("$object")
   done
   "$CXX" -pthread "$work/$name.test.o" "${objects[@]}" -o "$out" -ltbb
 }

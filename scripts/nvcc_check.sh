@@ -45,11 +45,12 @@ done
 # The host reference of the test is built with -ffp-contract=off: the device side has --fmad=false,
 # and a host compiler that contracts a*b+c into an FMA (gcc does on aarch64, a GH200) would round
 # differently from the kernel and fail the bit-for-bit comparison.
-declare -A sources=([test_kernel]=adam_step_kernel.cu [test_step_launch]=adam_step_kernel.cu
+declare -A sources=([test_kernel]=adam_step_kernel.cu [test_step_launch]='adam_step_kernel.cu tensor_tables.cu'
                     [test_tensor_tables]=tensor_tables.cu)
 for test in test_kernel test_step_launch test_tensor_tables; do
   echo "nvcc: tests/cuda/$test.cu"
+  # shellcheck disable=SC2046 # one word per source
   "$NVCC" "${flags[@]}" -Xcompiler -ffp-contract=off -lineinfo -Icsrc "tests/cuda/$test.cu" \
-    "csrc/cuda/${sources[$test]}" -o "$out/$test"
+    $(printf 'csrc/cuda/%s ' ${sources[$test]}) -o "$out/$test"
 done
 echo "CUDA compile check passed"

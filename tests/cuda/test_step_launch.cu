@@ -4,7 +4,8 @@
 // Five buckets (three dtypes; two buckets on one HELD group; one bucket with its own cosine read at
 // a scheduler clock), three groups, deferred scheduler steps (applied once, skipped when already
 // applied), AMP unscale and skip, an unusable bucket beside usable ones, a call with no chunk, and
-// grids of one block, fewer blocks than chunks and more blocks than chunks. After every launch,
+// grids of one block, fewer blocks than chunks and more blocks than chunks. The tables are the
+// extension's own (csrc/cuda/tensor_tables.cu's prepare_launch). After every launch,
 // every element, step counter, clock, HELD word, `applied` and `invalid_steps` is compared bit for
 // bit with a host reference built from the same csrc/common code in the order of note [One op per
 // step], and the launch counters must be back at zero.
@@ -17,11 +18,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/step_plan.h"
 #include "cuda/adam_step_kernel.cuh"
+#include "cuda/tensor_tables.cuh"
 #include "test_support.h"
 
 using namespace lrfused;
@@ -184,21 +187,32 @@ Model make_model() {
   return m;
 }
 
-// A launch's table: the tensors (or none: a flush), their chunks, the buckets, one counter pair.
-struct Table {
-  TensorEntry* tensors;
-  ChunkTask* tasks;
-  BucketSpec* buckets;
-  LaunchCounters* counters;
-  int32_t num_tasks;
+// A table's memory for the project's table logic (csrc/cuda/tensor_tables.cu), from cudaMalloc;
+// the test's few tables live until it exits.
+class PlainMemory final : public TableMemory {
+ public:
+  explicit PlainMemory(size_t bytes) {
+    CHECK_CUDA(cudaMalloc(reinterpret_cast<void**>(&device_), bytes));
+    CHECK_CUDA(cudaMallocHost(reinterpret_cast<void**>(&host_), bytes));
+  }
+  uint8_t* host() override { return host_; }
+  uint8_t* device() override { return device_; }
+  cudaError_t copy_eagerly(cudaStream_t stream, size_t bytes) override {
+    return cudaMemcpyAsync(device_, host_, bytes, cudaMemcpyHostToDevice, stream);
+  }
+  void used_on(cudaStream_t) override {}
+
+ private:
+  uint8_t* device_ = nullptr;
+  uint8_t* host_ = nullptr;
 };
 
-Table make_table(const Model& m, bool with_tensors) {
+// A launch's table, as the extension builds it: the tensors (or none: a flush), their chunks,
+// the buckets and a counter pair, through prepare_launch on the legacy stream.
+LaunchTable make_table(TableSet& set, const Model& m, bool with_tensors) {
   std::vector<TensorEntry> entries;
-  std::vector<ChunkTask> tasks;
   if (with_tensors) {
-    for (size_t i = 0; i < m.tensors.size(); ++i) {
-      const Tensor& t = m.tensors[i];
+    for (const Tensor& t : m.tensors) {
       TensorEntry e{t.pointer(kParam), t.pointer(kGrad), t.pointer(kExpAvg), t.pointer(kExpAvgSq),
                     t.pointer(kMaxExpAvgSq), t.numel, 1, t.bucket};
       const uintptr_t pack = static_cast<uintptr_t>(kPackElements * element_bytes(t.type));
@@ -206,13 +220,14 @@ Table make_table(const Model& m, bool with_tensors) {
         if (t.pointer(a) != nullptr && reinterpret_cast<uintptr_t>(t.pointer(a)) % pack != 0) e.aligned = 0;
       }
       entries.push_back(e);
-      for (int64_t c = 0; c * kChunkSize < t.numel; ++c) {
-        tasks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
-      }
     }
   }
-  return {device_copy(entries), device_copy(tasks), device_copy(m.buckets_device),
-          device_copy(std::vector<LaunchCounters>{{0u, 0u}}), static_cast<int32_t>(tasks.size())};
+  const AllocateTable allocate = [](size_t bytes) -> std::unique_ptr<TableMemory> {
+    return std::make_unique<PlainMemory>(bytes);
+  };
+  LaunchTable table{};
+  CHECK_CUDA(prepare_launch(set, m.buckets_device, entries, nullptr, allocate, &table));
+  return table;
 }
 
 // `count` deferred steps from sequence number `first`, pointing at the host or the device model.
@@ -324,8 +339,9 @@ int main() {
   }
   lcg_state = 4242;
   Model m = make_model();
-  const Table with_tensors = make_table(m, true);
-  const Table flush = make_table(m, false);
+  TableSet tensors_set, flush_set;
+  const LaunchTable with_tensors = make_table(tensors_set, m, true);
+  const LaunchTable flush = make_table(flush_set, m, false);
   const Call calls[] = {
       {"1 block, no deferred step", 1, 0, 0, false, false, false, false},
       {"3 blocks (fewer than chunks), 2 deferred steps", 3, 2, 0, false, false, false, false},
@@ -351,7 +367,7 @@ int main() {
     const float found_inf = c.overflow ? 1.0f : 0.0f;
     CHECK_CUDA(cudaMemcpy(m.found_inf_d, &found_inf, sizeof found_inf, cudaMemcpyHostToDevice));
     const int64_t first = issued - c.replayed;
-    const Table& table = c.flush ? flush : with_tensors;
+    const LaunchTable& table = c.flush ? flush : with_tensors;
     LaunchArgs args{};
     args.tensors = table.tensors;
     args.tasks = table.tasks;
