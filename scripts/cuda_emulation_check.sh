@@ -129,5 +129,6 @@ for mutant in no_loop_end_barrier no_counter_reset first_block_writes no_wait_fo
     *) result "mutant $mutant (build)" 1 ;;
   esac
 done
+echo "the CUDA emulation check took $SECONDS s"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
