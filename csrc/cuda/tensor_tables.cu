@@ -54,7 +54,13 @@ namespace {
 cudaError_t keep_for_graph(cudaStream_t stream, const std::shared_ptr<Table>& table) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   cudaGraph_t graph = nullptr;
+  // The graph being captured: CUDA 13's cudaStreamGetCaptureInfo returns it, CUDA 12's returns
+  // only the status and id (its _v2 the graph too).
+#if !defined(CUDART_VERSION) || CUDART_VERSION >= 13000
   cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, nullptr, &graph);
+#else
+  cudaError_t error = cudaStreamGetCaptureInfo_v2(stream, &status, nullptr, &graph, nullptr, nullptr);
+#endif
   if (error != cudaSuccess) return error;
   auto reference = std::make_unique<std::shared_ptr<Table>>(table);
   cudaUserObject_t object = nullptr;
