@@ -94,8 +94,9 @@ class Binding:
         self.pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
         self.sequence = 0  # deferred steps issued so far
         self.applied = torch.zeros((), dtype=torch.int64, device=device)  # ... and applied, on the device
-        # The flush's own handle: a flush recorded into a CUDA graph (a capture that opens with
-        # deferred steps pending) launches from a table that must outlive the capture.
+        # The flush's own handle: its CUDA table is kept from one flush to the next (steady state
+        # builds nothing); a flush recorded into a CUDA graph (a capture that opens with deferred
+        # steps pending) is kept alive by the graph itself (note [Tensor tables]).
         self.flush_handle = _ops.new_handle()
 
     # A copy (deepcopy, pickle) gets a handle of its own: sharing the original's id would share its
