@@ -13,8 +13,8 @@ namespace {
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 // Tables let go by the graphs that read them (a user object's destructor, run by CUDA on a thread
-// of its own where no CUDA call is allowed, so it only queues them), freed by the next
-// prepare_launch.
+// of its own where no CUDA call is allowed, so it only queues them) and tables replaced during a
+// capture, freed by the next prepare_launch outside a capture.
 struct Releases {
   std::mutex mutex;
   std::vector<std::shared_ptr<Table>> pending;

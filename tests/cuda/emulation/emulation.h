@@ -14,8 +14,8 @@
 //     (cudaErrorStreamCaptureImplicit); a capturing stream may wait on an event recorded outside
 //     the capture only with cudaEventWaitExternal (cudaErrorStreamCaptureIsolation otherwise).
 //   * User objects: a graph holds references (cudaGraphRetainUserObject), an instantiated graph
-//     its own; the destructor runs when the last one is released, here on the releasing thread
-//     (CUDA runs it on a thread of its own, later).
+//     its own; the destructor runs when the last one is released, on a thread of its own (as on
+//     CUDA, but at once: CUDA may run it later).
 //   * A stream held back by a test (lrfused_emulation::hold, release): its work waits in order, and
 //     a stream that waits on an event it keeps is held until it has run up to it. Other waits on
 //     events are made on the host when the work is issued (HIP-CPU's streams run in rounds, where
@@ -46,6 +46,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -152,9 +153,10 @@ struct UserObject {
   void (*destroy)(void*);
 };
 
+// The destructor runs on a thread of its own, as CUDA runs it (here at once, joined).
 inline void release(UserObject* object, unsigned count) {
   if (object->references.fetch_sub(count) == count) {
-    object->destroy(object->pointer);
+    std::thread([object] { object->destroy(object->pointer); }).join();
     delete object;
   }
 }
