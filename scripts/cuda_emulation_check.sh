@@ -89,14 +89,15 @@ declare -A mutants=(
   [no_loop_end_barrier]='adam_step_kernel.cu|s|^    __syncthreads\(\);  // every thread is done with `claimed`.*$|    /* planted: no barrier */|'
   [no_counter_reset]='adam_step_kernel.cu|s|^    args.counters->next_task = 0u;$|    /* planted: next_task not reset */|'
   [first_block_writes]='adam_step_kernel.cu|s|is_last = ticket == gridDim.x - 1;|is_last = ticket == 0;|'
+  [int32_chunk_offset]='adam_step_kernel.cu|s|^  const int64_t begin = static_cast<int64_t>\(work.chunk\) \* kChunkSize;$|  const int64_t begin = static_cast<int32_t>(static_cast<uint32_t>(work.chunk) * kChunkSize);|'
   [no_wait_for_the_fill]='tensor_tables.cu|s|^    if \(\(error = cudaStreamWaitEvent\(stream, table.filled, 0\)\) != cudaSuccess\) return error;$|    /* planted: no wait */|'
   [graph_holds_no_table]='tensor_tables.cu|s|^    if \(\(error = keep_for_graph\(stream, set.current\)\) != cudaSuccess\) return error;$|    /* planted: no reference */|'
   [freed_on_cuda_thread]='tensor_tables.cu|s|^  release_later\(std::move\(\*table\)\);$|  /* planted: the reference dropped on the callback thread */|'
   [streams_keyed_by_handle]='tensor_tables.cu|s|^  if \(\(error = cudaStreamGetId\(stream, &stream_id\)\) != cudaSuccess\) return error;$|  stream_id = reinterpret_cast<uintptr_t>(stream);|'
 )
 echo "== mutants: each must make the tests fail"
-for mutant in no_loop_end_barrier no_counter_reset first_block_writes no_wait_for_the_fill graph_holds_no_table \
-              freed_on_cuda_thread streams_keyed_by_handle; do
+for mutant in no_loop_end_barrier no_counter_reset first_block_writes int32_chunk_offset no_wait_for_the_fill \
+              graph_holds_no_table freed_on_cuda_thread streams_keyed_by_handle; do
   file=${mutants[$mutant]%%|*}
   pattern=${mutants[$mutant]#*|}
   copy="$work/mutants/$mutant/cuda"
