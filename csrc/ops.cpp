@@ -42,7 +42,8 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   TORCH_CHECK(!a.amsgrad || a.max_exp_avg_sqs.size() == n,
               "fused_adam_: amsgrad=True needs one max_exp_avg_sq per param, got ", a.max_exp_avg_sqs.size(),
               " for ", n, " params");
-  TORCH_CHECK(a.beta1 >= 0.0 && a.beta1 < 1.0, "fused_adam_: invalid beta1: ", a.beta1);
+  // Any finite beta1, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
+  TORCH_CHECK(std::isfinite(a.beta1), "fused_adam_: invalid beta1: ", a.beta1);
   TORCH_CHECK(a.beta2 >= 0.0 && a.beta2 < 1.0, "fused_adam_: invalid beta2: ", a.beta2);
   TORCH_CHECK(a.eps >= 0.0 && std::isfinite(a.eps), "fused_adam_: invalid eps: ", a.eps);
   TORCH_CHECK(a.weight_decay >= 0.0 && std::isfinite(a.weight_decay),
@@ -91,8 +92,8 @@ void check_fused_adam_args(const FusedAdamArgs& a) {
   if (a.invalid_steps.has_value()) scalar_tensors_ok(*a.invalid_steps, "invalid_steps");
 
   const auto dtype = first.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "fused_adam_: params must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+              "fused_adam_: params must be float32, float16, bfloat16 or float64, got ", dtype);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
     TORCH_CHECK(p.device() == first.device(), "fused_adam_: params[", i, "] is on ", p.device(),
@@ -204,6 +205,7 @@ ElementType element_type_of(at::ScalarType dtype) {
   switch (dtype) {
     case at::kHalf: return ElementType::kFloat16;
     case at::kBFloat16: return ElementType::kBFloat16;
+    case at::kDouble: return ElementType::kFloat64;
     default: return ElementType::kFloat32;
   }
 }
@@ -268,8 +270,8 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
                 "adam_step_: bucket ", b, " covers tensors [", r[kBucketTensorBegin], ", ", r[kBucketTensorEnd],
                 "); the buckets must cover the ", tensor_count, " tensors in order");
     expected_begin = static_cast<int64_t>(r[kBucketTensorEnd]);
-    TORCH_CHECK(r[kBucketBeta1] >= 0.0 && r[kBucketBeta1] < 1.0, "adam_step_: bucket ", b, ": invalid beta1: ",
-                r[kBucketBeta1]);
+    // Any finite beta1, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
+    TORCH_CHECK(std::isfinite(r[kBucketBeta1]), "adam_step_: bucket ", b, ": invalid beta1: ", r[kBucketBeta1]);
     TORCH_CHECK(r[kBucketBeta2] >= 0.0 && r[kBucketBeta2] < 1.0, "adam_step_: bucket ", b, ": invalid beta2: ",
                 r[kBucketBeta2]);
     TORCH_CHECK(r[kBucketEps] >= 0.0 && std::isfinite(r[kBucketEps]), "adam_step_: bucket ", b,
@@ -380,8 +382,8 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
     TORCH_CHECK(!other.is_sparse(), op, ": sparse tensors are not supported (", what, "[", i, "])");
   };
   const auto dtype = p.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": params must be float32, float16 or bfloat16, got ", dtype, " for params[", i, "]");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble, op,
+              ": params must be float32, float16, bfloat16 or float64, got ", dtype, " for params[", i, "]");
   TORCH_CHECK(!p.is_sparse(), op, ": sparse tensors are not supported (params[", i, "])");
   TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ",
               p.device(), " but the words are on ", call.words->device());

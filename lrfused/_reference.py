@@ -19,13 +19,26 @@ def schedule_value(schedule: torch.Tensor, t: int) -> tuple[float, float]:
     return lr, math.nan if beta1 is None else beta1
 
 
-def _f32(x: float) -> torch.Tensor:
-    """A Python float rounded to float32, as the kernels receive their scalars."""
-    return torch.tensor(x, dtype=torch.float32)
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """torch's opmath: float64 for float64 params, float32 for the others."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # The element types the kernels update (complex params are viewed as pairs of their real type).
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def usable_step_size(lr: float, beta1: float, step: int) -> float | None:
+    """``lr / (1 - beta1^step)``, or None where note [Unusable schedule values] skips the step:
+    where torch's for-loop Adam has no finite answer (it raises ZeroDivisionError or OverflowError)."""
+    if not (math.isfinite(lr) and math.isfinite(beta1)):
+        return None
+    try:
+        bias_correction1 = 1.0 - beta1 ** float(step)
+        step_size = lr / bias_correction1
+    except (ZeroDivisionError, OverflowError):
+        return None
+    return step_size if math.isfinite(bias_correction1) and math.isfinite(step_size) else None
 
 
 def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *, beta1,
@@ -39,9 +52,10 @@ def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
     if amsgrad and len(max_exp_avg_sqs) != n:
         raise RuntimeError(f"fused_adam_: amsgrad=True needs one max_exp_avg_sq per param, got "
                            f"{len(max_exp_avg_sqs)} for {n} params")
-    for name, value in (("beta1", beta1), ("beta2", beta2)):
-        if not 0.0 <= value < 1.0:
-            raise RuntimeError(f"fused_adam_: invalid {name}: {value}")
+    if not math.isfinite(beta1):  # any finite beta1: note [Unusable schedule values]
+        raise RuntimeError(f"fused_adam_: invalid beta1: {beta1}")
+    if not 0.0 <= beta2 < 1.0:
+        raise RuntimeError(f"fused_adam_: invalid beta2: {beta2}")
     for name, value in (("eps", eps), ("weight_decay", weight_decay)):
         if not (math.isfinite(value) and value >= 0.0):
             raise RuntimeError(f"fused_adam_: invalid {name}: {value}")
@@ -60,7 +74,7 @@ def check_fused_adam_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs,
         return
     first = params[0]
     if first.dtype not in KERNEL_DTYPES:
-        raise RuntimeError(f"fused_adam_: params must be float32, float16 or bfloat16, got {first.dtype}")
+        raise RuntimeError(f"fused_adam_: params must be float32, float16, bfloat16 or float64, got {first.dtype}")
     for i, p in enumerate(params):
         if p.device != first.device or p.dtype != first.dtype:
             raise RuntimeError(f"fused_adam_: params[{i}] is {p.dtype} on {p.device} but params[0] is {first.dtype} "
@@ -91,36 +105,42 @@ def fused_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clo
     t = int(clock.item()) if clock is not None else int(step.item())
     lr, scheduled_beta1 = schedule_value(schedule, t)
     b1 = beta1 if math.isnan(scheduled_beta1) else scheduled_beta1
-    if not (math.isfinite(lr) and 0.0 <= b1 < 1.0):
+    n = int(step.item()) + 1
+    step_size = usable_step_size(lr, b1, n)
+    if step_size is None:
         # note [Unusable schedule values] (csrc/common/step_scalars.h): skipped and counted.
         if invalid_steps is not None:
             invalid_steps.add_(1)
         return
-    n = int(step.item()) + 1
-    step_size = lr / (1.0 - b1 ** float(n))
     bc2_sqrt = math.sqrt(1.0 - beta2 ** float(n))
+    opmath = opmath_dtype(params[0].dtype)
+
+    def scalar(x: float) -> torch.Tensor:
+        # A Python float rounded to the opmath type, as the kernels receive their scalars.
+        return torch.tensor(x, dtype=opmath)
+
     for i, param in enumerate(params):
-        p = param.float()
-        g = grads[i].float()
+        p = param.to(opmath)
+        g = grads[i].to(opmath)
         if grad_scale is not None:
-            g = g / grad_scale.float().to(g.device)
+            g = g / grad_scale.to(device=g.device, dtype=opmath)
             grads[i].copy_(g)
         if maximize:
             g = -g
         if weight_decay != 0:
             if decoupled_weight_decay:
-                p = p * _f32(1.0 - lr * weight_decay)
+                p = p * scalar(1.0 - lr * weight_decay)
             else:
-                g = g + _f32(weight_decay) * p
-        m = exp_avgs[i].float()
-        m = m.lerp(g, float(_f32(1.0 - b1)))
-        v = exp_avg_sqs[i].float() * _f32(beta2) + _f32(1.0 - beta2) * g * g
+                g = g + scalar(weight_decay) * p
+        m = exp_avgs[i].to(opmath)
+        m = m.lerp(g, float(scalar(1.0 - b1)))
+        v = exp_avg_sqs[i].to(opmath) * scalar(beta2) + scalar(1.0 - beta2) * g * g
         second = v
         if amsgrad:
-            second = torch.maximum(max_exp_avg_sqs[i].float(), v)
+            second = torch.maximum(max_exp_avg_sqs[i].to(opmath), v)
             max_exp_avg_sqs[i].copy_(second)
-        denom = second.sqrt() / _f32(bc2_sqrt) + _f32(eps)
-        p = p + _f32(-step_size) * m / denom
+        denom = second.sqrt() / scalar(bc2_sqrt) + scalar(eps)
+        p = p + scalar(-step_size) * m / denom
         param.copy_(p)
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)

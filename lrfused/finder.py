@@ -79,18 +79,11 @@ class LRFinder:
 
     # --- saving and restoring -----------------------------------------------------------------
 
-    def _params(self) -> list[torch.Tensor]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
     def _save(self) -> None:
-        # The optimizer's own state objects are copied (not its state_dict): restoring them needs
-        # no read of any value, and counters that params share stay shared (one deepcopy memo).
-        params = self._params()
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer_state": {i: self.optimizer.state[p] for i, p in enumerate(params) if p in self.optimizer.state},
-            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups],
-        }
+        # The optimizer is saved and restored through its own state_dict()/load_state_dict(), as any
+        # torch optimizer is: FusedScheduledAdam then drops every plan and table that pointed at the
+        # range test's state, and counters shared by params are shared again.
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         # What the kernel reads for each group's lr: restored as it was (it may hold a value only the
         # device knows, such as ReduceLROnPlateau's).
         extra = {"lr_words": self.optimizer._binding_now().snapshot()
@@ -106,23 +99,24 @@ class LRFinder:
     def reset(self) -> None:
         """Restores the model and the optimizer to their state before the range test."""
         stored, extra = self._saved
+        # A copy each time: load_state_dict keeps the tensors it is given, and reset may run twice.
         state = torch.load(stored, weights_only=True) if isinstance(stored, str) else copy.deepcopy(stored)
         self.model.load_state_dict(state["model"])
         self.model.to(self.model_device)
-        for group, saved in zip(self.optimizer.param_groups, state["param_groups"]):
-            for key, value in saved.items():
-                if isinstance(group.get(key), torch.Tensor) and isinstance(value, torch.Tensor):
-                    group[key].copy_(value)  # a tensor lr keeps its identity
-                else:
-                    group[key] = value
-        for index, p in enumerate(self._params()):
-            if index in state["optimizer_state"]:
-                self.optimizer.state[p] = state["optimizer_state"][index]
-            else:
-                self.optimizer.state.pop(p, None)
+        # A tensor in a param group (a tensor lr) keeps its identity, as code may hold it: its value
+        # is restored in place.
+        kept = [{key: value for key, value in group.items() if isinstance(value, torch.Tensor)}
+                for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, tensors in zip(self.optimizer.param_groups, kept):
+            for key, tensor in tensors.items():
+                restored = group.get(key)
+                if isinstance(restored, torch.Tensor) and restored.shape == tensor.shape:
+                    with torch.no_grad():
+                        tensor.copy_(restored)
+                    group[key] = tensor
         if isinstance(self.optimizer, FusedScheduledAdam):
             self.optimizer._binding_now().restore(extra["lr_words"])
-            self.optimizer._plans = {}
 
     def __del__(self):
         saved = getattr(self, "_saved", None)

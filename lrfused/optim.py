@@ -21,10 +21,11 @@ from .schedules import Schedule, Tabulated
 __all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
 
 
-def _check_number(name: str, value: Any) -> float:
+def _check_number(name: str, value: Any, tensor_name: str | None = None) -> float:
+    """A finite real number; ``tensor_name`` is what torch calls it when it is a tensor."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(f"Tensor {name} must be 1-element, got {value.numel()} elements")
+            raise ValueError(f"Tensor {tensor_name or name} must be 1-element, got {value.numel()} elements")
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"Tensor {name} must hold a real number, got dtype {value.dtype}")
         # Read once, where torch reads it (construction, add_param_group, load_state_dict): a sync
@@ -39,13 +40,13 @@ def _check_number(name: str, value: Any) -> float:
 
 def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
     """torch.optim.Adam's checks, plus NaN and inf; the message names the argument and value."""
-    lr_value = _check_number("learning rate", lr)
+    lr_value = _check_number("learning rate", lr, "lr")
     if lr_value < 0.0:
         raise ValueError(f"Invalid learning rate: {lr}")
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"Invalid betas: {betas!r} (expected a pair of floats)")
     for index, beta in enumerate(betas):
-        value = _check_number(f"beta parameter at index {index}", beta)
+        value = _check_number(f"beta parameter at index {index}", beta, f"betas[{index}]")
         if not 0.0 <= value < 1.0:
             raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
     if _check_number("epsilon value", eps) < 0.0:
@@ -84,7 +85,8 @@ class FusedScheduledAdam(Optimizer):
 
     Args:
         params: parameters or param groups, as for any torch optimizer. Float32, float16,
-            bfloat16 or complex (viewed as real, as torch does) dense tensors.
+            bfloat16, float64 or complex (viewed as real, as torch does) dense tensors; the math is
+            torch's opmath: float64 for float64 (and complex128) params, float32 for the others.
         lr: learning rate (default: 1e-3).
         betas: coefficients of the running averages of the gradient and its square (floats, or
             1-element tensors, read once at construction).
@@ -207,8 +209,16 @@ class FusedScheduledAdam(Optimizer):
                 state[key] = self.__dict__[key]
         return state
 
+    # The param-group keys torch added over the years, with torch.optim.Adam's defaults: a checkpoint
+    # (or a pickled optimizer) made before a key existed loads with it, as torch's __setstate__ does.
+    _GROUP_DEFAULTS = (("amsgrad", False), ("maximize", False), ("foreach", None), ("capturable", False),
+                       ("differentiable", False), ("decoupled_weight_decay", False), ("fused", None))
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:
+            for key, default in self._GROUP_DEFAULTS:
+                group.setdefault(key, default)
         for key, default in (("_schedule", None), ("_check_finite", False), ("skipped_steps", None),
                              ("_invalid_steps", {}), ("_binding", None)):
             self.__dict__.setdefault(key, default)
@@ -232,9 +242,11 @@ class FusedScheduledAdam(Optimizer):
         # One step tensor per param, on the CPU, as torch.optim.Adam keeps it (int64, not its
         # float32, so that counts past 2**24 survive): torch's optimizers increment each param's
         # step in place, so the counters that params share here must not stay shared there.
+        # An entry that is not a param's dict of tensors (a framework or a hook writing
+        # ``optimizer.state["key"] = 1``) is returned as it is, as torch returns it.
         state["state"] = {
-            index: {key: value.detach().to("cpu", copy=True) if key == "step" else value
-                    for key, value in param_state.items()}
+            index: {key: value.detach().to("cpu", copy=True) if key == "step" and isinstance(value, Tensor) else value
+                    for key, value in param_state.items()} if isinstance(param_state, dict) else param_state
             for index, param_state in state["state"].items()
         }
         if self._schedule is not None:
@@ -574,10 +586,11 @@ class FusedScheduledAdam(Optimizer):
             betas, eps, weight_decay = current
             if not isinstance(betas, (tuple, list)) or len(betas) != 2:
                 raise ValueError(f"Invalid betas: {betas!r} in param_groups[{index}] (expected a pair of floats)")
-            if self._binding is not None and self._binding.drives_beta1(index):
-                # Its device value is checked on the device (note [Unusable schedule values]).
-                betas = (0.0, betas[1])
-            validate_hyperparameters(0.0, betas, eps, weight_decay)
+            # torch checks beta1's range only in the constructor: a scheduler may write any momentum
+            # (torch's own tests cycle it up to 22) and the step takes torch's arithmetic (note
+            # [Unusable schedule values]). It must still be a finite number.
+            _check_number("beta parameter at index 0", betas[0])
+            validate_hyperparameters(0.0, (0.0, betas[1]), eps, weight_decay)
             checked[index] = current
 
     def _invalid_counter(self, device: torch.device) -> Tensor:
@@ -679,6 +692,12 @@ class FusedScheduledAdamW(FusedScheduledAdam):
                          capturable=capturable, differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, schedule=schedule, check_finite=check_finite)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # AdamW's decay, whatever a checkpoint says (torch.optim.AdamW does the same).
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
 
 def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -> None:
     """torch's implementation switches: accepted as torch accepts them, with lrfused's meaning."""
@@ -698,13 +717,18 @@ def _check_param(p: Tensor, where: str) -> None:
     """Refuses, before any state exists, a param the kernels cannot update."""
     if p.is_sparse or p.layout != torch.strided:
         raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
+    if p.device.type == "meta":
+        # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
+        raise RuntimeError(
+            f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
+            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)")
     if not (p.is_floating_point() or p.is_complex()):
         raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
     real = p.real.dtype if p.is_complex() else p.dtype
     if real not in KERNEL_DTYPES:
         raise TypeError(
-            f"FusedScheduledAdam updates float32, float16 and bfloat16 params (and complex ones of those), got "
-            f"dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
+            f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
+            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
 
 
 def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:

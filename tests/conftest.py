@@ -17,7 +17,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |a - e| over max |e|: the error relative to the tensor's scale."""
+    """max |a - e| over max |e|: the error relative to the tensor's scale (complex: over both parts)."""
+    if actual.is_complex():
+        actual, expected = torch.view_as_real(actual.detach()), torch.view_as_real(expected.detach())
     scale = expected.detach().double().abs().max().clamp_min(1e-30)
     return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
 

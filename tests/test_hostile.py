@@ -183,7 +183,7 @@ def test_add_param_group_refusal_changes_nothing():
     opt = lrfused.FusedScheduledAdam([model[0].weight])
     before = snapshot(opt)
     for bad in ({"params": [model[0].weight]}, {"params": {model[2].weight}}, {"params": [model[2].weight], "lr": -1},
-                {"params": [torch.zeros(2, dtype=torch.float64, requires_grad=True)]},
+                {"params": [torch.zeros(2, dtype=torch.int64)]},
                 {"params": [model[2].weight], "betas": (1.0, 0.9)}):
         with pytest.raises((ValueError, TypeError)):
             opt.add_param_group(bad)
@@ -284,8 +284,12 @@ def test_hyperparameters_torch_refuses_are_refused(kwargs, where):
     ours = raised(lambda: build(lrfused.FusedScheduledAdam))
     assert theirs is not None
     (name, value), = kwargs.items()
-    words = {"lr": "learning rate", "betas": "beta", "eps": "epsilon", "weight_decay": "weight_decay"}[name]
-    assert isinstance(ours, (ValueError, TypeError)) and words in str(ours), ours
+    words = {"lr": ("learning rate", "Tensor lr"), "betas": ("beta",), "eps": ("epsilon",),
+             "weight_decay": ("weight_decay",)}[name]
+    assert isinstance(ours, (ValueError, TypeError)) and any(w in str(ours) for w in words), ours
+    if "1-element" in str(theirs):
+        # torch's own tests match this message ("Tensor lr must be 1-element"): it is kept word for word.
+        assert str(ours).startswith(str(theirs)), (ours, theirs)
 
 
 @pytest.mark.parametrize("kwargs", [dict(lr=float("inf")), dict(eps=float("inf")), dict(weight_decay=float("inf")),
@@ -453,7 +457,7 @@ def test_grads_in_another_layout_than_their_param_train_as_torch():
 # --- 5/13. what cannot be updated is refused at construction -------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.int64, torch.int32, torch.bool])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_params_the_kernels_cannot_update_are_refused_at_construction(dtype):
     p = torch.zeros(3, dtype=dtype)
     with pytest.raises(TypeError, match=str(dtype)):
@@ -465,21 +469,26 @@ def test_params_the_kernels_cannot_update_are_refused_at_construction(dtype):
     assert_unchanged(opt, before)
 
 
-def test_a_param_made_float64_after_construction_is_refused_before_any_state():
-    a, b = torch.zeros(3, requires_grad=True), torch.zeros(3, requires_grad=True)
-    opt = lrfused.FusedScheduledAdam([{"params": [a]}, {"params": [b]}])
-    b.data = b.data.double()
-    a.grad, b.grad = torch.ones(3), torch.ones(3, dtype=torch.float64)
-    with pytest.raises(TypeError, match="float64"):
-        opt.step()
-    assert not opt.state and torch.equal(a, torch.zeros(3))
+def test_a_param_made_float64_after_construction_steps_in_float64():
+    # model.double() after the optimizer was built: torch steps the params in their new dtype.
+    torch.manual_seed(0)
+    made = [[torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)] for _ in range(2)]
+    made[1] = [p.detach().clone().requires_grad_() for p in made[0]]
+    ours, theirs = made
+    opt = lrfused.FusedScheduledAdam([{"params": [ours[0]]}, {"params": [ours[1]]}])
+    opt_theirs = torch.optim.Adam([{"params": [theirs[0]]}, {"params": [theirs[1]]}])
+    for params, optimizer in ((ours, opt), (theirs, opt_theirs)):
+        params[1].data = params[1].data.double()
+        params[0].grad, params[1].grad = torch.ones(3), torch.ones(3, dtype=torch.float64)
+        optimizer.step()
+    assert ours[1].dtype == torch.float64 and opt.state[ours[1]]["exp_avg"].dtype == torch.float64
+    assert torch.allclose(ours[1], theirs[1], rtol=1e-12, atol=0) and torch.equal(ours[0], theirs[0])
 
 
 # --- 8. a bad value in a later group is refused before the first group moves ---------------------------
 
 
 LATE_BAD_VALUES = {
-    "betas (1.5, 0.999)": ("betas", (1.5, 0.999)),
     "betas (0.9, 1.0)": ("betas", (0.9, 1.0)),
     "betas (nan, 0.9)": ("betas", (float("nan"), 0.9)),
     "betas a string": ("betas", "ab"),
@@ -739,7 +748,7 @@ def _op_args(op_kwargs):
 
 
 BAD_OP_ARGS = {
-    "beta1 1.0": lambda a: a.update(beta1=1.0),
+    "beta1 nan": lambda a: a.update(beta1=float("nan")),
     "beta2 -0.1": lambda a: a.update(beta2=-0.1),
     "eps nan": lambda a: a.update(eps=float("nan")),
     "weight_decay -1": lambda a: a.update(weight_decay=-1.0),

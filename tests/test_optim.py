@@ -7,8 +7,11 @@ import math
 import pytest
 import torch
 
+from torch.optim import lr_scheduler as T
+
 import lrfused
 from lrfused import _reference, schedules
+from lrfused import lr_scheduler as L
 from conftest import max_relative_error
 
 FLAGS = list(itertools.product([False, True], [False, True], [0.0, 0.1], [False, True]))
@@ -282,14 +285,34 @@ def test_bad_op_arguments_change_nothing(op_kwargs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_double_precision_params_are_refused_at_construction(dtype):
-    w = torch.zeros(3, dtype=dtype, requires_grad=True)
-    with pytest.raises(TypeError, match=rf"got dtype {dtype} for param_groups\[0\]\['params'\]\[0\]"):
-        lrfused.FusedScheduledAdam([w])
-    opt = lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)])
-    with pytest.raises(TypeError, match=rf"got dtype {dtype} for param_groups\[1\]"):
-        opt.add_param_group({"params": [w]})
-    assert len(opt.param_groups) == 1
+@pytest.mark.parametrize("amsgrad,maximize,weight_decay,decoupled", FLAGS)
+def test_matches_torch_adam_in_double_precision(device, dtype, amsgrad, maximize, weight_decay, decoupled, twin_params):
+    # float64 opmath for float64 params (complex128 as pairs of float64), as torch computes them.
+    ours, theirs = twin_params(device, dtype=dtype)
+    kw = dict(lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+              decoupled_weight_decay=decoupled)
+    opt_ours = lrfused.FusedScheduledAdam(ours, **kw)
+    opt_theirs = torch.optim.Adam(theirs, **kw)
+    run_pair(ours, theirs, opt_ours, opt_theirs, 100)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == dtype
+        assert max_relative_error(a, b) < 1e-12
+        for key in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+            assert max_relative_error(opt_ours.state[a][key], opt_theirs.state[b][key]) < 1e-12, key
+
+
+def test_float64_params_step_with_other_dtypes_in_one_call(device):
+    # One group of float64, float32, bfloat16 and complex128 params: each bucket in its own opmath.
+    torch.manual_seed(3)
+    dtypes = [torch.float64, torch.float32, torch.bfloat16, torch.complex128]
+    ours = [torch.randn(257, device=device, dtype=dt, requires_grad=True) for dt in dtypes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt_ours = lrfused.FusedScheduledAdamW(ours, lr=1e-2)
+    opt_theirs = torch.optim.AdamW(theirs, lr=1e-2)
+    run_pair(ours, theirs, opt_ours, opt_theirs, 20)
+    tolerance = {torch.float64: 1e-12, torch.complex128: 1e-12, torch.float32: 1e-6, torch.bfloat16: 2e-2}
+    for a, b in zip(ours, theirs):
+        assert max_relative_error(a, b) < tolerance[a.dtype], a.dtype
 
 
 def test_unusable_lr_skips_the_update_and_counts_it(device):
@@ -318,18 +341,63 @@ def test_unusable_lr_skips_the_update_and_counts_it(device):
     assert int(opt.state[ours[0]]["step"]) == 6
 
 
-def test_scheduled_beta1_outside_its_range_skips_the_update(device):
-    from lrfused import lr_scheduler as L
+def test_scheduled_beta1_outside_its_range_takes_torchs_arithmetic(device):
+    # torch checks beta1's range only in its constructor, and its CyclicLR writes any momentum:
+    # beta1(t) = 0.9 - 1.4 * t / 4 goes below 0 at t = 3, and torch steps with it.
+    torch.manual_seed(0)
+    ours = [torch.randn(100, device=device, dtype=torch.float64, requires_grad=True)]
+    theirs = [ours[0].detach().clone().requires_grad_()]
+    opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)
+    opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
+    kw = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, base_momentum=-0.5, max_momentum=0.9)
+    sched = [L.CyclicLR(opt_ours, **kw), T.CyclicLR(opt_theirs, **kw)]
+    run_pair(ours, theirs, opt_ours, opt_theirs, 8, sched=sched)
+    assert opt_ours.param_groups[0]["betas"] == opt_theirs.param_groups[0]["betas"]
+    assert max_relative_error(ours[0], theirs[0]) < 1e-12
+    assert int(opt_ours.invalid_steps) == 0 and int(opt_ours.state[ours[0]]["step"]) == 8
 
-    w = torch.randn(100, device=device, requires_grad=True)
-    opt = lrfused.FusedScheduledAdam([w], lr=1e-2)
-    # torch's CyclicLR accepts any momentum: beta1(t) = 0.9 - 1.4 * t / 4 goes below 0 at t = 3.
-    # (A constructor-set beta1 outside [0, 1), such as max_momentum=1.5, is refused on the host.)
-    sched = L.CyclicLR(opt, base_lr=1e-3, max_lr=1e-2, step_size_up=4, base_momentum=-0.5, max_momentum=0.9)
-    for t in range(4):
-        w.grad = torch.randn_like(w)
-        before = w.detach().clone()
+
+@pytest.mark.parametrize("max_momentum,total_steps", [(22.0, 10), (5.0, 40)])
+def test_a_momentum_above_one_steps_as_torch_steps(device, max_momentum, total_steps):
+    # torch's own scheduler tests cycle momentum between 1 and 5 or 22. Without grads torch's step
+    # does nothing; with grads it takes 1 - beta1^t and the lerp weight 1 - beta1 as they are (a
+    # base_momentum of 0.5 there: at 1, torch's for-loop Adam raises ZeroDivisionError).
+    no_grad = torch.nn.Parameter(torch.zeros(2, device=device))
+    opt = lrfused.FusedScheduledAdam([no_grad])
+    sched = L.OneCycleLR(opt, max_lr=25, base_momentum=1, max_momentum=max_momentum, total_steps=total_steps)
+    for _ in range(3):
         opt.step()
         sched.step()
-        assert torch.equal(w.detach(), before) == (t == 3), t
-    assert int(opt.invalid_steps) == 1 and int(opt.state[w]["step"]) == 3
+    assert torch.equal(no_grad.detach(), torch.zeros(2, device=device)) and not opt.state
+
+    torch.manual_seed(1)
+    ours = [torch.randn(64, device=device, dtype=torch.float64, requires_grad=True)]
+    theirs = [ours[0].detach().clone().requires_grad_()]
+    opt_ours = lrfused.FusedScheduledAdam(ours)
+    opt_theirs = torch.optim.Adam(theirs)
+    kw = dict(max_lr=25, base_momentum=0.5, max_momentum=max_momentum, total_steps=total_steps)
+    sched = [L.OneCycleLR(opt_ours, **kw), T.OneCycleLR(opt_theirs, **kw)]
+    run_pair(ours, theirs, opt_ours, opt_theirs, 6, sched=sched)
+    assert opt_ours.param_groups[0]["betas"] == opt_theirs.param_groups[0]["betas"]
+    assert max_relative_error(ours[0], theirs[0]) < 1e-12
+    assert int(opt_ours.invalid_steps) == 0
+
+
+def test_a_beta1_whose_bias_correction_is_zero_skips_the_update(device):
+    # beta1 = 1 makes 1 - beta1^t zero: torch's for-loop Adam raises ZeroDivisionError there and its
+    # fused kernel writes inf/NaN; the kernels cannot raise without a sync, so the update is skipped
+    # and counted (note [Unusable schedule values]).
+    w = torch.randn(100, device=device, requires_grad=True)
+    opt = lrfused.FusedScheduledAdam([w], lr=1e-2)
+    # beta1(t) = 1 - 0.3 * t / 2: 1 at t = 0 and t = 4.
+    sched = L.CyclicLR(opt, base_lr=1e-3, max_lr=1e-2, step_size_up=2, base_momentum=0.7, max_momentum=1.0)
+    applied = []
+    for t in range(5):
+        w.grad = torch.randn_like(w)
+        before = w.detach().clone()
+        beta1 = opt.param_groups[0]["betas"][0]
+        opt.step()
+        sched.step()
+        applied.append((beta1, not torch.equal(w.detach(), before)))
+    assert applied == [(1.0, False), (0.85, True), (0.7, True), (0.85, True), (1.0, False)], applied
+    assert int(opt.invalid_steps) == 2 and int(opt.state[w]["step"]) == 3

@@ -37,7 +37,7 @@
 namespace lrfused {
 
 // Element types, as every backend names them without including torch.
-enum class ElementType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class ElementType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 enum BucketFlags : int32_t { kFlagAmsgrad = 1, kFlagDecoupled = 2, kFlagMaximize = 4 };
 

@@ -10,7 +10,7 @@
 namespace lrfused {
 
 struct StepConfig {
-  AdamScalars scalars;
+  AdamScalars<double> scalars;  // narrowed to the opmath type by the update loop
   bool maximize;
   bool has_weight_decay;
   const float* grad_scale;  // null without AMP

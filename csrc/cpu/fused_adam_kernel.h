@@ -15,11 +15,18 @@
 
 namespace lrfused {
 
-// Vectorized<float> is a distinct type in each instruction-set variant (at::vec's inline
-// namespace), so each variant file specialises this once.
+// Vectorized<float> and Vectorized<double> are distinct types in each instruction-set variant
+// (at::vec's inline namespace), so each variant file specialises these once.
 template <>
 struct OpMath<at::vec::Vectorized<float>> {
   using Vec = at::vec::Vectorized<float>;
+  static Vec sqrt(const Vec& x) { return x.sqrt(); }
+  static Vec max(const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }
+};
+
+template <>
+struct OpMath<at::vec::Vectorized<double>> {
+  using Vec = at::vec::Vectorized<double>;
   static Vec sqrt(const Vec& x) { return x.sqrt(); }
   static Vec max(const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }
 };
@@ -40,9 +47,14 @@ struct Segment {
   scalar_t* max_exp_avg_sq;  // null without AMSGrad
 };
 
-// Elements [begin, end) of one tensor: full float vectors first, then a scalar tail.
+// torch's opmath: float64 for float64 params, float32 for the others.
+template <typename scalar_t>
+using OpmathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Elements [begin, end) of one tensor: full opmath vectors first, then a scalar tail.
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
 void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, const StepConfig& c) {
+  using opmath_t = OpmathOf<scalar_t>;
   // Local copies: the vector stores may alias anything (GCC's unaligned stores are may_alias), so
   // pointers and scalars read through references would be reloaded on every iteration.
   scalar_t* const param = segment.param;
@@ -50,24 +62,26 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
   scalar_t* const exp_avg = segment.exp_avg;
   scalar_t* const exp_avg_sq = segment.exp_avg_sq;
   scalar_t* const max_exp_avg_sq = segment.max_exp_avg_sq;
-  const AdamScalars scalars = c.scalars;
+  const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(c.scalars);
   const bool maximize = c.maximize;
   const bool has_weight_decay = c.has_weight_decay;
   const bool unscale = c.grad_scale != nullptr;
-  const float scale = unscale ? *c.grad_scale : 1.0f;
+  const opmath_t scale = unscale ? static_cast<opmath_t>(*c.grad_scale) : opmath_t(1);
   int64_t i = begin;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    for (; i + FloatVec::size() <= end; i += FloatVec::size()) {
-      FloatVec p = FloatVec::loadu(param + i);
-      FloatVec g = FloatVec::loadu(grad + i);
-      FloatVec m = FloatVec::loadu(exp_avg + i);
-      FloatVec v = FloatVec::loadu(exp_avg_sq + i);
-      FloatVec vmax = kAmsgrad ? FloatVec::loadu(max_exp_avg_sq + i) : FloatVec(0.0f);
+  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
+    // float32 and float64: the vectors of the element type are the opmath vectors.
+    using Vec = at::vec::Vectorized<opmath_t>;
+    for (; i + Vec::size() <= end; i += Vec::size()) {
+      Vec p = Vec::loadu(param + i);
+      Vec g = Vec::loadu(grad + i);
+      Vec m = Vec::loadu(exp_avg + i);
+      Vec v = Vec::loadu(exp_avg_sq + i);
+      Vec vmax = kAmsgrad ? Vec::loadu(max_exp_avg_sq + i) : Vec(opmath_t(0));
       if (unscale) {
-        g = g / FloatVec(scale);
+        g = g / Vec(scale);
         g.store(grad + i);
       }
-      adam_update<FloatVec, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
+      adam_update<Vec, opmath_t, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
       p.store(param + i);
       m.store(exp_avg + i);
       v.store(exp_avg_sq + i);
@@ -88,8 +102,8 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
         g1 = g1 / FloatVec(scale);
         at::vec::convert_from_float<scalar_t>(g0, g1).store(grad + i);
       }
-      adam_update<FloatVec, kAmsgrad, kDecoupled>(p0, g0, m0, v0, x0, scalars, maximize, has_weight_decay);
-      adam_update<FloatVec, kAmsgrad, kDecoupled>(p1, g1, m1, v1, x1, scalars, maximize, has_weight_decay);
+      adam_update<FloatVec, float, kAmsgrad, kDecoupled>(p0, g0, m0, v0, x0, scalars, maximize, has_weight_decay);
+      adam_update<FloatVec, float, kAmsgrad, kDecoupled>(p1, g1, m1, v1, x1, scalars, maximize, has_weight_decay);
       at::vec::convert_from_float<scalar_t>(p0, p1).store(param + i);
       at::vec::convert_from_float<scalar_t>(m0, m1).store(exp_avg + i);
       at::vec::convert_from_float<scalar_t>(v0, v1).store(exp_avg_sq + i);
@@ -97,16 +111,16 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
     }
   }
   for (; i < end; ++i) {
-    float p = static_cast<float>(param[i]);
-    float g = static_cast<float>(grad[i]);
-    float m = static_cast<float>(exp_avg[i]);
-    float v = static_cast<float>(exp_avg_sq[i]);
-    float vmax = kAmsgrad ? static_cast<float>(max_exp_avg_sq[i]) : 0.0f;
+    opmath_t p = static_cast<opmath_t>(param[i]);
+    opmath_t g = static_cast<opmath_t>(grad[i]);
+    opmath_t m = static_cast<opmath_t>(exp_avg[i]);
+    opmath_t v = static_cast<opmath_t>(exp_avg_sq[i]);
+    opmath_t vmax = kAmsgrad ? static_cast<opmath_t>(max_exp_avg_sq[i]) : opmath_t(0);
     if (unscale) {
       g = g / scale;
       grad[i] = static_cast<scalar_t>(g);
     }
-    adam_update<float, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
+    adam_update<opmath_t, opmath_t, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
     param[i] = static_cast<scalar_t>(p);
     exp_avg[i] = static_cast<scalar_t>(m);
     exp_avg_sq[i] = static_cast<scalar_t>(v);
@@ -134,6 +148,7 @@ inline RangeUpdate select_update(ElementType type, bool amsgrad, bool decoupled)
   switch (type) {
     case ElementType::kFloat16: return typed_update<at::Half>(amsgrad, decoupled);
     case ElementType::kBFloat16: return typed_update<at::BFloat16>(amsgrad, decoupled);
+    case ElementType::kFloat64: return typed_update<double>(amsgrad, decoupled);
     default: return typed_update<float>(amsgrad, decoupled);
   }
 }

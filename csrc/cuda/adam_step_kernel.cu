@@ -2,6 +2,7 @@
 #include "adam_step_kernel.cuh"
 
 #include <atomic>
+#include <type_traits>
 
 #include "../common/step_plan.h"
 #include "launch.cuh"
@@ -10,27 +11,40 @@ namespace lrfused {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+// torch's opmath: float64 for float64 params, float32 for the others.
+template <typename scalar_t>
+using OpmathOf = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+__device__ __forceinline__ float to_opmath(float x) { return x; }
+__device__ __forceinline__ double to_opmath(double x) { return x; }
+__device__ __forceinline__ float to_opmath(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_opmath(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename T>
-__device__ __forceinline__ T from_float(float x);
+__device__ __forceinline__ T from_opmath(OpmathOf<T> x);
 template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
+__device__ __forceinline__ float from_opmath<float>(float x) { return x; }
 template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ double from_opmath<double>(double x) { return x; }
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __half from_opmath<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
-// kPackElements of scalar_t, moved as one aligned access (16 bytes of float, 8 of a 16-bit type).
+// kPackElements of scalar_t, moved as aligned accesses (16 bytes of float, 8 of a 16-bit type,
+// 32 of double: two 16-byte accesses).
 template <typename scalar_t>
 struct alignas(kPackElements * sizeof(scalar_t)) Pack {
   scalar_t value[kPackElements];
 };
 
+// Packs per thread and iteration: kUnroll, but one for float64, whose five arrays of packs in
+// flight would otherwise need twice the registers (note [Block shape]).
+template <typename scalar_t>
+constexpr int unroll_of() { return sizeof(scalar_t) == 8 ? 1 : kUnroll; }
+
 struct BlockState {
-  AdamScalars scalars;
+  AdamScalars<double> scalars;  // narrowed to the bucket's opmath type by update_chunk
   float grad_scale;
   int32_t flags;         // the bucket's
   int32_t element_type;  // the bucket's
@@ -42,22 +56,24 @@ struct BlockState {
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
 __device__ __forceinline__ void update_element(scalar_t& param, scalar_t& grad, scalar_t& exp_avg,
                                                scalar_t& exp_avg_sq, scalar_t* max_exp_avg_sq,
-                                               const BlockState& state, bool maximize, bool has_weight_decay,
+                                               const AdamScalars<OpmathOf<scalar_t>>& scalars,
+                                               OpmathOf<scalar_t> grad_scale, bool maximize, bool has_weight_decay,
                                                bool unscale) {
-  float p = to_float(param);
-  float g = to_float(grad);
-  float m = to_float(exp_avg);
-  float v = to_float(exp_avg_sq);
-  float vmax = kAmsgrad ? to_float(*max_exp_avg_sq) : 0.0f;
+  using opmath_t = OpmathOf<scalar_t>;
+  opmath_t p = to_opmath(param);
+  opmath_t g = to_opmath(grad);
+  opmath_t m = to_opmath(exp_avg);
+  opmath_t v = to_opmath(exp_avg_sq);
+  opmath_t vmax = kAmsgrad ? to_opmath(*max_exp_avg_sq) : opmath_t(0);
   if (unscale) {
-    g = g / state.grad_scale;
-    grad = from_float<scalar_t>(g);
+    g = g / grad_scale;
+    grad = from_opmath<scalar_t>(g);
   }
-  adam_update<float, kAmsgrad, kDecoupled>(p, g, m, v, vmax, state.scalars, maximize, has_weight_decay);
-  param = from_float<scalar_t>(p);
-  exp_avg = from_float<scalar_t>(m);
-  exp_avg_sq = from_float<scalar_t>(v);
-  if (kAmsgrad) *max_exp_avg_sq = from_float<scalar_t>(vmax);
+  adam_update<opmath_t, opmath_t, kAmsgrad, kDecoupled>(p, g, m, v, vmax, scalars, maximize, has_weight_decay);
+  param = from_opmath<scalar_t>(p);
+  exp_avg = from_opmath<scalar_t>(m);
+  exp_avg_sq = from_opmath<scalar_t>(v);
+  if (kAmsgrad) *max_exp_avg_sq = from_opmath<scalar_t>(vmax);
 }
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
@@ -68,20 +84,24 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
   auto* exp_avg = static_cast<scalar_t*>(tensor.exp_avg);
   auto* exp_avg_sq = static_cast<scalar_t*>(tensor.exp_avg_sq);
   auto* max_exp_avg_sq = static_cast<scalar_t*>(tensor.max_exp_avg_sq);
+  using opmath_t = OpmathOf<scalar_t>;
+  const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(state.scalars);
+  const opmath_t grad_scale = static_cast<opmath_t>(state.grad_scale);
   using P = Pack<scalar_t>;
+  constexpr int kPacks = unroll_of<scalar_t>();
   int64_t vector_end = begin;
   if (tensor.aligned) {
     // begin is a multiple of kChunkSize, hence of a whole step of the loop: the packs stay
-    // aligned, and every thread's kUnroll packs are inside [begin, vector_end).
-    constexpr int64_t kStepElements = static_cast<int64_t>(kBlockThreads) * kPackElements * kUnroll;
+    // aligned, and every thread's kPacks packs are inside [begin, vector_end).
+    constexpr int64_t kStepElements = static_cast<int64_t>(kBlockThreads) * kPackElements * kPacks;
     vector_end = begin + (end - begin) / kStepElements * kStepElements;
     for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * kPackElements; base < vector_end;
          base += kStepElements) {
-      P p[kUnroll], g[kUnroll], m[kUnroll], v[kUnroll], x[kUnroll];
+      P p[kPacks], g[kPacks], m[kPacks], v[kPacks], x[kPacks];
       // All loads first: the pointers may alias as far as the compiler knows, so loads written
       // after a store would wait for it.
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kPacks; ++u) {
         const int64_t i = base + static_cast<int64_t>(u) * kBlockThreads * kPackElements;
         p[u] = *reinterpret_cast<const P*>(param + i);
         g[u] = *reinterpret_cast<const P*>(grad + i);
@@ -90,15 +110,16 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
         if (kAmsgrad) x[u] = *reinterpret_cast<const P*>(max_exp_avg_sq + i);
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kPacks; ++u) {
 #pragma unroll
         for (int k = 0; k < kPackElements; ++k) {
           update_element<scalar_t, kAmsgrad, kDecoupled>(p[u].value[k], g[u].value[k], m[u].value[k], v[u].value[k],
-                                                         &x[u].value[k], state, maximize, has_weight_decay, unscale);
+                                                         &x[u].value[k], scalars, grad_scale, maximize,
+                                                         has_weight_decay, unscale);
         }
       }
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kPacks; ++u) {
         const int64_t i = base + static_cast<int64_t>(u) * kBlockThreads * kPackElements;
         *reinterpret_cast<P*>(param + i) = p[u];
         *reinterpret_cast<P*>(exp_avg + i) = m[u];
@@ -111,8 +132,8 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
   // The tail of an aligned chunk, or a whole chunk of a tensor with an unaligned pointer.
   for (int64_t i = vector_end + threadIdx.x; i < end; i += blockDim.x) {
     update_element<scalar_t, kAmsgrad, kDecoupled>(param[i], grad[i], exp_avg[i], exp_avg_sq[i],
-                                                   kAmsgrad ? max_exp_avg_sq + i : nullptr, state, maximize,
-                                                   has_weight_decay, unscale);
+                                                   kAmsgrad ? max_exp_avg_sq + i : nullptr, scalars, grad_scale,
+                                                   maximize, has_weight_decay, unscale);
   }
 }
 
@@ -169,6 +190,9 @@ __device__ __noinline__ void update_task(const LaunchArgs& args, int32_t task, c
       break;
     case ElementType::kBFloat16:
       update_typed<__nv_bfloat16>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
+      break;
+    case ElementType::kFloat64:
+      update_typed<double>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
       break;
     default:
       update_typed<float>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);

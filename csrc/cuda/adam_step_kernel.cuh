@@ -46,7 +46,7 @@ constexpr int kChunkSize = 65536;    // elements of one tensor per task
 // note [Block shape]
 // A bucket's schedule is evaluated by a call (the float64 evaluator is outlined, as it must be:
 // inlined it spills kilobytes), and so is the element loop of each dtype and flags (update_chunk,
-// twelve of them in one kernel): each gets its own register allocation, and the kernel's claim
+// sixteen of them in one kernel): each gets its own register allocation, and the kernel's claim
 // loop keeps almost nothing live across them. 256 threads and two resident blocks per SM leave
 // 128 registers, and no element loop spills (nvcc -Xptxas -v, sm_80 and sm_90; checked by
 // scripts/nvcc_check.sh); the claim loop and the writer save a few registers across their calls,
@@ -56,12 +56,18 @@ constexpr int kChunkSize = 65536;    // elements of one tensor per task
 // per thread).
 constexpr int kBlockThreads = 256;
 constexpr int kMinBlocksPerSM = 2;
-// Elements per vector access (16 bytes of float32, 8 of a 16-bit type), and packs per thread and
-// iteration of the vector loop.
+// Elements per vector access (16 bytes of float32, 8 of a 16-bit type, 32 of float64), and packs
+// per thread and iteration of the vector loop (one for float64).
 constexpr int kPackElements = 4;
 constexpr int kUnroll = 2;
 
-inline int element_size(ElementType type) { return type == ElementType::kFloat32 ? 4 : 2; }
+inline int element_size(ElementType type) {
+  switch (type) {
+    case ElementType::kFloat64: return 8;
+    case ElementType::kFloat32: return 4;
+    default: return 2;
+  }
+}
 
 struct ChunkTask {
   int32_t tensor;

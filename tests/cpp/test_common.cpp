@@ -90,15 +90,15 @@ void test_validation() {
 void test_adam_element() {
   using namespace lrfused;
   // One Adam step from zero moments: m = 0.1 g, v = 0.001 g^2, the update is -lr * sign(g) (nearly).
-  const AdamScalars s = make_adam_scalars(0.01, 0.9, 0.999, 1e-8, 0.0, 1);
+  const AdamScalars<float> s = scalars_as<float>(make_adam_scalars(0.01, 0.9, 0.999, 1e-8, 0.0, 1));
   float p = 1.0f, m = 0.0f, v = 0.0f, vmax = 0.0f;
-  adam_update<float, false, false>(p, 2.0f, m, v, vmax, s, false, false);
+  adam_update<float, float, false, false>(p, 2.0f, m, v, vmax, s, false, false);
   CHECK(std::fabs(m - 0.2f) < 1e-7f && std::fabs(v - 0.004f) < 1e-9f);
   CHECK(std::fabs(p - 0.99f) < 1e-6f);
   // maximize flips the direction; AdamW decays the parameter by 1 - lr * wd first.
-  const AdamScalars w = make_adam_scalars(0.01, 0.9, 0.999, 1e-8, 0.5, 1);
+  const AdamScalars<float> w = scalars_as<float>(make_adam_scalars(0.01, 0.9, 0.999, 1e-8, 0.5, 1));
   float q = 1.0f, mq = 0.0f, vq = 0.0f, xq = 0.0f;
-  adam_update<float, true, true>(q, 2.0f, mq, vq, xq, w, true, true);
+  adam_update<float, float, true, true>(q, 2.0f, mq, vq, xq, w, true, true);
   CHECK(std::fabs(q - (1.0f * 0.995f + 0.01f)) < 1e-6f && xq == vq);
 }
 

@@ -257,6 +257,7 @@ void reference_call(Model& m, const DeferredSteps& d, bool unscale, bool amp_ski
     const StepScalars& s = scalars[t.bucket];
     if (!elements || amp_skip || !s.usable) continue;
     const bool maximize = (b.flags & kFlagMaximize) != 0, decay = b.weight_decay != 0.0;
+    const AdamScalars<float> narrow = scalars_as<float>(s.scalars);
     for (int64_t j = t.offset; j < t.numel + t.offset; ++j) {
       float p = load(t.type, t.host[kParam].data(), j), g = load(t.type, t.host[kGrad].data(), j);
       float mm = load(t.type, t.host[kExpAvg].data(), j), v = load(t.type, t.host[kExpAvgSq].data(), j);
@@ -266,10 +267,10 @@ void reference_call(Model& m, const DeferredSteps& d, bool unscale, bool amp_ski
         store(t.type, t.host[kGrad].data(), j, g);
       }
       switch (b.flags & (kFlagAmsgrad | kFlagDecoupled)) {
-        case 0: adam_update<float, false, false>(p, g, mm, v, x, s.scalars, maximize, decay); break;
-        case kFlagDecoupled: adam_update<float, false, true>(p, g, mm, v, x, s.scalars, maximize, decay); break;
-        case kFlagAmsgrad: adam_update<float, true, false>(p, g, mm, v, x, s.scalars, maximize, decay); break;
-        default: adam_update<float, true, true>(p, g, mm, v, x, s.scalars, maximize, decay); break;
+        case 0: adam_update<float, float, false, false>(p, g, mm, v, x, narrow, maximize, decay); break;
+        case kFlagDecoupled: adam_update<float, float, false, true>(p, g, mm, v, x, narrow, maximize, decay); break;
+        case kFlagAmsgrad: adam_update<float, float, true, false>(p, g, mm, v, x, narrow, maximize, decay); break;
+        default: adam_update<float, float, true, true>(p, g, mm, v, x, narrow, maximize, decay); break;
       }
       store(t.type, t.host[kParam].data(), j, p);
       store(t.type, t.host[kExpAvg].data(), j, mm);
