@@ -195,3 +195,44 @@ def test_bad_arguments():
         finder.range_test(loader, check_every=0)
     with pytest.raises(ValueError, match="too few to suggest"):
         finder.suggestion()
+
+
+def _train(model, optimizer, scheduler, batches):
+    for x, y in batches:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("with_scheduler", [False, True])
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+@pytest.mark.parametrize("trained_before", [0, 3])
+def test_a_range_test_then_training_is_training_alone(amsgrad, with_scheduler, cache, trained_before):
+    # The finder restores the optimizer through its own load_state_dict: afterwards every step
+    # updates the tensors in optimizer.state (not the range test's), bit for bit as if no range
+    # test had run, and the step counters count the training steps only.
+    def run(range_test_first):
+        model, loader = make_problem(seed=7)
+        optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-3, amsgrad=amsgrad)
+        scheduler = lrfused.lr_scheduler.CosineAnnealingLR(optimizer, T_max=8) if with_scheduler else None
+        batches = list(loader)
+        _train(model, optimizer, scheduler, batches[:trained_before])
+        if range_test_first:
+            LRFinder(model, optimizer, torch.nn.functional.mse_loss, cache=cache).range_test(
+                batches[8:], end_lr=1.0, num_iter=5, progress=False)
+        _train(model, optimizer, scheduler, batches[trained_before:trained_before + 6])
+        return model, optimizer
+
+    model, optimizer = run(range_test_first=True)
+    alone_model, alone_optimizer = run(range_test_first=False)
+    for p, q in zip(model.parameters(), alone_model.parameters()):
+        assert torch.equal(p, q)
+        state, alone = optimizer.state[p], alone_optimizer.state[q]
+        assert state.keys() == alone.keys()
+        assert all(torch.equal(state[key], alone[key]) for key in state), p.shape
+        assert int(state["step"]) == trained_before + 6
+    saved = optimizer.state_dict()["state"]
+    assert all(int(entry["step"]) == trained_before + 6 for entry in saved.values())
