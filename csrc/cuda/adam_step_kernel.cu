@@ -41,7 +41,7 @@ struct alignas(kPackElements * sizeof(scalar_t)) Pack {
 // Packs per thread and iteration: kUnroll, but one for float64, whose five arrays of packs in
 // flight would otherwise need twice the registers (note [Block shape]).
 template <typename scalar_t>
-constexpr int unroll_of() { return sizeof(scalar_t) == 8 ? 1 : kUnroll; }
+constexpr int kPacksOf = sizeof(scalar_t) == 8 ? 1 : kUnroll;
 
 struct BlockState {
   AdamScalars<double> scalars;  // narrowed to the bucket's opmath type by update_chunk
@@ -88,7 +88,7 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
   const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(state.scalars);
   const opmath_t grad_scale = static_cast<opmath_t>(state.grad_scale);
   using P = Pack<scalar_t>;
-  constexpr int kPacks = unroll_of<scalar_t>();
+  constexpr int kPacks = kPacksOf<scalar_t>;
   int64_t vector_end = begin;
   if (tensor.aligned) {
     // begin is a multiple of kChunkSize, hence of a whole step of the loop: the packs stay
