@@ -16,7 +16,7 @@ from . import _ops, _step_plan
 from ._reference import KERNEL_DTYPES
 from ._binding import Binding
 from ._step_plan import Bucket, DeviceStep, GroupPlan
-from .schedules import Schedule, Tabulated
+from .schedules import Schedule
 
 __all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
 
@@ -144,10 +144,11 @@ class FusedScheduledAdam(Optimizer):
         betas = _float_betas(betas)
         if schedule is not None and not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be an lrfused.schedules.Schedule, got {type(schedule).__name__}")
-        if isinstance(schedule, Tabulated) or (schedule is not None and _has_open_table(schedule)):
+        if schedule is not None and _has_open_table(schedule):
             raise ValueError(
                 "schedule= with a tabulated function needs horizon= (the optimizer's clock pauses on AMP "
-                "overflow without the host knowing, so it cannot upload blocks ahead of it)")
+                "overflow without the host knowing, so it cannot upload blocks ahead of it); got "
+                f"{schedule!r}")
         if schedule is not None:
             # Checked once, here: the CUDA op trusts the structure of its program.
             _ops.validate_schedule(torch.tensor(schedule.encode(), dtype=torch.float64))

@@ -401,3 +401,29 @@ def test_a_beta1_whose_bias_correction_is_zero_skips_the_update(device):
         applied.append((beta1, not torch.equal(w.detach(), before)))
     assert applied == [(1.0, False), (0.85, True), (0.7, True), (0.85, True), (1.0, False)], applied
     assert int(opt.invalid_steps) == 2 and int(opt.state[w]["step"]) == 3
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_tabulated_function_with_a_horizon_is_a_root_schedule(device, wrapped):
+    # schedule=lambda_schedule(f, horizon=N): tabulated once, whole, so the optimizer's own clock can
+    # read it; torch's Adam with LambdaLR(f) gives the same trajectory.
+    torch.manual_seed(2)
+
+    def factor(t):
+        return 1.0 / (1.0 + 0.3 * t)
+
+    table = schedules.lambda_schedule(factor, horizon=12)
+    schedule = schedules.product(table, schedules.constant(1.0)) if wrapped else table
+    ours = [torch.randn(50, device=device, requires_grad=True)]
+    theirs = [ours[0].detach().clone().requires_grad_()]
+    opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2, schedule=schedule)
+    opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
+    sched = T.LambdaLR(opt_theirs, factor)
+    run_pair(ours, theirs, opt_ours, opt_theirs, 12, sched=[sched])
+    assert max_relative_error(ours[0], theirs[0]) < 1e-6
+    assert int(opt_ours.invalid_steps) == 0
+
+
+def test_a_tabulated_function_without_a_horizon_is_refused_as_a_root_schedule():
+    with pytest.raises(ValueError, match="needs horizon="):
+        lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)],
+                                   schedule=schedules.lambda_schedule(lambda t: 1.0))

@@ -191,3 +191,58 @@ def test_too_deep_nesting_is_refused():
         s = S.product(s)
     with pytest.raises(ValueError, match="nests 5 levels deep"):
         s.encode()
+
+
+# --- against the libraries that define these schedules -------------------------------------------------
+
+
+@pytest.mark.parametrize("anneal_strategy", ["cos", "linear"])
+@pytest.mark.parametrize("three_phase", [False, True])
+@pytest.mark.parametrize("total_steps", [10, 37])
+def test_one_cycle_is_torchs_then_holds_its_final_value(anneal_strategy, three_phase, total_steps):
+    # torch's OneCycleLR over its cycle; past the cycle's last step, the final value
+    # max_value / div_factor / final_div_factor is held, as optax holds it (torch raises there,
+    # after extrapolating its last phase one step, negative with linear annealing).
+    kw = dict(anneal_strategy=anneal_strategy, div_factor=10.0, final_div_factor=100.0, three_phase=three_phase)
+    schedule = S.one_cycle(total_steps, max_value=2.0, **kw)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2.0, total_steps=total_steps, cycle_momentum=False, **kw)
+    for t in range(total_steps):
+        assert schedule(t) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), t
+        if t < total_steps - 1:
+            opt.step()
+            sched.step()
+    final = 2.0 / 10.0 / 100.0
+    for t in (total_steps - 1, total_steps, total_steps + 1, 10 * total_steps, 2 ** 40):
+        assert schedule(t) == pytest.approx(final, rel=1e-12), t
+        assert cpp_value(schedule, t)[0] == pytest.approx(final, rel=1e-12), t
+
+
+@pytest.mark.parametrize("decay,hf_decay", [("linear", "linear"), ("cosine", "cosine"), ("1-sqrt", "1-sqrt")])
+@pytest.mark.parametrize("warmup_steps,stable_steps", [(0, 0), (0, 5), (4, 0), (4, 5)])
+def test_warmup_stable_decay_is_hugging_faces_including_no_warmup(decay, hf_decay, warmup_steps, stable_steps):
+    transformers = pytest.importorskip("transformers")
+    decay_steps = 7
+    schedule = S.warmup_stable_decay(warmup_steps, stable_steps, decay_steps, decay=decay)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    hf = transformers.get_wsd_schedule(opt, num_warmup_steps=warmup_steps, num_stable_steps=stable_steps,
+                                       num_decay_steps=decay_steps, decay_type=hf_decay)
+    for t in range(warmup_steps + stable_steps + decay_steps + 4):
+        expected = hf.lr_lambdas[0](t)
+        assert schedule(t) == pytest.approx(expected, rel=1e-12, abs=1e-15), t
+        assert cpp_value(schedule, t)[0] == pytest.approx(expected, rel=1e-12, abs=1e-15), t
+
+
+@pytest.mark.parametrize("warmup_steps", [0, 3])
+def test_warmup_cosine_is_hugging_faces_including_no_warmup(warmup_steps):
+    # The Hugging Face Trainer's default warm-up is 0 steps; optax takes 0 too.
+    transformers = pytest.importorskip("transformers")
+    decay_steps = 12
+    schedule = S.warmup_cosine(warmup_steps, decay_steps)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    hf = transformers.get_cosine_schedule_with_warmup(opt, warmup_steps, warmup_steps + decay_steps)
+    for t in range(warmup_steps + decay_steps + 1):
+        assert schedule(t) == pytest.approx(hf.lr_lambdas[0](t), rel=1e-12, abs=1e-15), t
+    assert schedule(warmup_steps + decay_steps + 50) == 0.0
+    plateau = S.Constant(3.0)
+    assert S.warmup(plateau, 0) is plateau

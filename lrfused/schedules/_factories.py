@@ -221,8 +221,10 @@ def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, 
 
     Each phase anneals from :math:`a` to :math:`b` as :math:`b + (a - b)(1 + \cos(\pi p)) / 2`
     (``"cos"``) or :math:`a + (b - a) p` (``"linear"``), :math:`p` the fraction of the phase done.
-    The first phase ends at step ``pct_start * total_steps - 1``; past ``total_steps`` the value
-    reached there is held (torch raises).
+    The first phase ends at step ``pct_start * total_steps - 1`` and the last at ``total_steps - 1``,
+    where the value is ``max_value / div_factor / final_div_factor``; from there on that final value
+    is held, as optax holds it (torch's OneCycleLR extrapolates its last phase one step further,
+    to ``total_steps``, and raises after it).
 
     Args:
       total_steps (int): the length of the cycle (> 0).
@@ -237,14 +239,17 @@ def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, 
       Schedule: the one-cycle schedule.
 
     >>> s = one_cycle(10, max_value=1.0, anneal_strategy="linear", div_factor=10.0)
-    >>> [round(s(t), 4) for t in (0, 1, 2, 9)]
-    [0.1, 0.55, 1.0, 0.0]
+    >>> [round(s(t), 6) for t in (0, 1, 2, 9, 10, 100)]
+    [0.1, 0.55, 1.0, 1e-05, 1e-05, 1e-05]
     """
     if anneal_strategy not in ("cos", "linear"):
         raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
     initial = max_value / div_factor
-    return nodes.OneCycle(initial, max_value, initial / final_div_factor, total_steps, pct_start=pct_start,
-                    three_phase=three_phase, anneal_cos=anneal_strategy == "cos")
+    final = initial / final_div_factor
+    cycle = nodes.OneCycle(initial, max_value, final, total_steps, pct_start=pct_start, three_phase=three_phase,
+                           anneal_cos=anneal_strategy == "cos")
+    # The node follows torch's OneCycleLR, which at step total_steps extrapolates its last phase.
+    return nodes.Sequential([cycle, nodes.Constant(final)], [total_steps])
 
 
 def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
@@ -290,7 +295,7 @@ def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> S
 
     Args:
       schedule (Schedule): what follows the warm-up.
-      warmup_steps (int): the warm-up's length (> 0).
+      warmup_steps (int): the warm-up's length (>= 0; 0: ``schedule`` itself).
       start_value (float): the value at step 0. Default: 0.0.
 
     Returns:
@@ -302,7 +307,8 @@ def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> S
     """
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
-    positive_int("warmup_steps", warmup_steps)
+    if non_negative_int("warmup_steps", warmup_steps) == 0:
+        return schedule  # no warm-up (the Hugging Face Trainer's default, which optax takes too)
     return nodes.Sequential([nodes.Linear(1.0, start_value, schedule(0), warmup_steps), schedule], [warmup_steps])
 
 
@@ -312,7 +318,7 @@ def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, 
     held there (optax's warmup_cosine_decay_schedule, with ``decay_steps`` counted after the warm-up).
 
     Args:
-      warmup_steps (int): the warm-up's length (> 0).
+      warmup_steps (int): the warm-up's length (>= 0; 0 starts at ``peak_value``).
       decay_steps (int): the cosine's length (> 0).
       peak_value (float): the value the warm-up reaches. Default: 1.0.
       end_value (float): the value the cosine ends at. Default: 0.0.
@@ -339,7 +345,7 @@ def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, 
     ``"1-sqrt"`` :math:`v_1 + (v_p - v_1)(1 - \sqrt{p})`.
 
     Args:
-      warmup_steps (int): the warm-up's length (> 0).
+      warmup_steps (int): the warm-up's length (>= 0; 0 starts at ``peak_value``).
       stable_steps (int): the plateau's length (>= 0).
       decay_steps (int): :math:`T`, the decay's length (> 0).
       peak_value (float): :math:`v_p`. Default: 1.0.
@@ -363,8 +369,16 @@ def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, 
     }
     if decay not in decays:
         raise ValueError(f"decay must be one of {sorted(decays)}, got {decay!r}")
-    ramp = nodes.Linear(1.0, start_value, peak_value, positive_int("warmup_steps", warmup_steps))
-    return nodes.Sequential([ramp, nodes.Constant(peak_value), decays[decay]()], [warmup_steps, warmup_steps + stable_steps])
+    # Each phase of length zero is left out: a Sequential child is reached only if it lasts.
+    phases, boundaries = [], []
+    if non_negative_int("warmup_steps", warmup_steps) > 0:
+        phases.append(nodes.Linear(1.0, start_value, peak_value, warmup_steps))
+        boundaries.append(warmup_steps)
+    if stable_steps > 0:
+        phases.append(nodes.Constant(peak_value))
+        boundaries.append(warmup_steps + stable_steps)
+    phases.append(decays[decay]())
+    return phases[0] if len(phases) == 1 else nodes.Sequential(phases, boundaries[:len(phases) - 1])
 
 
 def inverse_sqrt(warmup_steps: int = 0, timescale: int | None = None, peak_value: float = 1.0) -> Schedule:
