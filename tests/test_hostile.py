@@ -921,3 +921,33 @@ def test_a_float_lr_written_as_nan_is_refused_before_any_change():
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\]"):
         opt.step()
     assert_unchanged(opt, before)
+
+
+# --- a learning rate that is not finite names what the user passed ---------------------------------------
+
+
+NON_FINITE_SCHEDULERS = {
+    "CyclicLR max_lr": (lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=float("nan")), r"CyclicLR: invalid max_lr: nan"),
+    "CyclicLR base_lr list": (lambda o: L.CyclicLR(o, base_lr=[1e-3, float("inf")], max_lr=1e-2),
+                              r"CyclicLR: invalid base_lr: inf \(param_groups\[1\]\)"),
+    "CyclicLR scale_fn": (lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, scale_fn=lambda x: float("nan")),
+                          r"CyclicLR.step\(\) computed lr=nan for param_groups\[0\] \(from scale_fn\(1\) = nan\)"),
+    "OneCycleLR max_lr": (lambda o: L.OneCycleLR(o, max_lr=float("nan"), total_steps=10),
+                          r"OneCycleLR: invalid max_lr: nan"),
+    "LambdaLR": (lambda o: L.LambdaLR(o, lambda t: float("nan")),
+                 r"LambdaLR.step\(\) computed lr=nan for param_groups\[0\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(NON_FINITE_SCHEDULERS))
+def test_a_scheduler_argument_that_is_not_finite_is_named(name):
+    build, message = NON_FINITE_SCHEDULERS[name]
+    opt = lrfused.FusedScheduledAdam([{"params": [torch.zeros(2, requires_grad=True)]},
+                                      {"params": [torch.zeros(3, requires_grad=True)]}])
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=message):
+        build(opt)
+    assert_unchanged(opt, before)
+    # torch takes these and trains with a NaN lr; on a torch optimizer lrfused's class is torch's.
+    build(torch.optim.Adam([{"params": [torch.zeros(2, requires_grad=True)]},
+                            {"params": [torch.zeros(3, requires_grad=True)]}]))

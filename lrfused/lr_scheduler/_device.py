@@ -131,6 +131,26 @@ def drives_device(optimizer: Any) -> bool:
     return isinstance(optimizer, FusedScheduledAdam)
 
 
+def check_finite_arguments(scheduler_name: str, optimizer: Any, **arguments: Any) -> None:
+    """Refuses, naming the argument and the group, a learning-rate argument that is not finite,
+    where the scheduler drives lrfused's kernel: torch takes it and trains the params into NaNs;
+    lrfused refuses any lr that is not finite (a kernel cannot raise without a host sync). A list
+    gives one value per param group; a number (or a 1-element tensor) is every group's."""
+    if not drives_device(optimizer):
+        return
+    for name, value in arguments.items():
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        for index, item in enumerate(values):
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                continue  # torch's own checks name what is not a number
+            if not math.isfinite(number):
+                where = f" (param_groups[{index}])" if isinstance(value, (list, tuple)) else ""
+                raise ValueError(f"{scheduler_name}: invalid {name}: {number}{where}; lrfused refuses a learning rate "
+                                 "that is not finite")
+
+
 class OnDevice:
     """Mixin placed before a torch scheduler class (note [A scheduler step])."""
 
@@ -214,6 +234,7 @@ class OnDevice:
                 # torch updates a tensor lr in place: a logger that kept last step's keeps its value.
                 binding.publish(groups, index, group["lr"].clone())
         host_step()
+        self._refuse_non_finite(groups)
         clock = side.clock
         if on_device and self._device_form_after():
             if clock is None:
@@ -231,6 +252,20 @@ class OnDevice:
                 else:
                     clock.fill_(max(int(math.floor(self.last_epoch)), 0))
         binding.record(groups)
+
+    def _refuse_non_finite(self, groups: list[dict[str, Any]]) -> None:
+        """A float lr that torch's step computed and the kernel cannot apply, refused naming the
+        scheduler and what it was computed from (``_non_finite_source``)."""
+        for index, group in enumerate(groups):
+            lr = group["lr"]
+            if isinstance(lr, float) and not math.isfinite(lr):
+                raise ValueError(
+                    f"{type(self).__name__}.step() computed lr={lr} for param_groups[{index}]"
+                    f"{self._non_finite_source(index)}; lrfused refuses a learning rate that is not finite")
+
+    def _non_finite_source(self, index: int) -> str:
+        """What a class's non-finite lr came from, for its error message (`` (from ...)``)."""
+        return ""
 
     def _why_host(self, rules, epoch) -> str:
         if getattr(self, "_is_initial", False):

@@ -17,7 +17,7 @@ from .. import _rules
 from .. import schedules as S
 from ..schedules._checks import positive_int
 from ._docs import torch_doc_and_note
-from ._device import OnDevice, unchanged_if_refused, unwrap_optimizer
+from ._device import OnDevice, check_finite_arguments, unchanged_if_refused, unwrap_optimizer
 
 
 def _horizon(value) -> int | None:
@@ -254,6 +254,7 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
                  gamma=1.0, scale_fn=None, scale_mode="cycle", cycle_momentum=True, base_momentum=0.8,
                  max_momentum=0.9, last_epoch=-1, *, horizon: int | None = None):
         optimizer = unwrap_optimizer(optimizer, "CyclicLR")
+        check_finite_arguments("CyclicLR", optimizer, base_lr=base_lr, max_lr=max_lr)
         if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
             self._horizon = _horizon(horizon)
         with unchanged_if_refused(optimizer):
@@ -264,6 +265,14 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
     @property
     def _cycles_beta1(self) -> bool:
         return bool(self.cycle_momentum)
+
+    def _non_finite_source(self, index):
+        if self._scale_fn_custom is None:
+            return ""
+        # torch's get_lr: the scale of cycle c (scale_mode "cycle") or of the step count.
+        cycle = math.floor(1 + self.last_epoch / self.total_size)
+        x = cycle if self.scale_mode == "cycle" else self.last_epoch
+        return f" (from scale_fn({x}) = {self._scale_fn_custom(x)!r})"
 
     def _leaf_rule(self, index):
         if index >= len(self.base_lrs):
@@ -300,6 +309,7 @@ class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
                  anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
                  div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1):
         optimizer = unwrap_optimizer(optimizer, "OneCycleLR")
+        check_finite_arguments("OneCycleLR", optimizer, max_lr=max_lr)
         with unchanged_if_refused(optimizer):
             torch_schedulers.OneCycleLR.__init__(self, optimizer, max_lr, total_steps, epochs, steps_per_epoch, pct_start,
                                                  anneal_strategy, cycle_momentum, base_momentum, max_momentum,
