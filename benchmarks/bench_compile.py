@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 
@@ -64,6 +65,8 @@ def graph_cases():
 
     torch_schedulers = torch.optim.lr_scheduler
     return {
+        "torch AdamW (for-loop), lr written by hand": lambda m: _with(torch_adamw(m), HandWrittenCosine),
+        "lrfused AdamW, lr written by hand": lambda m: _with(fused_adamw(m), HandWrittenCosine),
         "torch AdamW (for-loop) + CosineAnnealingLR": lambda m: _with(torch_adamw(m), cosine(torch_schedulers)),
         "torch AdamW(foreach=True) + CosineAnnealingLR":
             lambda m: _with(torch_adamw(m, foreach=True), cosine(torch_schedulers)),
@@ -71,6 +74,18 @@ def graph_cases():
         "lrfused AdamW + CosineAnnealingLR": lambda m: _with(fused_adamw(m), cosine(fused_schedulers)),
         "lrfused AdamW + OneCycleLR": lambda m: _with(fused_adamw(m), one_cycle(fused_schedulers)),
     }
+
+
+class HandWrittenCosine:
+    """nanoGPT's way, no scheduler object: ``group["lr"] = lr`` for every group after each step."""
+
+    def __init__(self, opt, steps: int = 20):
+        self.opt, self.steps, self.t = opt, steps, 0
+
+    def step(self) -> None:
+        self.t += 1
+        for group in self.opt.param_groups:
+            group["lr"] = 1e-2 * 0.5 * (1 + math.cos(math.pi * self.t / self.steps))
 
 
 def _with(opt, make_scheduler):

@@ -188,11 +188,21 @@ class Binding:
 
     # --- the doors -------------------------------------------------------------------------------
 
-    def absorb(self, groups: list[dict[str, Any]]) -> None:
-        """Writes into the words what the host changed since they were last known (last writer wins)."""
+    def absorb(self, groups: list[dict[str, Any]], compiling: bool = False) -> None:
+        """Writes into the words what the host changed since they were last known (last writer wins).
+
+        In a compiled step a float lr is written without being compared or checked on the host:
+        each comparison would be a guard and each new lr a recompilation, and the finiteness check
+        breaks the graph on a symbolic float. The kernel skips and counts a non-finite lr there
+        (note [Unusable schedule values])."""
         for index, group in enumerate(groups):
             lr, seen = group["lr"], self._seen_lr[index]
-            if isinstance(lr, Tensor):
+            if compiling and not isinstance(lr, Tensor):
+                # zero_ then add_: torch.compile turns a symbolic float added to a tensor into a
+                # graph input, where fill_ would specialize the graph on its value.
+                self._lr_word(index).zero_().add_(lr)
+                self._seen_lr[index] = None  # unknown to the host: the next eager absorb writes it
+            elif isinstance(lr, Tensor):
                 if lr is not seen:
                     # A tensor lr of the user's is followed at every step (it may change in place).
                     self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)

@@ -434,8 +434,9 @@ class FusedScheduledAdam(Optimizer):
         if not (binding.driven and compiling):
             # Host writes of group["lr"] (last writer wins). Under torch.compile with a scheduler
             # driving the words, the comparison would make each lr a guard and each step a
-            # recompilation: the scheduler's own step absorbs them instead.
-            binding.absorb(self.param_groups)
+            # recompilation: the scheduler's own step absorbs them instead. Without one, a compiled
+            # step writes each float lr as it is (nanoGPT's hand write every step compiles once).
+            binding.absorb(self.param_groups, compiling=compiling)
             if self._schedule is not None:
                 self._warn_if_scheduled_twice()
         grad_scale = getattr(self, "grad_scale", None)

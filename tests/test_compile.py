@@ -3,6 +3,7 @@ does not recompile, traces as one graph (``fullgraph=True``), and matches eager.
 torch recompiles in the same loop is measured by benchmarks/bench_compile.py, not tested here.)"""
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -130,3 +131,38 @@ def test_compiled_step_works_from_its_first_call(schedule):
         assert torch.equal(p, q)
     if schedule:
         assert compiled_opt.scheduled_lr() == pytest.approx(0.1 * 0.8 ** 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_lr_written_by_hand_every_step_does_not_recompile(backend):
+    # nanoGPT's way: `for g in opt.param_groups: g["lr"] = lr` before each compiled opt.step(), no
+    # scheduler. torch's default AdamW compiles 2 graphs in 12 steps (the state is made at the first).
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    batches = data(12)
+    model, reference = make_model(), make_model()
+    opt = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-2)
+    torch_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    compiled_step = torch.compile(opt.step, backend=backend)
+    with contextlib.ExitStack() as after_warm_up:
+        for i, (x, y) in enumerate(batches):
+            if i == 2:
+                before = frames_compiled()
+                after_warm_up.enter_context(torch._dynamo.config.patch(error_on_recompile=True))
+            lr = 1e-2 * 0.5 * (1 + math.cos(math.pi * i / len(batches)))
+            for module, optimizer, step in ((model, opt, compiled_step), (reference, torch_opt, torch_opt.step)):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.nn.functional.mse_loss(module(x), y).backward()
+                step()
+                optimizer.zero_grad()
+    assert frames_compiled() == before == 2, "two graphs: before and after the state exists"
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert max_relative_error(a, b) < 1e-5
+    # The host writes the next eager step makes are still absorbed.
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.mse_loss(model(batches[0][0]), batches[0][1]).backward()
+    opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
