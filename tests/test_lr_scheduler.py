@@ -128,9 +128,11 @@ def test_cyclic_custom_scale_fn(device, twin_setup):
 
 
 def test_reduce_lr_on_plateau_on_device(device, twin_setup):
+    # sync_free=True: the device state machine for a CPU tensor too (the default keeps it for GPU
+    # metrics), so that it runs here without a GPU.
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     config = dict(mode="min", factor=0.5, patience=2, threshold=1e-3, cooldown=1, min_lr=[1e-4, 2e-4])
-    sched_ours = L.ReduceLROnPlateau(opt_ours, **config)
+    sched_ours = L.ReduceLROnPlateau(opt_ours, **config, sync_free=True)
     sched_theirs = T.ReduceLROnPlateau(opt_theirs, **config)
     rng = random.Random(0)
     for epoch in range(40):
@@ -148,6 +150,38 @@ def test_reduce_lr_on_plateau_on_device(device, twin_setup):
         assert int(sched_ours.num_bad_epochs) == sched_theirs.num_bad_epochs
         assert int(sched_ours.cooldown_counter) == sched_theirs.cooldown_counter
     assert float(opt_ours.param_groups[0]["lr"]) < 1e-2, "the plateau must have reduced the lr"
+
+
+@pytest.mark.parametrize("sync_free", [None, False])
+def test_reduce_lr_on_plateau_with_a_cpu_tensor_metric_is_torchs(sync_free, twin_setup):
+    # A CPU tensor metric (as Lightning passes it) is read for free: torch's step, its float lrs,
+    # its state dict. A state the device machine made is brought back to numbers at such a step.
+    ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
+    config = dict(mode="max", factor=0.3, patience=1, cooldown=2, min_lr=1e-4)
+    sched_ours = L.ReduceLROnPlateau(opt_ours, **config, **({} if sync_free is None else dict(sync_free=sync_free)))
+    sched_theirs = T.ReduceLROnPlateau(opt_theirs, **config)
+    rng = random.Random(3)
+    for epoch in range(30):
+        for a, b in zip(ours, theirs):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+        metric = torch.tensor(rng.random(), dtype=torch.float32)
+        if epoch == 10:
+            sched_ours._sync_free = True  # one step on the device machine, then back
+        sched_ours.step(metric)
+        if epoch == 10:
+            del sched_ours._sync_free  # back to the constructor's choice
+            if sync_free is not None:
+                sched_ours._sync_free = sync_free
+        sched_theirs.step(metric)
+        if epoch != 10:
+            assert [type(g["lr"]) for g in opt_ours.param_groups] == [float, float]
+            # lrfused's keyword, when given, is kept as torch keeps every attribute of a scheduler
+            assert {k: v for k, v in sched_ours.state_dict().items() if k != "_sync_free"} == sched_theirs.state_dict()
+        assert [float(a["lr"]) for a in opt_ours.param_groups] == [b["lr"] for b in opt_theirs.param_groups]
+    assert max(max_relative_error(a, b) for a, b in zip(ours, theirs)) < 1e-6
     for a, b in zip(ours, theirs):
         assert max_relative_error(a, b) < 1e-6
 

@@ -16,22 +16,34 @@ _DEVICE_STATE = ("best", "num_bad_epochs", "cooldown_counter")
 
 @torch_doc_and_note
 class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
-    """torch's ReduceLROnPlateau; given a tensor metric, evaluated on the device.
+    """torch's ReduceLROnPlateau; given a metric on a GPU, evaluated on the device.
 
-    ``step(metric)`` with a Python number runs torch's own ``step`` on the host (the metric is
-    already there) and writes the new lrs to the device: values, types, errors and
-    ``state_dict()`` are torch's. ``step(metric)`` with a 1-element tensor (a loss still on the
-    GPU, as frameworks pass it) runs the same state machine with tensor operations on the device,
-    with no host sync: from then on ``best``, ``num_bad_epochs`` and ``cooldown_counter`` are
-    device tensors, and ``param_groups[i]["lr"]`` and each entry of ``get_last_lr()`` are 0-dim
-    float64 tensors, a new one at every step (a logger that keeps one keeps that step's value;
-    ``float()`` of one is the one place that syncs). Either way each step starts from the lr the
-    group holds now, so it composes with a warm-up or any other writer. ``load_state_dict``
-    accepts torch's state (numbers) and lrfused's (tensors).
+    ``step(metric)`` with a Python number or a CPU tensor (reading it costs nothing; Lightning
+    passes its monitored metric as one on the CPU) runs torch's own ``step`` on the host and writes
+    the new lrs to the device: values, float lrs, types, errors and ``state_dict()`` are torch's.
+    ``step(metric)`` with a 1-element tensor on a GPU (a loss still there, as frameworks pass it)
+    runs the same state machine with tensor operations on the device, with no host sync: from then
+    on ``best``, ``num_bad_epochs`` and ``cooldown_counter`` are device tensors, and
+    ``param_groups[i]["lr"]`` and each entry of ``get_last_lr()`` are 0-dim float64 tensors, a new
+    one at every step (a logger that keeps one keeps that step's value; ``float()`` of one is the
+    one place that syncs). Either way each step starts from the lr the group holds now, so it
+    composes with a warm-up or any other writer. ``load_state_dict`` accepts torch's state
+    (numbers) and lrfused's (tensors).
+
+    ``sync_free`` (lrfused's keyword) chooses for every tensor metric: ``True`` runs the device
+    state machine for a CPU tensor too, ``False`` always runs torch's step, reading a GPU metric
+    (a sync per step) and keeping torch's float lrs. A step that leaves the device state machine
+    brings its state back to numbers (a sync if it is on a GPU).
     """
 
+    _sync_free: bool | None = None
+
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
-                 cooldown=0, min_lr=0, eps=1e-8):
+                 cooldown=0, min_lr=0, eps=1e-8, *, sync_free: bool | None = None):
+        if sync_free is not None:  # only then an attribute: without it, the instance is torch's exactly
+            if not isinstance(sync_free, bool):
+                raise TypeError(f"sync_free must be None, True or False, got {sync_free!r}")
+            self._sync_free = sync_free
         optimizer = unwrap_optimizer(optimizer, "ReduceLROnPlateau")
         with unchanged_if_refused(optimizer):
             torch_schedulers.ReduceLROnPlateau.__init__(self, optimizer, mode, factor, patience, threshold,
@@ -40,6 +52,21 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
     @property
     def _on_device(self) -> bool:
         return isinstance(self.best, torch.Tensor)
+
+    def _runs_on_device(self, metrics: Any) -> bool:
+        if not isinstance(metrics, torch.Tensor):
+            return False
+        return self._sync_free if self._sync_free is not None else metrics.device.type != "cpu"
+
+    def _to_host(self, groups: list[dict[str, Any]], binding: Any) -> None:
+        # Device state back to torch's numbers, and the lrs lrfused published back to floats.
+        self.best = float(self.best)
+        self.num_bad_epochs = int(self.num_bad_epochs)
+        self.cooldown_counter = int(self.cooldown_counter)
+        for index, group in enumerate(groups):
+            if binding.owns(index, group["lr"]):
+                group["lr"] = float(group["lr"])
+        self._last_lr = [float(lr) if isinstance(lr, torch.Tensor) else lr for lr in self._last_lr]
 
     def _to_device(self, device: torch.device) -> None:
         # Host numbers to device tensors: a copy from the host, no sync.
@@ -81,7 +108,9 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         if isinstance(metrics, torch.Tensor) and metrics.numel() != 1:
             raise ValueError(f"metrics must be a scalar, got a tensor of shape {tuple(metrics.shape)}")
         binding.absorb(groups)
-        if not isinstance(metrics, torch.Tensor) and not self._on_device:
+        if not self._runs_on_device(metrics):
+            if self._on_device:
+                self._to_host(groups, binding)
             torch_schedulers.ReduceLROnPlateau.step(self, metrics, epoch)
             binding.write(groups)
             binding.record(groups)
