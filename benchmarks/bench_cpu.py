@@ -1,5 +1,5 @@
 """CPU benchmark: one optimizer+scheduler step of lrfused against torch.optim.Adam (fused and
-foreach), each with a CosineAnnealingLR, plus in-place streaming ops as the machine's ceiling; the
+foreach), each with a CosineAnnealingLR, in float32 and float64, plus in-place streaming ops as the machine's ceiling; the
 host cost per tensor (many small tensors against one tensor of the same size); and the lrfused ops
 one optimizer step and scheduler step make.
 
@@ -25,7 +25,11 @@ import torch.utils._python_dispatch
 import lrfused
 from lrfused import lr_scheduler as fused_schedulers
 
-ADAM_BYTES_PER_PARAM = 28  # fp32: p, g, m, v read; p, m, v written
+ADAM_ARRAYS_MOVED = 7  # p, g, m, v read; p, m, v written
+
+
+def bytes_per_param(dtype: torch.dtype) -> int:
+    return ADAM_ARRAYS_MOVED * torch.empty((), dtype=dtype).element_size()
 
 
 def machine_name() -> str:
@@ -49,9 +53,9 @@ def median_seconds(function, repeats: int, warmup: int = 3) -> float:
     return statistics.median(samples)
 
 
-def make_params(shapes):
+def make_params(shapes, dtype=torch.float32):
     torch.manual_seed(0)
-    params = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    params = [torch.randn(shape, dtype=dtype, requires_grad=True) for shape in shapes]
     for p in params:
         p.grad = torch.randn_like(p)
     return params
@@ -73,9 +77,9 @@ def contenders():
     }
 
 
-def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int) -> float:
+def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int, dtype=torch.float32) -> float:
     """Median seconds of one optimizer step and scheduler step on fresh params of ``shapes``."""
-    params = make_params(shapes)
+    params = make_params(shapes, dtype)
     optimizer = make_optimizer(params)
     scheduler = make_scheduler(optimizer)
 
@@ -86,16 +90,17 @@ def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int) -> float:
     return median_seconds(step, repeats)
 
 
-def bench_case(label: str, shapes, repeats: int) -> dict:
+def bench_case(label: str, shapes, repeats: int, dtype=torch.float32) -> dict:
     numel = sum(torch.Size(s).numel() for s in shapes)
     rows = {}
     for name, (make_optimizer, make_scheduler) in contenders().items():
-        seconds = step_seconds(make_optimizer, make_scheduler, shapes, repeats)
-        rows[name] = {"ms_per_step": seconds * 1e3, "GB_per_s": ADAM_BYTES_PER_PARAM * numel / seconds / 1e9}
+        seconds = step_seconds(make_optimizer, make_scheduler, shapes, repeats, dtype)
+        rows[name] = {"ms_per_step": seconds * 1e3, "GB_per_s": bytes_per_param(dtype) * numel / seconds / 1e9}
     baseline = rows["torch Adam(fused=True) + CosineAnnealingLR"]["ms_per_step"]
     for row in rows.values():
         row["ratio_vs_torch_fused"] = row["ms_per_step"] / baseline
-    return {"case": label, "tensors": len(shapes), "params": numel, "results": rows}
+    return {"case": label, "dtype": str(dtype).removeprefix("torch."), "bytes_per_param": bytes_per_param(dtype),
+            "tensors": len(shapes), "params": numel, "results": rows}
 
 
 def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
@@ -178,6 +183,9 @@ def main() -> None:
         "cases": [
             bench_case(f"(a) one tensor of {big} fp32", [(big,)], args.repeats),
             bench_case(f"(b) {many[0]} tensors of {many[1]} fp32", [(many[1],)] * many[0], args.repeats),
+            bench_case(f"(c) one tensor of {big} fp64", [(big,)], args.repeats, torch.float64),
+            bench_case(f"(d) {many[0]} tensors of {many[1]} fp64", [(many[1],)] * many[0], args.repeats,
+                       torch.float64),
         ],
         "host_overhead": bench_host_overhead(args.repeats, args.small),
         "ops_per_step": ops_per_step(),
@@ -189,7 +197,7 @@ def main() -> None:
     for name, row in report["streaming"].items():
         print(f"  streaming {name:<9} {row['ms']:9.3f} ms  {row['GB_per_s']:7.2f} GB/s")
     for case in report["cases"]:
-        print(f"\n{case['case']}  ({case['params']} params, 28 B/param)")
+        print(f"\n{case['case']}  ({case['params']} params, {case['bytes_per_param']} B/param)")
         print(f"  {'contender':<58} {'ms/step':>9} {'GB/s':>7} {'vs torch fused':>15} {'% of streaming':>15}")
         for name, row in case["results"].items():
             row["fraction_of_best_streaming"] = row["GB_per_s"] / best_stream

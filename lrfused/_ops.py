@@ -88,8 +88,8 @@ def fused_adam_(
 ) -> None:
     """One Adam/AdamW step of every tensor, at the lr the schedule gives at the clock (or the step).
 
-    A schedule value Adam cannot use (a non-finite lr, a scheduled beta1 outside [0, 1)) skips the
-    call and adds one to ``invalid_steps``; ``handle`` (from :func:`new_handle`) keeps the CUDA
+    A schedule value Adam cannot use (a non-finite lr, a beta1 whose ``1 - beta1^t`` is zero or not
+    finite) skips the call and adds one to ``invalid_steps``; ``handle`` (from :func:`new_handle`) keeps the CUDA
     tables of one bucket for as long as it lives."""
     op = torch.ops.lrfused.fused_adam_ if _LOAD_ERROR is None else _reference.fused_adam_
     op(

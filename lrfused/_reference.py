@@ -1,7 +1,8 @@
 """The op ``lrfused::fused_adam_`` in plain PyTorch: the test oracle, and the fallback when the
 compiled library cannot be loaded. It follows note [Order of operations] of
-``csrc/common/adam_math.h`` with float32 opmath, and evaluates the program with
-:func:`lrfused.schedules.decode`, the Python mirror of ``csrc/common/lr_schedule.h``."""
+``csrc/common/adam_math.h`` in torch's opmath (float64 for float64 params, float32 for the
+others), and evaluates the program with :func:`lrfused.schedules.decode`, the Python mirror of
+``csrc/common/lr_schedule.h``."""
 
 from __future__ import annotations
 

@@ -631,7 +631,8 @@ class FusedScheduledAdam(Optimizer):
     @property
     def invalid_steps(self) -> Tensor:
         """How many updates were skipped because the schedule gave an lr that is not finite or a
-        beta1 outside [0, 1): an int64 tensor on the first param's device, counting one per param
+        beta1 whose bias correction ``1 - beta1^t`` has no finite, non-zero value (note [Unusable
+        schedule values]): an int64 tensor on the first param's device, counting one per param
         group, device and dtype skipped. The kernels cannot raise there without a host sync, so
         the CPU and CUDA kernels both skip such an update (params, states and step counters stay
         as they were) and count it here; reading it as a number is a sync."""
