@@ -41,9 +41,9 @@ def twin_setup():
     """A factory of (ours, theirs, lrfused optimizer, torch optimizer): two param groups (the second
     with its own lr) on the same params, lr 1e-2."""
 
-    def make(device, torch_optimizer=torch.optim.Adam, **opt_kwargs):
+    def make(device, torch_optimizer=torch.optim.Adam, dtype=torch.float32, **opt_kwargs):
         torch.manual_seed(0)
-        base = [torch.randn(40, 3, device=device), torch.randn(17, device=device)]
+        base = [torch.randn(40, 3, device=device, dtype=dtype), torch.randn(17, device=device, dtype=dtype)]
         ours = [p.clone().requires_grad_() for p in base]
         theirs = [p.clone().requires_grad_() for p in base]
 
