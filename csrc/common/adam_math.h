@@ -31,7 +31,8 @@ struct AdamScalars {
   opmath_t eps;
   opmath_t weight_decay;
   opmath_t decay_factor;           // 1 - lr * weight_decay (AdamW)
-  opmath_t neg_step_size;          // -lr / (1 - beta1^step)
+  opmath_t bias_correction1;       // 1 - beta1^step (read by note [Unusable schedule values] too)
+  opmath_t neg_step_size;          // -lr / bias_correction1
   opmath_t bias_correction2_sqrt;  // sqrt(1 - beta2^step)
 };
 
@@ -46,7 +47,8 @@ LRFUSED_HOST_DEVICE AdamScalars<double> make_adam_scalars(
   s.eps = eps;
   s.weight_decay = weight_decay;
   s.decay_factor = 1.0 - lr * weight_decay;
-  s.neg_step_size = -(lr / (1.0 - ::pow(beta1, steps)));
+  s.bias_correction1 = 1.0 - ::pow(beta1, steps);
+  s.neg_step_size = -(lr / s.bias_correction1);
   s.bias_correction2_sqrt = ::sqrt(1.0 - ::pow(beta2, steps));
   return s;
 }
@@ -62,6 +64,7 @@ LRFUSED_HOST_DEVICE AdamScalars<opmath_t> scalars_as(const AdamScalars<double>& 
   r.eps = static_cast<opmath_t>(s.eps);
   r.weight_decay = static_cast<opmath_t>(s.weight_decay);
   r.decay_factor = static_cast<opmath_t>(s.decay_factor);
+  r.bias_correction1 = static_cast<opmath_t>(s.bias_correction1);
   r.neg_step_size = static_cast<opmath_t>(s.neg_step_size);
   r.bias_correction2_sqrt = static_cast<opmath_t>(s.bias_correction2_sqrt);
   return r;

@@ -38,7 +38,7 @@ LRFUSED_HOST_DEVICE StepScalars scalars_from(ScheduleValue value, double beta1, 
   StepScalars result;
   result.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, step + 1);
   // x - x is 0 for every finite x and NaN for NaN and the infinities.
-  const double bias_correction1 = 1.0 - ::pow(step_beta1, static_cast<double>(step + 1));
+  const double bias_correction1 = result.scalars.bias_correction1;
   const double step_size = result.scalars.neg_step_size;
   result.usable = value.lr - value.lr == 0.0 && step_beta1 - step_beta1 == 0.0 &&
                   bias_correction1 - bias_correction1 == 0.0 && step_size - step_size == 0.0;

@@ -82,7 +82,8 @@ void run_step_cpu(StepCall& call) {
       const BucketSpec& bucket = call.buckets[b];
       const StepScalars s = bucket_scalars(bucket, deferred);
       scratch.usable[b] = s.usable;
-      scratch.configs[b] = {s.scalars, (bucket.flags & kFlagMaximize) != 0, bucket.weight_decay != 0.0, grad_scale};
+      scratch.configs[b] = {scalars_as<float>(s.scalars), s.scalars, (bucket.flags & kFlagMaximize) != 0,
+                            bucket.weight_decay != 0.0, grad_scale};
       scratch.updates[b] = range_update(static_cast<ElementType>(bucket.element_type),
                                         (bucket.flags & kFlagAmsgrad) != 0, (bucket.flags & kFlagDecoupled) != 0);
     }

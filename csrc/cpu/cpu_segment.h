@@ -10,7 +10,10 @@
 namespace lrfused {
 
 struct StepConfig {
-  AdamScalars<double> scalars;  // narrowed to the opmath type by the update loop
+  // The bucket's scalars in each opmath type (float64 params read the double ones), narrowed once
+  // per call, not once per tensor.
+  AdamScalars<float> scalars_float;
+  AdamScalars<double> scalars_double;
   bool maximize;
   bool has_weight_decay;
   const float* grad_scale;  // null without AMP
