@@ -35,9 +35,10 @@ outside the instance), so code that inspects or compares schedulers sees torch's
 Differences from torch: none in the values (each class is tested against torch's on the same
 inputs). ReduceLROnPlateau given a metric on a GPU keeps its state and lrs as device tensors (see
 its docstring and its ``sync_free`` keyword); a learning rate that is not finite (an argument, or
-what a step computed) is refused, naming it, where torch trains to NaN; and a FusedScheduledAdam
-built with ``schedule=`` refuses these schedulers (its kernel already schedules the lr). On an optimizer that is not a FusedScheduledAdam (nor wraps
-one) a class here is torch's class and nothing more: there is no device lr to step.
+what a step computed on the host) is refused, naming it, where torch trains to NaN; and a
+FusedScheduledAdam built with ``schedule=`` refuses these schedulers (its kernel already schedules
+the lr). On an optimizer that is not a FusedScheduledAdam (nor wraps one) a class here is torch's
+class and nothing more: there is no device lr to step.
 """
 
 from .closed_form import (

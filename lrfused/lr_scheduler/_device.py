@@ -234,7 +234,6 @@ class OnDevice:
                 # torch updates a tensor lr in place: a logger that kept last step's keeps its value.
                 binding.publish(groups, index, group["lr"].clone())
         host_step()
-        self._refuse_non_finite(groups)
         clock = side.clock
         if on_device and self._device_form_after():
             if clock is None:
@@ -243,6 +242,9 @@ class OnDevice:
             beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
             binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
         else:
+            # The host's values are written: a non-finite one is refused here, naming its source (a
+            # device step's is skipped and counted by the kernel, note [Unusable schedule values]).
+            self._refuse_non_finite(groups)
             binding.write(groups)
             if rules is not None:
                 # The next device step starts from here.
@@ -254,8 +256,8 @@ class OnDevice:
         binding.record(groups)
 
     def _refuse_non_finite(self, groups: list[dict[str, Any]]) -> None:
-        """A float lr that torch's step computed and the kernel cannot apply, refused naming the
-        scheduler and what it was computed from (``_non_finite_source``)."""
+        """A float lr that torch's step computed on the host and the kernel cannot apply, refused
+        naming the scheduler and what it was computed from (``_non_finite_source``)."""
         for index, group in enumerate(groups):
             lr = group["lr"]
             if isinstance(lr, float) and not math.isfinite(lr):
