@@ -110,7 +110,7 @@ def count_ops(groups: int, dtypes: tuple[torch.dtype, ...]) -> dict:
         step()
     names = [event.name for event in profiler.events()]
     # The eager step runs table_step_ (or adam_step_), whichever it is, one per device.
-    step_ops = sum(names.count(f"lrfused::{op}") for op in ("table_step_", "adam_step_", "fused_adam_"))
+    step_ops = sum(names.count(f"lrfused::{op}") for op in ("table_step_", "adam_step_"))
     return {"groups": groups, "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
             "step_ops": step_ops, "advance_lr_": names.count("lrfused::advance_lr_")}
 

@@ -6,6 +6,9 @@
 #include <c10/util/strides.h>
 #include <torch/library.h>
 
+#include <string>
+#include <utility>
+
 #include "common/lr_schedule.h"
 #include "common/lr_step.h"
 #include "handle.h"
@@ -20,96 +23,6 @@ PyObject* PyInit__C(void) {
 }
 
 namespace lrfused {
-
-namespace {
-
-void check_same_shape(const at::Tensor& param, const at::Tensor& other, const char* what, size_t i) {
-  TORCH_CHECK(other.device() == param.device(), "fused_adam_: ", what, "[", i, "] is on ", other.device(),
-              " but params[", i, "] is on ", param.device());
-  TORCH_CHECK(other.scalar_type() == param.scalar_type(), "fused_adam_: ", what, "[", i, "] has dtype ",
-              other.scalar_type(), " but params[", i, "] has dtype ", param.scalar_type());
-  TORCH_CHECK(other.sizes() == param.sizes(), "fused_adam_: ", what, "[", i, "] has shape ", other.sizes(),
-              " but params[", i, "] has shape ", param.sizes());
-}
-
-}  // namespace
-
-void check_fused_adam_args(const FusedAdamArgs& a) {
-  const size_t n = a.params.size();
-  TORCH_CHECK(a.grads.size() == n && a.exp_avgs.size() == n && a.exp_avg_sqs.size() == n,
-              "fused_adam_: params, grads, exp_avgs and exp_avg_sqs must have the same length, got ", n, ", ",
-              a.grads.size(), ", ", a.exp_avgs.size(), " and ", a.exp_avg_sqs.size());
-  TORCH_CHECK(!a.amsgrad || a.max_exp_avg_sqs.size() == n,
-              "fused_adam_: amsgrad=True needs one max_exp_avg_sq per param, got ", a.max_exp_avg_sqs.size(),
-              " for ", n, " params");
-  // Any finite beta1, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
-  TORCH_CHECK(std::isfinite(a.beta1), "fused_adam_: invalid beta1: ", a.beta1);
-  TORCH_CHECK(a.beta2 >= 0.0 && a.beta2 < 1.0, "fused_adam_: invalid beta2: ", a.beta2);
-  TORCH_CHECK(a.eps >= 0.0 && std::isfinite(a.eps), "fused_adam_: invalid eps: ", a.eps);
-  TORCH_CHECK(a.weight_decay >= 0.0 && std::isfinite(a.weight_decay),
-              "fused_adam_: invalid weight_decay: ", a.weight_decay);
-
-  TORCH_CHECK(a.step.scalar_type() == at::kLong && a.step.numel() == 1,
-              "fused_adam_: step must be a one-element int64 tensor, got ", a.step.scalar_type(), " with ",
-              a.step.numel(), " elements");
-  TORCH_CHECK(a.schedule.scalar_type() == at::kDouble && a.schedule.dim() == 1 && a.schedule.is_contiguous(),
-              "fused_adam_: schedule must be a contiguous 1-d float64 tensor, got ", a.schedule.scalar_type(),
-              " of shape ", a.schedule.sizes());
-  TORCH_CHECK(a.schedule.numel() >= 2, "fused_adam_: schedule is empty");
-  if (a.clock.has_value()) {
-    TORCH_CHECK(a.clock->scalar_type() == at::kLong && a.clock->numel() == 1,
-                "fused_adam_: clock must be a one-element int64 tensor, got ", a.clock->scalar_type(), " with ",
-                a.clock->numel(), " elements");
-  }
-  if (a.grad_scale.has_value()) {
-    TORCH_CHECK(a.grad_scale->numel() == 1 && a.grad_scale->scalar_type() == at::kFloat,
-                "fused_adam_: grad_scale must be a one-element float32 tensor, got ", a.grad_scale->scalar_type(),
-                " with ", a.grad_scale->numel(), " elements");
-  }
-  if (a.found_inf.has_value()) {
-    TORCH_CHECK(a.found_inf->numel() == 1 && a.found_inf->scalar_type() == at::kFloat,
-                "fused_adam_: found_inf must be a one-element float32 tensor, got ", a.found_inf->scalar_type(),
-                " with ", a.found_inf->numel(), " elements");
-  }
-  if (a.invalid_steps.has_value()) {
-    TORCH_CHECK(a.invalid_steps->numel() == 1 && a.invalid_steps->scalar_type() == at::kLong,
-                "fused_adam_: invalid_steps must be a one-element int64 tensor, got ",
-                a.invalid_steps->scalar_type(), " with ", a.invalid_steps->numel(), " elements");
-  }
-  if (n == 0) {
-    return;
-  }
-  const at::Tensor& first = a.params[0];
-  const auto scalar_tensors_ok = [&](const at::Tensor& t, const char* what) {
-    TORCH_CHECK(t.device() == first.device(), "fused_adam_: ", what, " is on ", t.device(),
-                " but the params are on ", first.device());
-  };
-  scalar_tensors_ok(a.step, "step");
-  scalar_tensors_ok(a.schedule, "schedule");
-  if (a.clock.has_value()) scalar_tensors_ok(*a.clock, "clock");
-  if (a.grad_scale.has_value()) scalar_tensors_ok(*a.grad_scale, "grad_scale");
-  if (a.found_inf.has_value()) scalar_tensors_ok(*a.found_inf, "found_inf");
-  if (a.invalid_steps.has_value()) scalar_tensors_ok(*a.invalid_steps, "invalid_steps");
-
-  const auto dtype = first.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
-              "fused_adam_: params must be float32, float16, bfloat16 or float64, got ", dtype);
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = a.params[i];
-    TORCH_CHECK(p.device() == first.device(), "fused_adam_: params[", i, "] is on ", p.device(),
-                " but params[0] is on ", first.device());
-    TORCH_CHECK(p.scalar_type() == dtype, "fused_adam_: params[", i, "] has dtype ", p.scalar_type(),
-                " but params[0] has dtype ", dtype);
-    TORCH_CHECK(!p.is_sparse() && !a.grads[i].is_sparse(), "fused_adam_: sparse tensors are not supported (params[",
-                i, "])");
-    check_same_shape(p, a.grads[i], "grads", i);
-    check_same_shape(p, a.exp_avgs[i], "exp_avgs", i);
-    check_same_shape(p, a.exp_avg_sqs[i], "exp_avg_sqs", i);
-    if (a.amsgrad) {
-      check_same_shape(p, a.max_exp_avg_sqs[i], "max_exp_avg_sqs", i);
-    }
-  }
-}
 
 void StepTensors::clear() {
   params.clear();
@@ -210,34 +123,6 @@ ElementType element_type_of(at::ScalarType dtype) {
   }
 }
 
-void gather_fused_adam(const FusedAdamArgs& a, StepCall& call) {
-  call.clear();
-  call.tensors.reserve(a.params.size());
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    call.tensors.add(a.params[i], a.grads[i], a.exp_avgs[i], a.exp_avg_sqs[i],
-                     a.amsgrad ? &a.max_exp_avg_sqs[i] : nullptr);
-    call.tensor_bucket.push_back(0);
-  }
-  BucketSpec b{};
-  b.step = a.step.data_ptr<int64_t>();
-  b.clock = a.clock.has_value() ? a.clock->data_ptr<int64_t>() : nullptr;
-  b.program = a.schedule.data_ptr<double>();
-  b.group = -1;
-  b.beta1 = a.beta1;
-  b.beta2 = a.beta2;
-  b.eps = a.eps;
-  b.weight_decay = a.weight_decay;
-  b.flags = (a.amsgrad ? kFlagAmsgrad : 0) | (a.decoupled_weight_decay ? kFlagDecoupled : 0) |
-            (a.maximize ? kFlagMaximize : 0);
-  b.element_type = static_cast<int32_t>(
-      element_type_of(a.params.empty() ? at::kFloat : a.params[0].scalar_type()));
-  call.buckets.push_back(b);
-  call.grad_scale = a.grad_scale.has_value() ? &*a.grad_scale : nullptr;
-  call.found_inf = a.found_inf.has_value() ? &*a.found_inf : nullptr;
-  call.invalid_steps = a.invalid_steps.has_value() ? &*a.invalid_steps : nullptr;
-  call.words = &a.schedule;
-}
-
 namespace {
 
 bool whole_in(double x, double low, double high) { return x >= low && x <= high && x == std::floor(x); }
@@ -291,7 +176,6 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
                 program);
     BucketSpec spec{};
     spec.step = step.data_ptr<int64_t>();
-    spec.clock = nullptr;
     spec.program = base + program;
     spec.group = static_cast<int64_t>(group);
     spec.beta1 = r[kBucketBeta1];
@@ -403,7 +287,7 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
 void check_schedule_program(const at::Tensor& schedule) {
   TORCH_CHECK(schedule.device().is_cpu(), "check_schedule_program needs a CPU tensor");
   const char* error = validate_schedule(schedule.data_ptr<double>(), schedule.numel());
-  TORCH_CHECK(error == nullptr, "fused_adam_: malformed schedule: ", error);
+  TORCH_CHECK(error == nullptr, "malformed schedule: ", error);
 }
 
 int64_t check_advance_lr_args(const at::Tensor& groups, const at::Tensor& clock, const at::Tensor& rules) {
@@ -474,14 +358,40 @@ std::vector<int64_t> schedule_encoding_op() {
   return rows;
 }
 
+// The step's encoding as this library compiles it, by name ("name=value", space-separated): the
+// bucket row's words, the bucket flags, the deferred-step limit, the HELD node's words, the rule
+// kinds and the element types. lrfused/_step_plan.py and lrfused/_rules.py write the same numbers
+// for the host; tests/test_encoding.py compares the two by name.
+std::string step_encoding_op() {
+  const std::pair<const char*, int64_t> entries[] = {
+      {"bucket.tensor_begin", kBucketTensorBegin}, {"bucket.tensor_end", kBucketTensorEnd},
+      {"bucket.max_begin", kBucketMaxBegin},       {"bucket.program", kBucketProgram},
+      {"bucket.group", kBucketGroup},              {"bucket.beta1", kBucketBeta1},
+      {"bucket.beta2", kBucketBeta2},              {"bucket.eps", kBucketEps},
+      {"bucket.weight_decay", kBucketWeightDecay}, {"bucket.flags", kBucketFlags},
+      {"bucket.words", kBucketWords},              {"flag.amsgrad", kFlagAmsgrad},
+      {"flag.decoupled", kFlagDecoupled},          {"flag.maximize", kFlagMaximize},
+      {"max_deferred_steps", kMaxDeferredSteps},   {"held.words", kHeldWords},
+      {"held.lr", kHeldLr},                        {"held.beta1", kHeldBeta1},
+      {"rule.keep", kRuleKeep},                    {"rule.set", kRuleSet},
+      {"rule.chain", kRuleChain},                  {"rule.sequential", kRuleSequential},
+      {"rule.count", kNumStepRules},
+      {"element.float32", static_cast<int64_t>(ElementType::kFloat32)},
+      {"element.float16", static_cast<int64_t>(ElementType::kFloat16)},
+      {"element.bfloat16", static_cast<int64_t>(ElementType::kBFloat16)},
+      {"element.float64", static_cast<int64_t>(ElementType::kFloat64)},
+  };
+  std::string text;
+  for (const auto& [name, value] : entries) {
+    if (!text.empty()) text += ' ';
+    text += std::string(name) + "=" + std::to_string(value);
+  }
+  return text;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lrfused, m) {
-  m.def(
-      "fused_adam_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, "
-      "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!) step, Tensor? clock, Tensor schedule, *, float beta1, "
-      "float beta2, float eps, float weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, "
-      "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(g!)? invalid_steps=None, Tensor? handle=None) -> ()");
   // note [One op per step] (common/step_plan.h): every group and dtype of one device, and the
   // scheduler steps deferred to it, in one call. `buckets` holds kBucketWords words per bucket.
   m.def(
@@ -491,7 +401,11 @@ TORCH_LIBRARY(lrfused, m) {
       "Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
   // The same step from the tensors a table holds (note [Step tables] in step_table.h): the grads
   // are read from the params in C++. Returns False, having changed nothing, when the grads no
-  // longer match the table; the caller then makes a new table.
+  // longer match the table; the caller then makes a new table. Beyond the arguments marked (x!)
+  // it writes, through `table`, the tensors set_step_table gave it: the params, exp_avgs,
+  // exp_avg_sqs and max_exp_avg_sqs, and (with grad_scale) the grads it reads from the sources.
+  // The schema cannot say so; the eager step is its only caller, and a compiled step takes
+  // adam_step_, whose schema names every tensor it writes.
   m.def(
       "table_step_(Tensor table, Tensor buckets, Tensor(a!)[] steps, Tensor(b!) words, Tensor(c!)[] clocks, "
       "Tensor[] rules, Tensor(d!) applied, Tensor pending, *, Tensor? grad_scale=None, Tensor? found_inf=None, "
@@ -508,6 +422,8 @@ TORCH_LIBRARY(lrfused, m) {
   m.impl("evaluate_schedule", c10::DispatchKey::CompositeExplicitAutograd, &evaluate_schedule_op);
   m.def("schedule_encoding() -> int[]");
   m.impl("schedule_encoding", c10::DispatchKey::CompositeExplicitAutograd, &schedule_encoding_op);
+  m.def("step_encoding() -> str");
+  m.impl("step_encoding", c10::DispatchKey::CompositeExplicitAutograd, &step_encoding_op);
   // One scheduler step on the device (note [Scheduler steps on the device] in common/lr_step.h):
   // the clock moves to clock + 1 (or to `epoch`) and each group's HELD words follow its rule.
   m.def("advance_lr_(Tensor(a!) groups, Tensor(b!) clock, Tensor rules, int? epoch=None) -> ()");

@@ -1,5 +1,5 @@
-// The arguments of lrfused::fused_adam_, gathered once so that every backend checks them the same
-// way (csrc/ops.cpp) before it changes any tensor.
+// What every step op gathers and checks before it writes (csrc/ops.cpp), and the runner each
+// backend registers.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,30 +10,6 @@
 #include "common/step_plan.h"
 
 namespace lrfused {
-
-struct FusedAdamArgs {
-  at::TensorList params;
-  at::TensorList grads;
-  at::TensorList exp_avgs;
-  at::TensorList exp_avg_sqs;
-  at::TensorList max_exp_avg_sqs;
-  const at::Tensor& step;
-  const std::optional<at::Tensor>& clock;
-  const at::Tensor& schedule;
-  double beta1;
-  double beta2;
-  double eps;
-  double weight_decay;
-  bool decoupled_weight_decay;
-  bool amsgrad;
-  bool maximize;
-  const std::optional<at::Tensor>& grad_scale;
-  const std::optional<at::Tensor>& found_inf;
-  const std::optional<at::Tensor>& invalid_steps;
-};
-
-// Raises (TORCH_CHECK) with a message naming the argument when the call is malformed.
-void check_fused_adam_args(const FusedAdamArgs& args);
 
 // The tensors of one call by column: tensor i of the call is params[i], grads[i], ...;
 // max_exp_avg_sqs[i] is null when its bucket has no AMSGrad. Pointers, so that the eager table
@@ -103,9 +79,6 @@ struct StepCall {
 
 // The call's pointers: `call.raw` when it was filled, else those of `layout`, made here.
 const std::vector<TensorEntry>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout);
-
-// Fills `call` from fused_adam_'s arguments (one bucket, no deferred steps), after its checks.
-void gather_fused_adam(const FusedAdamArgs& args, StepCall& call);
 
 // Fills `call.buckets` from the `buckets` rows of adam_step_/table_step_ and checks them:
 // `steps[b]` is bucket b's counter, its program lies in `words`.

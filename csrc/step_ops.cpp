@@ -1,4 +1,4 @@
-// The step ops (fused_adam_, adam_step_, table_step_, set_step_table): each gathers its arguments
+// The step ops (adam_step_, table_step_, set_step_table): each gathers its arguments
 // into one StepCall, checked before anything is written, and runs it on the call's device.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -57,27 +57,6 @@ void attach_max_states(const at::Tensor& rows, at::TensorList maxes, StepCall& c
       call.tensors.max_exp_avg_sqs[i] = &maxes[static_cast<int64_t>(max_begin) + (i - begin)];
     }
   }
-}
-
-void fused_adam_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
-                   at::TensorList max_exp_avg_sqs, const at::Tensor& step, const std::optional<at::Tensor>& clock,
-                   const at::Tensor& schedule, double beta1, double beta2, double eps, double weight_decay,
-                   bool decoupled_weight_decay, bool amsgrad, bool maximize,
-                   const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
-                   const std::optional<at::Tensor>& invalid_steps, const std::optional<at::Tensor>& handle) {
-  const FusedAdamArgs args{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
-                           beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                           grad_scale, found_inf, invalid_steps};
-  check_fused_adam_args(args);
-  if (schedule.device().is_cpu()) {
-    // On CUDA the program's structure is checked where it is built (reading it back is a sync).
-    check_schedule_program(schedule);
-  }
-  if (params.empty()) return;
-  StepCall call;
-  gather_fused_adam(args, call);
-  std::shared_ptr<HandleState> state = state_of(handle);
-  run_step(call, state ? &state->backend : nullptr);
 }
 
 void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -305,7 +284,6 @@ void run_step(StepCall& call, std::shared_ptr<void>* state) {
 }
 
 TORCH_LIBRARY_IMPL(lrfused, CompositeExplicitAutograd, m) {
-  m.impl("fused_adam_", &fused_adam_op);
   m.impl("adam_step_", &adam_step_op);
   m.impl("table_step_", &table_step_op);
   m.impl("set_step_table", &set_step_table_op);

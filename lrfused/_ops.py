@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from . import _reference
+from . import _reference, _torch_compat
 
 
 def _why_not_loaded(error: ImportError) -> str:
@@ -31,15 +31,21 @@ def _why_not_loaded(error: ImportError) -> str:
 
 
 _LOAD_ERROR: str | None = None
-try:
-    from . import _C  # noqa: F401  (registers the ops)
-except ImportError as error:  # pragma: no cover - exercised by the fallback test in a subprocess
-    _LOAD_ERROR = _why_not_loaded(error)
+# LRFUSED_USE_REFERENCE=1 runs the pure-PyTorch reference although the library is built: CI runs
+# the scheduler tests once that way, and it is a way to tell a kernel bug from anything else.
+_REFERENCE_ASKED = os.environ.get("LRFUSED_USE_REFERENCE", "0") == "1"
+if _REFERENCE_ASKED:
+    _LOAD_ERROR = "LRFUSED_USE_REFERENCE=1 asks for the reference"
+else:
+    try:
+        from . import _C  # noqa: F401  (registers the ops)
+    except ImportError as error:  # pragma: no cover - exercised by the fallback test in a subprocess
+        _LOAD_ERROR = _why_not_loaded(error)
 
-if _LOAD_ERROR is None and not hasattr(torch.ops.lrfused, "fused_adam_"):  # pragma: no cover
+if _LOAD_ERROR is None and not hasattr(torch.ops.lrfused, "adam_step_"):  # pragma: no cover
     _LOAD_ERROR = "lrfused._C loaded but registered no ops"
 
-if _LOAD_ERROR is not None:
+if _LOAD_ERROR is not None and not _REFERENCE_ASKED:
     _MESSAGE = (
         f"lrfused: the compiled kernels could not be loaded ({_LOAD_ERROR}); running the pure-PyTorch "
         "reference instead, which is correct but slower. Rebuild with "
@@ -61,43 +67,7 @@ def has_cuda_kernels() -> bool:
         return False
     # The step ops are composite (they gather, then run the backend's runner); advance_lr_ has a
     # kernel per backend, built together with the CUDA runner.
-    return torch._C._dispatch_has_kernel_for_dispatch_key("lrfused::advance_lr_", "CUDA")
-
-
-def fused_adam_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    max_exp_avg_sqs: list[torch.Tensor],
-    step: torch.Tensor,
-    clock: torch.Tensor | None,
-    schedule: torch.Tensor,
-    *,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    decoupled_weight_decay: bool,
-    amsgrad: bool,
-    maximize: bool,
-    grad_scale: torch.Tensor | None = None,
-    found_inf: torch.Tensor | None = None,
-    invalid_steps: torch.Tensor | None = None,
-    handle: torch.Tensor | None = None,
-) -> None:
-    """One Adam/AdamW step of every tensor, at the lr the schedule gives at the clock (or the step).
-
-    A schedule value Adam cannot use (a non-finite lr, a beta1 whose ``1 - beta1^t`` is zero or not
-    finite) skips the call and adds one to ``invalid_steps``; ``handle`` (from :func:`new_handle`) keeps the CUDA
-    tables of one bucket for as long as it lives."""
-    op = torch.ops.lrfused.fused_adam_ if _LOAD_ERROR is None else _reference.fused_adam_
-    op(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule,
-        beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-        decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-        grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle,
-    )
+    return _torch_compat.has_kernel_for("lrfused::advance_lr_", "CUDA")
 
 
 def adam_step_(
@@ -182,18 +152,20 @@ def schedule_encoding() -> list[int]:
     return list(torch.ops.lrfused.schedule_encoding())
 
 
-if _LOAD_ERROR is None:
+def step_encoding() -> dict[str, int]:
+    """The compiled library's step encoding by name (the bucket row's words, the flags, the
+    deferred-step limit, the HELD words, the rule kinds, the element types), for the tests to
+    compare with ``_step_plan.ENCODING`` and ``_rules.ENCODING``."""
+    text = torch.ops.lrfused.step_encoding()
+    return {name: int(value) for name, value in (entry.split("=") for entry in text.split())}
 
-    @torch.library.register_fake("lrfused::fused_adam_")
-    def _fused_adam_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, clock, schedule, *,
-                         beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize,
-                         grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
-        # Mutates its inputs in place and returns nothing: no new tensors to describe.
-        return None
+
+if _LOAD_ERROR is None:
 
     @torch.library.register_fake("lrfused::adam_step_")
     def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules,
                         applied, pending, *, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
+        # Mutates its inputs in place and returns nothing: no new tensors to describe.
         return None
 
     @torch.library.register_fake("lrfused::advance_lr_")

@@ -18,14 +18,23 @@ from collections.abc import Sequence
 
 from . import schedules as S
 
+# The rule kinds and the HELD node's words: the numbers of csrc/common/lr_step.h, which the
+# compiled library reports by name (``lrfused::step_encoding``) and tests/test_encoding.py
+# compares with ENCODING.
 RULE_KEEP = 0
 RULE_SET = 1
 RULE_CHAIN = 2
 RULE_SEQUENTIAL = 3
+RULE_COUNT = 4
 
-HELD_WORDS = 4  # kHeldWords
+HELD_WORDS = 4
 HELD_LR = 2
 HELD_BETA1 = 3
+
+ENCODING = {
+    "rule.keep": RULE_KEEP, "rule.set": RULE_SET, "rule.chain": RULE_CHAIN, "rule.sequential": RULE_SEQUENTIAL,
+    "rule.count": RULE_COUNT, "held.words": HELD_WORDS, "held.lr": HELD_LR, "held.beta1": HELD_BETA1,
+}
 
 
 def held(lr: float, beta1: float = math.nan) -> list[float]:

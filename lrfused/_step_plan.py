@@ -9,11 +9,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-# The words of one bucket row (kBucket* in step_plan.h).
+# The words of one bucket row, the bucket flags and the deferred-step limit: the numbers of
+# csrc/common/step_plan.h, which the compiled library reports by name (``lrfused::step_encoding``)
+# and tests/test_encoding.py compares with ENCODING.
 TENSOR_BEGIN, TENSOR_END, MAX_BEGIN, PROGRAM, GROUP, BETA1, BETA2, EPS, WEIGHT_DECAY, FLAGS = range(10)
 BUCKET_WORDS = 10
 FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE = 1, 2, 4
-MAX_DEFERRED_STEPS = 8  # kMaxDeferredSteps
+MAX_DEFERRED_STEPS = 8
+
+ENCODING = {
+    "bucket.tensor_begin": TENSOR_BEGIN, "bucket.tensor_end": TENSOR_END, "bucket.max_begin": MAX_BEGIN,
+    "bucket.program": PROGRAM, "bucket.group": GROUP, "bucket.beta1": BETA1, "bucket.beta2": BETA2,
+    "bucket.eps": EPS, "bucket.weight_decay": WEIGHT_DECAY, "bucket.flags": FLAGS, "bucket.words": BUCKET_WORDS,
+    "flag.amsgrad": FLAG_AMSGRAD, "flag.decoupled": FLAG_DECOUPLED, "flag.maximize": FLAG_MAXIMIZE,
+    "max_deferred_steps": MAX_DEFERRED_STEPS,
+}
 
 # The rows of a call with no tensors (a flush of deferred scheduler steps).
 NO_BUCKETS = torch.zeros(0, BUCKET_WORDS, dtype=torch.float64)

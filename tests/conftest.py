@@ -16,14 +16,6 @@ def pytest_generate_tests(metafunc):
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |a - e| over max |e|: the error relative to the tensor's scale (complex: over both parts)."""
-    if actual.is_complex():
-        actual, expected = torch.view_as_real(actual.detach()), torch.view_as_real(expected.detach())
-    scale = expected.detach().double().abs().max().clamp_min(1e-30)
-    return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
-
-
 @pytest.fixture
 def twin_params():
     """A factory of two identical lists of leaf params (ours, torch's), from a fixed seed."""
@@ -59,6 +51,6 @@ def twin_setup():
 
 @pytest.fixture
 def op_kwargs():
-    """The keyword arguments of ``lrfused::fused_adam_`` at torch's Adam defaults (a fresh dict)."""
+    """The keyword arguments of ``helpers.adam_step_one_bucket`` at torch's Adam defaults (a fresh dict)."""
     return dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
                 maximize=False)

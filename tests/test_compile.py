@@ -11,7 +11,7 @@ import torch._dynamo
 
 import lrfused
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 BACKENDS = ["aot_eager", "inductor"]
 

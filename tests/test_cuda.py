@@ -10,7 +10,7 @@ import torch
 
 import lrfused
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

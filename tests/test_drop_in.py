@@ -18,7 +18,7 @@ from torch.optim.swa_utils import SWALR
 
 import lrfused
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import assert_same_params, max_relative_error
 
 
 def twins(seed: int, groups: int = 2):
@@ -49,11 +49,6 @@ def assert_same_lrs(opt_ours, opt_theirs, where=""):
     assert words == pytest.approx([float(g["lr"]) for g in opt_theirs.param_groups], rel=1e-12, abs=1e-300), where
 
 
-def assert_same_params(ours, theirs):
-    for a, b in zip(ours, theirs):
-        assert max_relative_error(a, b) < 1e-6
-
-
 def run_recipe(recipe, seed: int, steps: int):
     """``recipe(module, optimizer) -> step(i)``: builds schedulers and steps them at iteration i."""
     ours, theirs, opt_ours, opt_theirs = twins(seed)
@@ -64,7 +59,7 @@ def run_recipe(recipe, seed: int, steps: int):
         step_ours(i)
         step_theirs(i)
         assert_same_lrs(opt_ours, opt_theirs, f"iteration {i}")
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
     return opt_ours
 
 
@@ -127,7 +122,7 @@ def test_warmup_per_iteration_with_plateau_per_epoch():
         plat_ours.step(torch.tensor(loss))
         plat_theirs.step(loss)
         assert_same_lrs(opt_ours, opt_theirs, f"epoch {epoch}")
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 # --- 2. other writers: the last one wins ----------------------------------------------------------
@@ -181,7 +176,7 @@ def test_a_hand_write_is_applied_at_the_next_optimizer_step():
     for opt in (opt_ours, opt_theirs):
         opt.param_groups[1]["lr"] = 0.02
     optimizer_steps(ours, theirs, opt_ours, opt_theirs)
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
         opt_ours.param_groups[0]["lr"] = float("nan")
         opt_ours.step()
@@ -211,7 +206,7 @@ def test_param_group_added_after_a_chainable_scheduler():
         seen.append(opt_ours.param_groups[1]["lr"])
     assert seen == pytest.approx([0.02, 0.02, 0.01, 0.01, 0.005])
     assert "initial_lr" not in opt_ours.param_groups[1] and len(s_ours.base_lrs) == 1
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 def test_param_group_added_after_a_closed_form_scheduler_raises_like_torch():
@@ -246,7 +241,7 @@ def test_plateau_survives_the_optimizer_reloading_its_own_state():
     expected = [1.0, 0.5, 0.25, 0.25, 0.125]
     base = float(history[0])
     assert [float(h) / base for h in history] == pytest.approx(expected)
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 def test_plateau_loads_a_torch_state_dict():
@@ -335,7 +330,7 @@ def test_stateful_lambda_applies_at_the_step_torch_does():
         s_theirs.step()
         calls.append(s_ours.get_last_lr())
         assert_same_lrs(opt_ours, opt_theirs, f"step {i}")
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 # --- 7. fractional and explicit epochs, legacy state -------------------------------------------------------
@@ -352,7 +347,7 @@ def test_warm_restarts_fractional_epochs_as_documented_by_torch():
             s_ours.step(epoch + i / iters)
             s_theirs.step(epoch + i / iters)
             assert_same_lrs(opt_ours, opt_theirs, (epoch, i))
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 def test_writes_to_t_cur_are_honoured():
@@ -453,7 +448,7 @@ def test_tensor_betas_and_momentums():
         s_ours.step()
         s_theirs.step()
         assert_same_lrs(opt_ours, opt_theirs)
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
 
 
 # --- 9. schedule= and the lr it applies ------------------------------------------------------------------
@@ -570,7 +565,7 @@ def test_plateau_with_number_metrics_is_torchs_exactly():
         assert [type(g["lr"]) for g in opt_ours.param_groups] == [float, float]
         assert plat_ours.state_dict() == plat_theirs.state_dict()
         assert_same_lrs(opt_ours, opt_theirs)
-    assert_same_params(ours, theirs)
+    assert_same_params(ours, theirs, tolerance=1e-6)
     # torch raises about min_lrs only when a reduction needs them: so does lrfused.
     for opt in (opt_ours, opt_theirs):
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": 0.05})

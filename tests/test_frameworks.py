@@ -16,12 +16,7 @@ from torch.optim import lr_scheduler as T
 
 import lrfused
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
-
-
-def assert_same_params(model_ours, model_theirs, tolerance=1e-5):
-    for (name, a), (_, b) in zip(model_ours.named_parameters(), model_theirs.named_parameters()):
-        assert max_relative_error(a, b) < tolerance, name
+from helpers import assert_same_params, max_relative_error
 
 
 def assert_same_values(ours, theirs, where):

@@ -18,7 +18,7 @@ from torch.optim import lr_scheduler as T
 import lrfused
 from lrfused import _reference, lr_scheduler as L, schedules
 from lrfused.finder import LRFinder
-from conftest import max_relative_error
+from helpers import adam_step_one_bucket, assert_same_params, max_relative_error
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -87,14 +87,6 @@ def step_both(ours, theirs, opt_ours, opt_theirs, steps, seed=0):
                 b.grad = g.clone()
         opt_ours.step()
         opt_theirs.step()
-
-
-def assert_same_params(ours, theirs, tolerance=1e-5):
-    for a, b in zip(ours, theirs):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        if a.numel() == 0:
-            continue
-        assert max_relative_error(a, b) <= tolerance, (a.dtype, max_relative_error(a, b))
 
 
 class _Each:
@@ -743,13 +735,14 @@ def test_a_ramp_that_does_not_go_up_is_refused(optimizer, lr, start_lr, end_lr):
 def _op_args(op_kwargs):
     return dict(params=[torch.zeros(3), torch.zeros(2)], grads=[torch.ones(3), torch.ones(2)],
                 exp_avgs=[torch.zeros(3), torch.zeros(2)], exp_avg_sqs=[torch.zeros(3), torch.zeros(2)],
-                max_exp_avg_sqs=[], step=torch.tensor(0), clock=None,
-                schedule=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64), **op_kwargs)
+                max_exp_avg_sqs=[], step=torch.tensor(0),
+                program=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64), **op_kwargs)
 
 
 BAD_OP_ARGS = {
     "beta1 nan": lambda a: a.update(beta1=float("nan")),
     "beta2 -0.1": lambda a: a.update(beta2=-0.1),
+    "beta2 1": lambda a: a.update(beta2=1.0),
     "eps nan": lambda a: a.update(eps=float("nan")),
     "weight_decay -1": lambda a: a.update(weight_decay=-1.0),
     "grads short": lambda a: a["grads"].pop(),
@@ -758,14 +751,22 @@ BAD_OP_ARGS = {
     "state dtype": lambda a: a["exp_avgs"].__setitem__(0, torch.zeros(3, dtype=torch.bfloat16)),
     "param dtype": lambda a: a["params"].__setitem__(1, torch.zeros(2, dtype=torch.float16)),
     "float64 params": lambda a: a.update(params=[p.double() for p in a["params"]]),
+    "int params": lambda a: a.update(params=[p.int() for p in a["params"]]),
     "step float": lambda a: a.update(step=torch.tensor(0.0)),
     "step two elements": lambda a: a.update(step=torch.zeros(2, dtype=torch.int64)),
-    "clock float": lambda a: a.update(clock=torch.tensor(0.0)),
-    "schedule float32": lambda a: a.update(schedule=a["schedule"].float()),
+    "program float32": lambda a: a.update(program=a["program"].float()),
+    "program malformed": lambda a: a.update(program=torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64)),
     "grad_scale float64": lambda a: a.update(grad_scale=torch.ones(1, dtype=torch.float64)),
     "found_inf two": lambda a: a.update(found_inf=torch.zeros(2)),
     "invalid_steps float": lambda a: a.update(invalid_steps=torch.zeros(())),
 }
+
+
+def _call_one_bucket(op, args):
+    positional = [args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step",
+                                        "program")]
+    adam_step_one_bucket(op, *positional, **args)
+    return positional
 
 
 @pytest.mark.parametrize("case", list(BAD_OP_ARGS))
@@ -775,29 +776,25 @@ def test_the_reference_and_the_kernels_refuse_the_same_calls(case, op, op_kwargs
         pytest.skip("the compiled library is not loaded")
     args = _op_args(op_kwargs)
     BAD_OP_ARGS[case](args)
-    before = [t.clone() for name in ("params", "exp_avgs", "exp_avg_sqs") for t in args[name]] + [args["step"].clone()]
-    call = torch.ops.lrfused.fused_adam_ if op == "compiled" else _reference.fused_adam_
-    positional = [args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step",
-                                        "clock", "schedule")]
-    with pytest.raises(RuntimeError, match="fused_adam_: "):
-        call(*positional, **args)
-    after = [t for t in positional[0] + positional[2] + positional[3]] + [positional[5]]
-    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    tensors = list(args["params"]) + list(args["exp_avgs"]) + list(args["exp_avg_sqs"]) + [args["step"]]
+    before = [t.clone() for t in tensors]
+    call = torch.ops.lrfused.adam_step_ if op == "compiled" else _reference.adam_step_
+    with pytest.raises(RuntimeError, match="adam_step_: "):
+        _call_one_bucket(call, args)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, before))
 
 
 def test_the_reference_matches_the_kernels_on_a_good_call(op_kwargs):
     if not lrfused.has_kernels():
         pytest.skip("the compiled library is not loaded")
     results = []
-    for call in (torch.ops.lrfused.fused_adam_, _reference.fused_adam_):
+    for call in (torch.ops.lrfused.adam_step_, _reference.adam_step_):
         args = _op_args(op_kwargs)
         args["grads"] = random_grads(args["params"], 1)
-        positional = [args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step",
-                                            "clock", "schedule")]
-        call(*positional, **args)
-        results.append(positional[0])
+        results.append(_call_one_bucket(call, args)[0])
     for a, b in zip(*results):
         assert torch.equal(a, b)
+    assert not torch.equal(results[0][0], torch.zeros(3)), "the good call moved the params"
 
 
 @pytest.mark.parametrize("library, fragment", [(None, "no compiled extension"),

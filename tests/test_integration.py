@@ -10,7 +10,7 @@ from torch.optim import lr_scheduler as T
 import lrfused
 from lrfused import lr_scheduler as L
 from lrfused import schedules
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 
 def overflow_run(optimizer_factory, scheduler_factory, steps=8, overflow_at=(3,)):

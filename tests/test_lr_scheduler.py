@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler as T
 
 import lrfused
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 warnings.filterwarnings("ignore", category=UserWarning, module="torch.optim.lr_scheduler")
 

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lrfused
 from lrfused import _ops, _rules, _step_plan, schedules
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 
 class CountLrfusedOps(TorchDispatchMode):

@@ -16,19 +16,25 @@ def program(device):
 
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("extras", ["none", "scaler", "handle"])
-def test_fused_adam_(device, op_kwargs, amsgrad, extras):
+def test_adam_step_of_one_bucket_with_its_own_program(device, amsgrad, extras):
+    # A `schedule=` optimizer's call: the bucket's program is a schedule read at its step (group -1).
+    from lrfused import _step_plan as P
+
     torch.manual_seed(0)
     params = [torch.randn(5, device=device), torch.randn(3, 2, device=device)]
+    flags = P.FLAG_DECOUPLED | (P.FLAG_AMSGRAD if amsgrad else 0)
+    rows = torch.tensor([[0, 2, 0, 0, -1, 0.9, 0.999, 1e-8, 0.01, flags]], dtype=torch.float64)
     args = (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
             [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params] if amsgrad else [],
-            torch.tensor(0, device=device), torch.tensor(3, device=device), program(device))
-    kwargs = dict(op_kwargs, weight_decay=0.01, decoupled_weight_decay=True, amsgrad=amsgrad)
+            [torch.tensor(3, device=device)], rows, program(device), [], [],
+            torch.zeros((), dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64))
+    kwargs = {}
     if extras == "scaler":
         kwargs.update(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device),
                       invalid_steps=torch.zeros((), dtype=torch.int64, device=device))
     elif extras == "handle":
         kwargs.update(handle=torch.ops.lrfused.new_handle())
-    torch.library.opcheck(torch.ops.lrfused.fused_adam_.default, args, kwargs)
+    torch.library.opcheck(torch.ops.lrfused.adam_step_.default, args, kwargs)
 
 
 @pytest.mark.parametrize("epoch", [None, 7])

@@ -12,7 +12,7 @@ from torch.optim import lr_scheduler as T
 import lrfused
 from lrfused import _reference, schedules
 from lrfused import lr_scheduler as L
-from conftest import max_relative_error
+from helpers import adam_step_one_bucket, max_relative_error
 
 FLAGS = list(itertools.product([False, True], [False, True], [0.0, 0.1], [False, True]))
 
@@ -94,13 +94,14 @@ def test_compiled_op_matches_reference(amsgrad, maximize, weight_decay, decouple
         ms, vs, xs = clone(states[0]), clone(states[1]), clone(states[2])
         step = torch.tensor(4, dtype=torch.int64)
         for _ in range(3):
-            op(ps, gs, ms, vs, xs if amsgrad else [], step, None, program, beta1=0.9, beta2=0.99, eps=1e-8,
-               weight_decay=weight_decay, decoupled_weight_decay=decoupled, amsgrad=amsgrad, maximize=maximize)
+            adam_step_one_bucket(op, ps, gs, ms, vs, xs if amsgrad else [], step, program, beta1=0.9, beta2=0.99,
+                                 eps=1e-8, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
+                                 amsgrad=amsgrad, maximize=maximize)
         return ps + ms + vs + (xs if amsgrad else []) + [step]
 
     clone = lambda ts: [t.clone() for t in ts]  # noqa: E731
-    compiled = run(torch.ops.lrfused.fused_adam_, clone)
-    reference = run(_reference.fused_adam_, clone)
+    compiled = run(torch.ops.lrfused.adam_step_, clone)
+    reference = run(_reference.adam_step_, clone)
     for a, b in zip(compiled, reference):
         if a.is_floating_point():
             if dtype == torch.float32:
@@ -118,15 +119,16 @@ def test_grad_scale_and_found_inf(op_kwargs):
     g = torch.randn(100) * 1024
     program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
     ps, gs, m, v, step = [p.clone()], [g.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
-    torch.ops.lrfused.fused_adam_(ps, gs, m, v, [], step, None, program, grad_scale=torch.tensor(1024.0),
-                                  found_inf=torch.tensor(1.0), **op_kwargs)
+    op = torch.ops.lrfused.adam_step_
+    adam_step_one_bucket(op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0),
+                         found_inf=torch.tensor(1.0), **op_kwargs)
     assert torch.equal(ps[0], p) and torch.equal(gs[0], g) and int(step) == 0, "an overflow step changes nothing"
-    torch.ops.lrfused.fused_adam_(ps, gs, m, v, [], step, None, program, grad_scale=torch.tensor(1024.0),
-                                  found_inf=torch.tensor(0.0), **op_kwargs)
+    adam_step_one_bucket(op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0),
+                         found_inf=torch.tensor(0.0), **op_kwargs)
     assert int(step) == 1
     torch.testing.assert_close(gs[0], g / 1024, rtol=0, atol=0)  # the unscaled grad is written back
     ps2, m2, v2, step2 = [p.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
-    torch.ops.lrfused.fused_adam_(ps2, [g / 1024], m2, v2, [], step2, None, program, **op_kwargs)
+    adam_step_one_bucket(op, ps2, [g / 1024], m2, v2, [], step2, program, **op_kwargs)
     torch.testing.assert_close(ps[0], ps2[0], rtol=0, atol=0)
 
 
@@ -283,13 +285,14 @@ def test_bad_op_arguments_change_nothing(op_kwargs):
     p = torch.randn(10)
     program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
     params, step = [p.clone(), torch.randn(3)], torch.tensor(0)
-    with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[4\] but params\[1\] has shape \[3\]"):
-        torch.ops.lrfused.fused_adam_(params, [torch.randn(10), torch.randn(4)], [torch.zeros(10), torch.zeros(3)],
-                                      [torch.zeros(10), torch.zeros(3)], [], step, None, program, **op_kwargs)
+    op = torch.ops.lrfused.adam_step_
+    with pytest.raises(RuntimeError, match=r"grads\[1\] is Float \[4\] on cpu but params\[1\] is Float \[3\]"):
+        adam_step_one_bucket(op, params, [torch.randn(10), torch.randn(4)], [torch.zeros(10), torch.zeros(3)],
+                             [torch.zeros(10), torch.zeros(3)], [], step, program, **op_kwargs)
     assert torch.equal(params[0], p) and int(step) == 0
-    with pytest.raises(RuntimeError, match="malformed schedule"):
-        torch.ops.lrfused.fused_adam_([params[0]], [torch.randn(10)], [torch.zeros(10)], [torch.zeros(10)], [], step,
-                                      None, torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64), **op_kwargs)
+    with pytest.raises(RuntimeError, match="malformed program"):
+        adam_step_one_bucket(op, [params[0]], [torch.randn(10)], [torch.zeros(10)], [torch.zeros(10)], [], step,
+                             torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64), **op_kwargs)
     assert torch.equal(params[0], p) and int(step) == 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lrfused
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 # Param-group keys torch added after the first Adam checkpoints were written.
 NEWER_KEYS = ["maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"]

@@ -24,7 +24,6 @@ namespace lrfused {
 // step count after its increment: in double, then narrowed to the opmath type by `scalars_as`.
 template <typename opmath_t>
 struct AdamScalars {
-  opmath_t beta1;
   opmath_t beta2;
   opmath_t one_minus_beta1;
   opmath_t one_minus_beta2;
@@ -40,7 +39,6 @@ LRFUSED_HOST_DEVICE AdamScalars<double> make_adam_scalars(
     double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {
   const double steps = static_cast<double>(step);
   AdamScalars<double> s;
-  s.beta1 = beta1;
   s.beta2 = beta2;
   s.one_minus_beta1 = 1.0 - beta1;
   s.one_minus_beta2 = 1.0 - beta2;
@@ -57,7 +55,6 @@ LRFUSED_HOST_DEVICE AdamScalars<double> make_adam_scalars(
 template <typename opmath_t>
 LRFUSED_HOST_DEVICE AdamScalars<opmath_t> scalars_as(const AdamScalars<double>& s) {
   AdamScalars<opmath_t> r;
-  r.beta1 = static_cast<opmath_t>(s.beta1);
   r.beta2 = static_cast<opmath_t>(s.beta2);
   r.one_minus_beta1 = static_cast<opmath_t>(s.one_minus_beta1);
   r.one_minus_beta2 = static_cast<opmath_t>(s.one_minus_beta2);

@@ -61,7 +61,6 @@ enum BucketWord : int {
 
 struct BucketSpec {
   int64_t* step;           // the bucket's step counter
-  const int64_t* clock;    // the program's clock (fused_adam_'s `clock`); null: the step counter
   const double* program;   // its program: a HELD node or a schedule
   int64_t group;           // >= 0: the program is group `group`'s HELD node, moved by deferred steps
   double beta1;
@@ -142,7 +141,7 @@ LRFUSED_HOST_DEVICE StepScalars bucket_scalars(const BucketSpec& b, const Deferr
     const HeldValue held = held_after(d, b.group);
     value = {held.lr, held.beta1};
   } else {
-    value = evaluate_schedule(b.program, b.clock != nullptr ? *b.clock : step);
+    value = evaluate_schedule(b.program, step);
   }
   return scalars_from(value, b.beta1, b.beta2, b.eps, b.weight_decay, step);
 }

@@ -23,8 +23,8 @@ namespace lrfused {
 namespace {
 
 // note [CPU instruction sets]
-// The update loop (fused_adam_kernel.h) is compiled twice: for any x86-64/ARM CPU, and with AVX2
-// and FMA enabled (fused_adam_avx2.cpp), as ATen compiles its own CPU kernels once per
+// The update loop (adam_update_loop.h) is compiled twice: for any x86-64/ARM CPU, and with AVX2
+// and FMA enabled (adam_update_avx2.cpp), as ATen compiles its own CPU kernels once per
 // capability. The AVX2 build is chosen at run time when the CPU has AVX2 and FMA, so a wheel
 // runs everywhere and is as fast as torch's kernels where it can be. -ffp-contract=off keeps
 // both variants to the same roundings (no fused multiply-adds), those of torch's Adam.

@@ -1,6 +1,7 @@
-// The CUDA kernel of lrfused::fused_adam_, free of torch so that CI compiles it with nvcc alone
-// (csrc/cuda/fused_adam_kernel.cu) and tests it without torch (tests/cuda/test_kernel.cu). The
-// torch glue is csrc/cuda/fused_adam.cu.
+// The CUDA kernel of lrfused's step ops (adam_step_, table_step_), free of torch so that CI
+// compiles it with nvcc alone (csrc/cuda/adam_step_kernel.cu) and tests it without torch
+// (tests/cuda/test_kernel.cu, tests/cuda/test_step_launch.cu). The torch glue is
+// csrc/cuda/adam_step.cu.
 //
 // note [One launch per step]
 // All the tensors of a call, of every group and dtype, are described by a table in device memory

@@ -147,7 +147,6 @@ void free_table(DeviceTable& table) {
 
 struct Scalars {  // device scalars of a launch
   int64_t* step;
-  int64_t* clock;
   int64_t* invalid;
   double* schedule;
   float* grad_scale;
@@ -157,10 +156,8 @@ struct Scalars {  // device scalars of a launch
 Scalars make_scalars(const std::vector<double>& program) {
   Scalars s{};
   CHECK_CUDA(cudaMalloc(&s.step, sizeof(int64_t)));
-  CHECK_CUDA(cudaMalloc(&s.clock, sizeof(int64_t)));
   CHECK_CUDA(cudaMalloc(&s.invalid, sizeof(int64_t)));
   CHECK_CUDA(cudaMemset(s.step, 0, sizeof(int64_t)));
-  CHECK_CUDA(cudaMemset(s.clock, 0, sizeof(int64_t)));
   CHECK_CUDA(cudaMemset(s.invalid, 0, sizeof(int64_t)));
   s.schedule = device_copy(program);
   CHECK_CUDA(cudaMalloc(&s.grad_scale, sizeof(float)));
@@ -172,7 +169,7 @@ Scalars make_scalars(const std::vector<double>& program) {
 }
 
 void free_scalars(Scalars& s) {
-  void* const pointers[] = {s.step, s.clock, s.invalid, s.schedule, s.grad_scale, s.found_inf};
+  void* const pointers[] = {s.step, s.invalid, s.schedule, s.grad_scale, s.found_inf};
   for (void* p : pointers) CHECK_CUDA(cudaFree(p));
 }
 
@@ -194,16 +191,14 @@ struct Options {
   bool maximize = false;
   bool unscale = false;  // pass grad_scale (AMP)
   bool amp = false;      // pass found_inf (AMP)
-  bool clock = false;    // the schedule reads the clock instead of the step
   double weight_decay = 0.1;
 };
 
-// One bucket holding every tensor of the table, with the schedule program as its program (as the
-// per-bucket op fused_adam_ makes it), and no deferred scheduler step.
+// One bucket holding every tensor of the table, with the schedule program as its program (as a
+// `schedule=` optimizer's bucket has), and no deferred scheduler step.
 LaunchArgs launch_args(const DeviceTable& table, const Scalars& s, const Options& o, ElementType type) {
   BucketSpec bucket{};
   bucket.step = s.step;
-  bucket.clock = o.clock ? s.clock : nullptr;
   bucket.program = s.schedule;
   bucket.group = -1;
   bucket.beta1 = 0.9;
@@ -289,9 +284,7 @@ void check_agreement(const Options& o, int blocks, const char* label) {
   int64_t mismatches = 0;
   const int steps = 5;
   for (int k = 0; k < steps; ++k) {
-    if (o.clock) write_value<int64_t>(s.clock, 3 * k + 1);
-    const int64_t t = o.clock ? 3 * k + 1 : k;
-    const StepScalars scalars = step_scalars(program.data(), t, 0.9, 0.999, 1e-8, o.weight_decay, k);
+    const StepScalars scalars = step_scalars(program.data(), k, 0.9, 0.999, 1e-8, o.weight_decay, k);
     CHECK_CUDA(launch_adam_step(launch_args(table, s, o, type_of<T>()), blocks, nullptr));
     CHECK_CUDA(cudaDeviceSynchronize());
     for (auto& tensor : tensors) reference_step(tensor, scalars.scalars, o, grad_scale, 0, tensor.numel);
@@ -330,9 +323,8 @@ void check_all_variants() {
   o.unscale = o.amp = true;
   check_agreement<T>(o, 7, "grad_scale, unscaled grads written back");
   Options c;
-  c.clock = true;
   c.weight_decay = 0.0;
-  check_agreement<T>(c, 64, "schedule at a clock, no weight decay");
+  check_agreement<T>(c, 64, "no weight decay");
 }
 
 // A step is skipped, and changes nothing, on an AMP overflow and on an unusable schedule value;

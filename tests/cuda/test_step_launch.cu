@@ -134,13 +134,13 @@ Model make_model() {
   m.found_inf_d = device_copy(std::vector<float>{0.0f});
   for (const auto& r : m.rules) m.rules_d.push_back(device_copy(r));
 
-  struct BucketCase { int group; ElementType type; int flags; double weight_decay; int clock; };
+  struct BucketCase { int group; ElementType type; int flags; double weight_decay; };
   const BucketCase buckets[] = {
-      {0, ElementType::kFloat32, kFlagDecoupled, 0.1, -1},
-      {1, ElementType::kFloat16, kFlagAmsgrad, 0.01, -1},
-      {2, ElementType::kBFloat16, kFlagDecoupled | kFlagMaximize, 0.1, -1},
-      {-1, ElementType::kFloat32, 0, 0.0, 0},  // its own cosine, read at scheduler clock 0
-      {0, ElementType::kFloat16, kFlagDecoupled | kFlagAmsgrad, 0.0, -1},  // group 0 again
+      {0, ElementType::kFloat32, kFlagDecoupled, 0.1},
+      {1, ElementType::kFloat16, kFlagAmsgrad, 0.01},
+      {2, ElementType::kBFloat16, kFlagDecoupled | kFlagMaximize, 0.1},
+      {-1, ElementType::kFloat32, 0, 0.0},  // its own cosine (schedule=), read at its step
+      {0, ElementType::kFloat16, kFlagDecoupled | kFlagAmsgrad, 0.0},  // group 0 again
   };
   for (int b = 0; b < 5; ++b) {
     const BucketCase& c = buckets[b];
@@ -155,8 +155,6 @@ Model make_model() {
     BucketSpec host = spec, device = spec;
     host.step = &m.steps[b];
     device.step = m.steps_d + b;
-    host.clock = c.clock >= 0 ? &m.clocks[c.clock] : nullptr;
-    device.clock = c.clock >= 0 ? m.clocks_d + c.clock : nullptr;
     host.program = c.group >= 0 ? &m.words[c.group * kHeldWords] : m.cosine.data();
     device.program = c.group >= 0 ? m.words_d + c.group * kHeldWords : m.cosine_d;
     m.buckets_host.push_back(host);

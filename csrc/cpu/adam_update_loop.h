@@ -35,9 +35,6 @@ namespace LRFUSED_CPU_VARIANT {
 
 using FloatVec = at::vec::Vectorized<float>;
 
-// Elements per task of the parallel loop: ATen's grain size (at::internal::GRAIN_SIZE).
-constexpr int64_t kGrainSize = 32768;
-
 template <typename scalar_t>
 struct Segment {
   scalar_t* param;

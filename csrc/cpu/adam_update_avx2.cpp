@@ -22,7 +22,7 @@
 #endif
 
 #define LRFUSED_CPU_VARIANT cpu_avx2
-#include "fused_adam_kernel.h"
+#include "adam_update_loop.h"
 
 namespace lrfused::cpu_avx2 {
 RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled) {
