@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops, _step_plan
+from . import _ops, _step_plan, _torch_compat
 from ._reference import KERNEL_DTYPES
 from ._binding import Binding
 from ._step_plan import Bucket, DeviceStep, GroupPlan
@@ -656,7 +656,7 @@ class FusedScheduledAdam(Optimizer):
         for (grad_device, _), grads in by_device.items():
             local = found if grad_device == device else torch.zeros(1, dtype=torch.float32, device=grad_device)
             # The AMP check, with a scale of one: grads multiplied by 1.0 keep their values.
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, local, one.to(grad_device))
+            _torch_compat.non_finite_check_and_unscale_(grads, local, one.to(grad_device))
             if local is not found:
                 found.add_(local.to(device, non_blocking=True))
         if self.skipped_steps is None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from .. import _ops, _rules
+from .. import _ops, _rules, _torch_compat
 from ..optim import FusedScheduledAdam
 
 
@@ -204,7 +204,7 @@ class OnDevice:
                 rules = torch.tensor(_rules.indexed(words, key), dtype=torch.float64).to(binding.primary)
             # Not kept from the constructor's own step: torch's constructors may set base_lrs after it
             # (CyclicLR does).
-            if getattr(self, "_is_initial", False):
+            if _torch_compat.in_constructor_step(self):
                 return rules
             side.rules, side.rules_key = rules, key
         return side.rules
@@ -225,7 +225,7 @@ class OnDevice:
         binding = optimizer._scheduler_binding(type(self).__name__)
         side = device_side(self)
         rules = self._device_rules(binding, side)
-        on_device = rules is not None and not getattr(self, "_is_initial", False) and self._device_form_at(epoch)
+        on_device = rules is not None and not _torch_compat.in_constructor_step(self) and self._device_form_at(epoch)
         if not on_device:
             self._refuse_capture(binding, self._why_host(rules, epoch))
         binding.absorb(groups)
@@ -270,7 +270,7 @@ class OnDevice:
         return ""
 
     def _why_host(self, rules, epoch) -> str:
-        if getattr(self, "_is_initial", False):
+        if _torch_compat.in_constructor_step(self):
             return "this is the constructor's step"
         if epoch is not None and not self._device_form_at(epoch):
             return f"the epoch {epoch!r} is not a non-negative integer"

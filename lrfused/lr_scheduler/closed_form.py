@@ -13,7 +13,7 @@ import re
 
 from torch.optim import lr_scheduler as torch_schedulers
 
-from .. import _rules
+from .. import _rules, _torch_compat
 from .. import schedules as S
 from ..schedules._checks import positive_int
 from ._docs import torch_doc_and_note
@@ -267,12 +267,12 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
         return bool(self.cycle_momentum)
 
     def _non_finite_source(self, index):
-        if self._scale_fn_custom is None:
+        if _torch_compat.cyclic_scale_fn(self) is None:
             return ""
         # torch's get_lr: the scale of cycle c (scale_mode "cycle") or of the step count.
         cycle = math.floor(1 + self.last_epoch / self.total_size)
         x = cycle if self.scale_mode == "cycle" else self.last_epoch
-        return f" (from scale_fn({x}) = {self._scale_fn_custom(x)!r})"
+        return f" (from scale_fn({x}) = {_torch_compat.cyclic_scale_fn(self)(x)!r})"
 
     def _leaf_rule(self, index):
         if index >= len(self.base_lrs):
@@ -280,13 +280,13 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
         mode = {"triangular": S.CYCLIC_TRIANGULAR, "triangular2": S.CYCLIC_TRIANGULAR2,
                 "exp_range": S.CYCLIC_EXP_RANGE}.get(self.mode)
         table = None
-        if self._scale_fn_custom is not None:
+        if _torch_compat.cyclic_scale_fn(self) is not None:
             if self._horizon is None:
                 return None
             by_cycle = self.scale_mode == "cycle"
             mode = S.CYCLIC_TABLE_BY_CYCLE if by_cycle else S.CYCLIC_TABLE_BY_ITERATION
             horizon = math.floor(1 + (self._horizon - 1) / self.total_size) + 1 if by_cycle else self._horizon
-            table = S.Tabulated(lambda x: float(self._scale_fn_custom(x)), horizon=horizon)
+            table = S.Tabulated(lambda x: float(_torch_compat.cyclic_scale_fn(self)(x)), horizon=horizon)
         cycle_momentum = bool(self.cycle_momentum)
         return _rules.set_(S.Cyclic(
             float(self.base_lrs[index]), float(self.max_lrs[index]), self.total_size, self.step_ratio, mode=mode,
@@ -298,7 +298,7 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
         if not super()._device_form_at(epoch):
             return False
         target = self.last_epoch + 1 if epoch is None else epoch
-        return self._scale_fn_custom is None or (self._horizon is not None and target < self._horizon)
+        return _torch_compat.cyclic_scale_fn(self) is None or (self._horizon is not None and target < self._horizon)
 
 
 @torch_doc_and_note
@@ -327,17 +327,18 @@ class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
         cycle_momentum = bool(self.cycle_momentum)
         return _rules.set_(S.OneCycle(
             float(group["initial_lr"]), float(group["max_lr"]), float(group["min_lr"]), self.total_steps,
-            pct_start=(self._schedule_phases[0]["end_step"] + 1) / self.total_steps,
-            three_phase=len(self._schedule_phases) == 3, anneal_cos=self._anneal_func_type == "cos",
+            pct_start=(_torch_compat.one_cycle_phases(self)[0]["end_step"] + 1) / self.total_steps,
+            three_phase=len(_torch_compat.one_cycle_phases(self)) == 3,
+            anneal_cos=_torch_compat.one_cycle_anneal(self) == "cos",
             cycle_momentum=cycle_momentum,
             base_momentum=float(group["base_momentum"]) if cycle_momentum else 0.0,
             max_momentum=float(group["max_momentum"]) if cycle_momentum else 0.0))
 
     def load_state_dict(self, state_dict):
         state = dict(state_dict)
-        if "anneal_func" in state and "_anneal_func_type" not in state:
+        if "anneal_func" in state and _torch_compat.ONE_CYCLE_ANNEAL_KEY not in state:
             # A state saved by torch < 2.2 names the function instead of its type.
             func = state.pop("anneal_func")
             name = getattr(func, "__name__", str(func))
-            state["_anneal_func_type"] = "cos" if "cos" in name else "linear"
+            state[_torch_compat.ONE_CYCLE_ANNEAL_KEY] = "cos" if "cos" in name else "linear"
         super().load_state_dict(state)

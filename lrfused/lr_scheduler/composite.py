@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch.optim import lr_scheduler as torch_schedulers
 
-from .. import _rules
+from .. import _rules, _torch_compat
 from ._docs import torch_doc_and_note
 from ._device import OnDevice, children_on_host, drives_device, unchanged_if_refused, unwrap_optimizer
 
@@ -31,14 +31,14 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
 
     def _leaf_rule(self, index):
         children = []
-        for child in self._schedulers:
+        for child in _torch_compat.sequential_children(self):
             if not isinstance(child, OnDevice):
                 return None
             rule = child._leaf_rule(index)
             if rule is None or int(rule[0]) == _rules.RULE_SEQUENTIAL:
                 return None
             children.append(rule)
-        return _rules.sequential(list(self._milestones), children)
+        return _rules.sequential(list(_torch_compat.sequential_milestones(self)), children)
 
     def step(self):
         self._run_step(self._torch_step, None)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
+from .. import _torch_compat
 from ._docs import torch_doc_and_note
 from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
 
@@ -66,7 +67,8 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         for index, group in enumerate(groups):
             if binding.owns(index, group["lr"]):
                 group["lr"] = float(group["lr"])
-        self._last_lr = [float(lr) if isinstance(lr, torch.Tensor) else lr for lr in self._last_lr]
+        _torch_compat.set_last_lr(self, [float(lr) if isinstance(lr, torch.Tensor) else lr
+                                         for lr in _torch_compat.last_lr(self)])
 
     def _to_device(self, device: torch.device) -> None:
         # Host numbers to device tensors: a copy from the host, no sync.
@@ -144,8 +146,8 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         for index in range(len(groups)):
             binding.publish(groups, index, published[index])
         binding.record(groups)
-        self._last_lr = [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
-                         for group in groups]
+        _torch_compat.set_last_lr(self, [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
+                                         for group in groups])
 
     @property
     def in_cooldown(self):
