@@ -4,7 +4,9 @@ that the optimizer's plan made for each param group."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,15 +31,49 @@ ENCODING = {
 NO_BUCKETS = torch.zeros(0, BUCKET_WORDS, dtype=torch.float64)
 
 
+@dataclass(frozen=True)
+class UpdateRule:
+    """What the shared machinery of a scheduled step (plans, buckets, calls, tables, deferred
+    scheduler steps, counters) needs to know of one update rule; the rest is the rule's own: its
+    per-element math in csrc/common/ and its op (csrc/README.md, "The seam of an update rule")."""
+
+    name: str  # as the optimizer class names it: FusedScheduled<name>
+    # The state tensors of every param, made with zeros_like at its first step, in the op's order.
+    states: tuple[str, ...]
+    # (state, group key): a state made only for a group whose key is true (Adam's AMSGrad max).
+    optional_states: tuple[tuple[str, str], ...]
+    # The group keys checked before a step when they change, and read into the bucket rows.
+    hyperparameters: tuple[str, ...]
+    # The per-group values of a bucket row after its program: (group, op's beta1, flags) -> words.
+    row_values: Callable[[dict, Any, int], tuple]
+
+    @property
+    def all_states(self) -> tuple[str, ...]:
+        return self.states + tuple(name for name, _ in self.optional_states)
+
+    def states_for(self, group: dict) -> tuple[str, ...]:
+        """The states a param of ``group`` has."""
+        return self.states + tuple(name for name, key in self.optional_states if group[key])
+
+
+def _adam_row_values(group: dict, beta1: Any, flags: int) -> tuple:
+    # A tensor beta written after construction (a stock scheduler's tensor momentum) is read here:
+    # a sync for a GPU tensor, as torch's own step makes.
+    beta2 = group["betas"][1]
+    return (float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), flags)
+
+
+ADAM = UpdateRule("Adam", ("exp_avg", "exp_avg_sq"), (("max_exp_avg_sq", "amsgrad"),),
+                  ("betas", "eps", "weight_decay"), _adam_row_values)
+
+
 @dataclass
 class Bucket:
     """Params of one group that share a device, a dtype and a step counter."""
 
     indices: list[int]
     params: list[Tensor]  # what the kernel writes: the local shard, viewed as real when complex
-    exp_avgs: list[Tensor]
-    exp_avg_sqs: list[Tensor]
-    max_exp_avg_sqs: list[Tensor]
+    states: dict[str, list[Tensor]]  # per state name of the rule, one tensor per param (or none)
     step: Tensor
     complex_: list[bool]
     listing: int = 0  # 0 for a param's first listing in its group, 1 for its second, ...
@@ -60,9 +96,7 @@ class DeviceStep:
     groups: list[int] = field(default_factory=list)  # per bucket, its group
     buckets: list[Bucket] = field(default_factory=list)
     params: list[Tensor] = field(default_factory=list)
-    exp_avgs: list[Tensor] = field(default_factory=list)
-    exp_avg_sqs: list[Tensor] = field(default_factory=list)
-    max_exp_avg_sqs: list[Tensor] = field(default_factory=list)
+    states: dict[str, list[Tensor]] = field(default_factory=dict)  # per state name, in the rule's order
     steps: list[Tensor] = field(default_factory=list)
     # (group, index in the group) of each tensor's param: where the list path reads its grad.
     grad_of: list[tuple[int, int]] = field(default_factory=list)
@@ -71,6 +105,10 @@ class DeviceStep:
     table: Tensor | None = None  # the eager table's handle (note [Step tables]); None: the list path
     table_wanted: bool = True  # no table was tried yet
     handle: Tensor | None = None  # keeps the CUDA tables of the list path
+
+    def state_lists(self) -> tuple[list[Tensor], ...]:
+        """The state columns in the op's order."""
+        return tuple(self.states.values())
 
 
 def assemble(plans: list[GroupPlan], new_handle) -> list[DeviceStep]:
@@ -88,9 +126,8 @@ def assemble(plans: list[GroupPlan], new_handle) -> list[DeviceStep]:
             call.groups.append(group)
             call.buckets.append(bucket)
             call.params += bucket.params
-            call.exp_avgs += bucket.exp_avgs
-            call.exp_avg_sqs += bucket.exp_avg_sqs
-            call.max_exp_avg_sqs += bucket.max_exp_avg_sqs
+            for name, tensors in bucket.states.items():
+                call.states.setdefault(name, []).extend(tensors)
             call.steps.append(bucket.step)
             call.grad_of += [(group, i) for i in bucket.indices]
             call.complex_ += bucket.complex_
@@ -108,8 +145,9 @@ def bucket_rows(call: DeviceStep, hyperparameters: list[tuple[float, float, floa
         offset, held_group = programs[group]
         end = begin + len(bucket.params)
         rows.append([begin, end, max_begin, offset, held_group, beta1, beta2, eps, weight_decay, flags])
-        if flags & FLAG_AMSGRAD:
-            max_begin += len(bucket.max_exp_avg_sqs)
+        # The optional state (AMSGrad's max) lies in its own list, where only its buckets have one.
+        optional = list(bucket.states.values())[-1]
+        max_begin += len(optional) if flags & FLAG_AMSGRAD else 0
         begin = end
     return torch.tensor(rows, dtype=torch.float64).reshape(len(rows), BUCKET_WORDS)
 

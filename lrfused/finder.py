@@ -30,7 +30,7 @@ import torch
 
 from . import _ops, _rules
 from . import schedules as S
-from .optim import FusedScheduledAdam
+from .optim import FusedScheduledAdam, binding_of
 
 __all__ = ["LRFinder"]
 
@@ -86,7 +86,7 @@ class LRFinder:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         # What the kernel reads for each group's lr: restored as it was (it may hold a value only the
         # device knows, such as ReduceLROnPlateau's).
-        extra = {"lr_words": self.optimizer._binding_now().snapshot()
+        extra = {"lr_words": binding_of(self.optimizer).snapshot()
                  if isinstance(self.optimizer, FusedScheduledAdam) else None}
         if self.cache == "memory":
             self._saved = (copy.deepcopy(state), extra)
@@ -116,7 +116,7 @@ class LRFinder:
                         tensor.copy_(restored)
                     group[key] = tensor
         if isinstance(self.optimizer, FusedScheduledAdam):
-            self.optimizer._binding_now().restore(extra["lr_words"])
+            binding_of(self.optimizer).restore(extra["lr_words"])
 
     def __del__(self):
         saved = getattr(self, "_saved", None)
@@ -175,7 +175,7 @@ class LRFinder:
         if fused:
             # The ramp steps on the device like a scheduler (note [The binding]): the host never
             # writes an lr during the test.
-            binding = self.optimizer._scheduler_binding("LRFinder")
+            binding = binding_of(self.optimizer, "LRFinder")
             words = [w for ramp_ in ramps for w in _rules.set_(ramp_)]
             _ops.validate_rules(torch.tensor(words, dtype=torch.float64), len(ramps))
             rules = torch.tensor(_rules.indexed(words, len(ramps)), dtype=torch.float64).to(binding.primary)

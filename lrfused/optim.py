@@ -12,13 +12,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _ops, _step_plan, _torch_compat
-from ._reference import KERNEL_DTYPES
+from . import _ops, _torch_compat
 from ._binding import Binding
-from ._step_plan import Bucket, DeviceStep, GroupPlan
+from ._planner import StepPlanner, check_param, local_tensor
 from .schedules import Schedule
 
-__all__ = ["FusedScheduledAdam", "FusedScheduledAdamW"]
+__all__ = ["FusedScheduledAdam", "FusedScheduledAdamW", "binding_of"]
 
 
 def _check_number(name: str, value: Any, tensor_name: str | None = None) -> float:
@@ -164,13 +163,9 @@ class FusedScheduledAdam(Optimizer):
         # Updates skipped because the schedule gave an unusable value, per device (invalid_steps).
         self._invalid_steps: dict[torch.device, Tensor] = {}
         self._binding: Binding | None = None
-        self._plans: dict[int, GroupPlan] = {}
-        # The op calls of a step, assembled from the plans (None: assembled at the next step), and
-        # the per-group values their bucket rows were made from.
-        self._calls: list[DeviceStep] | None = None
-        self._rows_made_from: list[tuple] | None = None
-        # Per group, the (betas, eps, weight_decay) last checked by a step.
-        self._checked_hyperparameters: dict[int, tuple] = {}
+        # Every cache of the step (plans, calls, tables, rows), with one invalidate().
+        self._planner = StepPlanner()
+        self._warned_scheduled_twice = False
         super().__init__(params, defaults)
         # Made now, outside any compiled region, so that torch.compile traces a step that only reads it.
         self._binding_now()
@@ -196,12 +191,13 @@ class FusedScheduledAdam(Optimizer):
                 param_group.get("weight_decay", self.defaults["weight_decay"]))
         for index, p in enumerate(param_group["params"]):
             if isinstance(p, Tensor):
-                _check_param(p, f"param_groups[{len(self.param_groups)}]['params'][{index}]")
+                check_param(p, f"param_groups[{len(self.param_groups)}]['params'][{index}]")
         super().add_param_group(param_group)
-        self._invalidate()
+        if "_planner" in self.__dict__:  # (torch's constructor adds the first groups before __init__ made it)
+            self.invalidate_plans()
 
     # Kept through deepcopy and pickle (torch.optim.Optimizer keeps only defaults, state and groups).
-    _PICKLED = ("_schedule", "_check_finite", "skipped_steps", "_invalid_steps", "_binding")
+    _PICKLED = ("_schedule", "_check_finite", "skipped_steps", "_invalid_steps", "_binding", "_warned_scheduled_twice")
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -221,22 +217,18 @@ class FusedScheduledAdam(Optimizer):
             for key, default in self._GROUP_DEFAULTS:
                 group.setdefault(key, default)
         for key, default in (("_schedule", None), ("_check_finite", False), ("skipped_steps", None),
-                             ("_invalid_steps", {}), ("_binding", None)):
+                             ("_invalid_steps", {}), ("_binding", None), ("_warned_scheduled_twice", False)):
             self.__dict__.setdefault(key, default)
         # Plans hold views of the tensors they were made from: rebuilt at the next step.
-        self._plans = {}
-        self._calls = None
-        self._rows_made_from = None
-        self._checked_hyperparameters = {}
-        if self._binding is not None:
-            self._binding.views = {}
+        self._planner = StepPlanner()
 
-    def _invalidate(self) -> None:
-        # The binding stays: its next absorb follows whatever the groups now hold.
-        self._plans = {}
-        self._calls = None
-        self._rows_made_from = None
-        self._checked_hyperparameters = {}
+    def invalidate_plans(self) -> None:
+        """Drops every plan, op call, table and bucket row made for the groups and state as they
+        were: the next step makes them again. The optimizer calls it whenever it changes its groups
+        or state (``add_param_group``, ``load_state_dict``); code that replaces a state tensor or a
+        param of ``param_groups`` in place of the optimizer calls it too. The binding stays: its
+        next absorb follows whatever the groups now hold."""
+        self._planner.invalidate()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -282,7 +274,7 @@ class FusedScheduledAdam(Optimizer):
                         f"has shape {tuple(expected.shape)}")
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "lrfused"})
         self._share_loaded_steps()
-        self._invalidate()
+        self.invalidate_plans()
 
     def _share_loaded_steps(self) -> None:
         # torch keeps one float32 step per param; here params of a group that stepped together share
@@ -300,99 +292,6 @@ class FusedScheduledAdam(Optimizer):
                     shared[key] = torch.tensor(value, dtype=torch.int64, device=p.device)
                 state["step"] = shared[key]
 
-    def _init_state(self, p: Tensor, step: Tensor, amsgrad: bool) -> None:
-        state = self.state[p]
-        state["step"] = step
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if amsgrad:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-    def _check_group(self, index: int, group: dict[str, Any], grads: list[Tensor | None]) -> None:
-        """What a new plan needs, checked for every group before any state is made or any param
-        written: a step that raises changes nothing."""
-        for i, (p, g) in enumerate(zip(group["params"], grads)):
-            if g is None:
-                continue
-            where = f"param_groups[{index}]['params'][{i}]"
-            _check_param(p, where)
-            if g.is_sparse:
-                raise RuntimeError(f"FusedScheduledAdam does not support sparse gradients ({where})")
-            state = self.state.get(p)
-            if state and "step" in state:
-                for name in ("exp_avg", "exp_avg_sq"):
-                    if name not in state:
-                        raise KeyError(f"the optimizer state of {where} has a 'step' but no {name!r}")
-
-    def _make_plan(self, group: dict[str, Any], grads: list[Tensor | None]) -> GroupPlan:
-        params = group["params"]
-        amsgrad = group["amsgrad"]
-        stepping = [i for i, g in enumerate(grads) if g is not None]
-        occurrences: dict[int, int] = {}
-        for i in stepping:
-            occurrences[id(params[i])] = occurrences.get(id(params[i]), 0) + 1
-        fresh_steps: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-        for i in stepping:
-            p = params[i]
-            state = self.state[p]
-            if "step" not in state:
-                key = (p.device, p.dtype)
-                if key not in fresh_steps:
-                    fresh_steps[key] = torch.zeros((), dtype=torch.int64, device=p.device)
-                self._init_state(p, fresh_steps[key], amsgrad)
-            elif amsgrad and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            _match_param_layout(p, state)
-        # note [One increment per op call]
-        # The op advances its step counter once per call, so a counter may be shared only by the
-        # params of one call. Params of one device and dtype that stepped together share one; a
-        # counter that is also held by params without a grad (torch skips those, step included),
-        # by params of another dtype, or by a param listed twice is split. A param listed k times
-        # gets a counter of its own and k successive calls, one per listing: the update and the
-        # step count of torch's for-loop Adam, which steps each listing in turn.
-        unique = list({id(params[i]): params[i] for i in stepping}.values())
-        holders: dict[int, int] = {}
-        for p in {id(p): p for p in params}.values():
-            state = self.state.get(p)
-            if state and "step" in state:
-                holders[id(state["step"])] = holders.get(id(state["step"]), 0) + 1
-        sharing: dict[tuple, list[Tensor]] = {}
-        for p in unique:
-            state = self.state[p]
-            key = ("alone", id(p)) if occurrences[id(p)] > 1 else (p.device, p.dtype, id(state["step"]))
-            sharing.setdefault(key, []).append(p)
-        for members in sharing.values():
-            counter = self.state[members[0]]["step"]
-            if holders.get(id(counter), 0) != len(members):
-                own = counter.clone()
-                holders[id(own)] = len(members)
-                holders[id(counter)] -= len(members)
-                for p in members:
-                    self.state[p]["step"] = own
-        plan = GroupPlan(tuple(g is not None for g in grads))
-        local = _local_tensor
-        by_key: dict[tuple, _Bucket] = {}
-        seen: dict[int, int] = {}
-        for i in stepping:
-            p = params[i]
-            listing = seen.get(id(p), 0)
-            seen[id(p)] = listing + 1
-            state = self.state[p]
-            real = (lambda x: torch.view_as_real(local(x))) if p.is_complex() else local
-            key = (listing, p.device, p.dtype, id(state["step"]))
-            if key not in by_key:
-                by_key[key] = Bucket([], [], [], [], [], state["step"], [], listing)
-            bucket = by_key[key]
-            bucket.indices.append(i)
-            bucket.params.append(real(p))
-            bucket.exp_avgs.append(real(state["exp_avg"]))
-            bucket.exp_avg_sqs.append(real(state["exp_avg_sq"]))
-            if amsgrad:
-                bucket.max_exp_avg_sqs.append(real(state["max_exp_avg_sq"]))
-            bucket.complex_.append(p.is_complex())
-        plan.buckets = list(by_key.values())
-        return plan
-
     # --- the binding (note [The binding] in _binding.py) ----------------------------------------
 
     def _binding_now(self) -> Binding:
@@ -404,14 +303,6 @@ class FusedScheduledAdam(Optimizer):
         elif binding.group_count != len(self.param_groups):
             binding.grow(self.param_groups)
         return binding
-
-    def _scheduler_binding(self, scheduler_name: str) -> Binding:
-        """The binding a torch-compatible scheduler steps (refused with ``schedule=``)."""
-        if self._schedule is not None:
-            raise ValueError(
-                f"{scheduler_name}: this optimizer was built with schedule={self._schedule!r}, which already "
-                "sets the lr the kernel applies at every step; use either schedule= or a scheduler, not both")
-        return self._binding_now()
 
     def _first_device(self) -> torch.device:
         for group in self.param_groups:
@@ -439,161 +330,11 @@ class FusedScheduledAdam(Optimizer):
             binding.absorb(self.param_groups, compiling=compiling)
             if self._schedule is not None:
                 self._warn_if_scheduled_twice()
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        # A group whose amsgrad (or another flag the kernels are chosen by) changed needs states
-        # and buckets made again, as torch makes max_exp_avg_sq at the first AMSGrad step.
-        flags = [_step_plan.flags_of(group) for group in self.param_groups]
-        if flags != self.__dict__.get("_planned_flags"):
-            self._invalidate()
-            self._planned_flags = flags
-        # Everything the step checks is checked for every group before the first write. (Not in a
-        # compiled step: each value compared would become a guard and each new lr or beta1 a
-        # recompilation; the op still checks its own arguments.)
-        if not compiling:
-            self._check_hyperparameters()
-        # The eager step of one device reads its grads through its table, which also notices when
-        # they no longer fit the plan; any other step reads them here and checks the plan.
-        calls = self._calls
-        call = None if compiling else _table_call(calls, binding)
-        all_grads = None
-        if call is None or self._check_finite:
-            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-            calls = self._plan_calls(all_grads)
-            if len(calls) == 1 and calls[0].table_wanted and not compiling:
-                self._set_table(calls[0], calls)
-            call = None if compiling else _table_call(calls, binding)
-        self._refresh_rows(calls, binding, flags)
-        if self._check_finite:
-            found_inf = self._non_finite_grads(all_grads, found_inf, grad_scale)
-        if call is not None:
-            clocks, rules, applied, pending = binding.deferred()
-            if _ops.table_step_(call.table, call.rows, call.steps, binding.buffers[call.device], clocks, rules, applied,
-                                pending, grad_scale=_on(grad_scale, call.device), found_inf=_on(found_inf, call.device),
-                                invalid_steps=self._invalid_counter(call.device)):
-                binding.deferred_done()
-                return loss
-            # The grads no longer match the table (note [Step tables]): a new plan, checked, and the
-            # list path, whose checks raise for a grad that does not fit its param.
-            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-            calls = self._plan_calls(all_grads)
-            self._refresh_rows(calls, binding, flags)
-        if all_grads is None:
-            all_grads = [[p.grad for p in group["params"]] for group in self.param_groups]
-        self._list_steps(calls, all_grads, binding, grad_scale, found_inf)
+        self._planner.run(self.param_groups, self.state, binding, compiling=compiling,
+                          grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
+                          invalid_counter=self._invalid_counter, check_hyperparameters=_check_step_hyperparameters,
+                          non_finite=self._non_finite_grads if self._check_finite else None)
         return loss
-
-    def _list_steps(self, calls: list[DeviceStep], all_grads, binding: Binding, grad_scale, found_inf) -> None:
-        """The calls of a step with the grads listed here: a compiled step, several devices, DTensor
-        params, a param listed twice, a step just planned again."""
-        if len(calls) != 1 or calls[0].device != binding.primary:
-            # No call, several devices or listings: the deferred steps are applied first and the
-            # words copied to every device, then one call each.
-            binding.flush()
-            devices = {call.device for call in calls}
-            if devices - {binding.primary}:
-                binding.mirror_to(devices)
-        for call in calls:
-            device = call.device
-            if device == binding.primary:
-                clocks, rules, applied, pending = binding.deferred()
-            else:
-                clocks, rules, (applied, pending) = [], [], self._no_deferred(device)
-            self._list_step(call, all_grads, binding.buffers[device], clocks, rules, applied, pending,
-                            _on(grad_scale, device), _on(found_inf, device))
-            if device == binding.primary:
-                binding.deferred_done()
-
-    def _list_step(self, call: DeviceStep, all_grads, words, clocks, rules, applied, pending, grad_scale, found_inf):
-        grads = [torch.view_as_real(_local_tensor(all_grads[g][i])) if c else _local_tensor(all_grads[g][i])
-                 for (g, i), c in zip(call.grad_of, call.complex_)]
-        _ops.adam_step_(call.params, grads, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs, call.steps,
-                        call.rows, words, clocks, rules, applied, pending, grad_scale=grad_scale,
-                        found_inf=found_inf, invalid_steps=self._invalid_counter(call.device), handle=call.handle)
-
-    def _no_deferred(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The `applied` and `pending` arguments of a call that carries no deferred step."""
-        spare = self.__dict__.setdefault("_spare_counters", {})
-        if device not in spare:
-            spare[device] = (torch.zeros((), dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64))
-        return spare[device]
-
-    def _plan_calls(self, all_grads) -> list[DeviceStep]:
-        """The op calls for the grads of this step: each group's plan is made again when its params
-        with a grad changed, and the calls are assembled again when any plan changed."""
-        stale = []
-        for index, (group, grads) in enumerate(zip(self.param_groups, all_grads)):
-            plan = self._plans.get(index)
-            if plan is None or plan.has_grad != tuple(g is not None for g in grads):
-                self._check_group(index, group, grads)
-                stale.append(index)
-        if not stale and self._calls is not None:
-            return self._calls
-        for index in stale:
-            self._plans[index] = self._make_plan(self.param_groups[index], all_grads[index])
-        plans = [self._plans[index] for index in range(len(self.param_groups))]
-        calls = _step_plan.assemble(plans, _ops.new_handle)
-        self._calls = calls
-        self._rows_made_from = None
-        return calls
-
-    def _set_table(self, call: DeviceStep, calls: list[DeviceStep]) -> None:
-        """Gives the call a table (note [Step tables]) when every grad can be read in C++: not for
-        a DTensor's (its local shard is read in Python), a param listed twice in a group, or a step
-        of several calls. Made in an eager step (a compiled step takes the list path)."""
-        call.table_wanted = False
-        if not _ops.has_kernels() or len(calls) != 1:
-            return
-        plans = [self._plans[index] for index in range(len(self.param_groups))]
-        sources = []
-        for g, i in call.grad_of:
-            p = self.param_groups[g]["params"][i]
-            if _local_tensor(p) is not p:
-                return
-            sources.append(p)
-        if any(bucket.listing for bucket in call.buckets):
-            return
-        watched = [p for group, plan in zip(self.param_groups, plans)
-                   for p, has in zip(group["params"], plan.has_grad) if not has and p.device == call.device]
-        call.table = _ops.new_handle()
-        _ops.set_step_table(call.table, sources, call.params, call.exp_avgs, call.exp_avg_sqs, call.max_exp_avg_sqs,
-                            watched)
-
-    def _refresh_rows(self, calls: list[DeviceStep], binding: Binding, flags: list[int]) -> None:
-        """The bucket rows, made again when a group's hyperparameters or program changed."""
-        values = []
-        for index, group in enumerate(self.param_groups):
-            beta1, beta2 = group["betas"]
-            # A tensor beta written after construction (a stock scheduler's tensor momentum) is
-            # read here: a sync for a GPU tensor, as torch's own step makes.
-            beta1 = binding.beta1_for(index, beta1)
-            beta1 = float(beta1) if isinstance(beta1, Tensor) else float(beta1)
-            beta2 = float(beta2) if isinstance(beta2, Tensor) else float(beta2)
-            values.append((beta1, beta2, float(group["eps"]), float(group["weight_decay"]), flags[index]))
-        if values == self._rows_made_from and all(call.rows is not None for call in calls):
-            return
-        programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(self.param_groups))]
-        for call in calls:
-            call.rows = _step_plan.bucket_rows(call, values, programs)
-        self._rows_made_from = values
-
-    def _check_hyperparameters(self) -> None:
-        """The hyperparameters of every group, checked before any op call when they changed (the
-        op checks them too, but a bad value in group 2 must not raise after group 1 stepped)."""
-        checked = self._checked_hyperparameters
-        for index, group in enumerate(self.param_groups):
-            current = (group["betas"], group["eps"], group["weight_decay"])
-            if index in checked and _same(checked[index], current):
-                continue
-            betas, eps, weight_decay = current
-            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-                raise ValueError(f"Invalid betas: {betas!r} in param_groups[{index}] (expected a pair of floats)")
-            # torch checks beta1's range only in the constructor: a scheduler may write any momentum
-            # (torch's own tests cycle it up to 22) and the step takes torch's arithmetic (note
-            # [Unusable schedule values]). It must still be a finite number.
-            _check_number("beta parameter at index 0", betas[0])
-            validate_hyperparameters(0.0, (0.0, betas[1]), eps, weight_decay)
-            checked[index] = current
 
     def _invalid_counter(self, device: torch.device) -> Tensor:
         counter = self._invalid_steps.get(device)
@@ -605,7 +346,7 @@ class FusedScheduledAdam(Optimizer):
         # Every torch-style scheduler (a stock torch class, a framework's: Hugging Face Trainer's
         # default linear schedule, Lightning's) marks the groups it drives with "initial_lr".
         # With schedule= the kernel multiplies that scheduler's lr by the schedule: say so, once.
-        if getattr(self, "_warned_scheduled_twice", False):
+        if self._warned_scheduled_twice:
             return
         for index, group in enumerate(self.param_groups):
             if "initial_lr" in group:
@@ -716,24 +457,6 @@ def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -
             "autograd does not trace through; use torch.optim.Adam(differentiable=True)")
 
 
-def _check_param(p: Tensor, where: str) -> None:
-    """Refuses, before any state exists, a param the kernels cannot update."""
-    if p.is_sparse or p.layout != torch.strided:
-        raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
-    if p.device.type == "meta":
-        # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
-        raise RuntimeError(
-            f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
-            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)")
-    if not (p.is_floating_point() or p.is_complex()):
-        raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
-    real = p.real.dtype if p.is_complex() else p.dtype
-    if real not in KERNEL_DTYPES:
-        raise TypeError(
-            f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
-            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
-
-
 def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
     """A saved step must be a whole, non-negative count: torch.optim.Adam's float32 step of 3.0
     loads as 3, a 2.5 or a -1 is refused (the bias corrections would be silently wrong)."""
@@ -746,43 +469,32 @@ def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
         raise ValueError(f"{name} must be a whole number >= 0, got {value}")
 
 
-def _same(a: tuple, b: tuple) -> bool:
-    """Whether two hyperparameter tuples hold the same values (a new tuple of equal floats counts)."""
-    return all(x is y or (type(x) is type(y) and x == y) for x, y in zip(a, b))
+def _check_step_hyperparameters(index: int, group: dict[str, Any]) -> None:
+    """A group's hyperparameters as a step checks them, naming the group."""
+    betas, eps, weight_decay = group["betas"], group["eps"], group["weight_decay"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r} in param_groups[{index}] (expected a pair of floats)")
+    # torch checks beta1's range only in the constructor: a scheduler may write any momentum
+    # (torch's own tests cycle it up to 22) and the step takes torch's arithmetic (note
+    # [Unusable schedule values]). It must still be a finite number.
+    _check_number("beta parameter at index 0", betas[0])
+    validate_hyperparameters(0.0, (0.0, betas[1]), eps, weight_decay)
 
 
-def _match_param_layout(p: Tensor, state: dict[str, Any]) -> None:
-    """States in the param's memory layout: a state loaded from a checkpoint of a model since
-    converted (channels_last) is laid out again, as the kernels walk the param's layout."""
-    for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-        value = state.get(name)
-        if isinstance(value, Tensor) and value.stride() != p.stride():
-            laid_out = torch.empty_like(p, dtype=value.dtype)  # p's strides when p is dense
-            if laid_out.stride() != value.stride():
-                state[name] = laid_out.copy_(value)
+def binding_of(optimizer: FusedScheduledAdam, user: str | None = None) -> Binding:
+    """The binding of ``optimizer``'s lrs (note [The binding] in _binding.py): the package's one
+    way to it (the schedulers, the finder). ``user`` names a scheduler (or the finder) that would
+    drive the lrs: refused when the optimizer was built with ``schedule=``."""
+    if user is not None and optimizer._schedule is not None:
+        raise ValueError(
+            f"{user}: this optimizer was built with schedule={optimizer._schedule!r}, which already sets the lr the "
+            "kernel applies at every step; use either schedule= or a scheduler, not both")
+    return optimizer._binding_now()
 
 
 def _float_betas(betas) -> tuple[float, float]:
     """Betas as floats: a 1-element tensor beta is read once, here (a sync if it is on a GPU)."""
     return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
-
-
-def _table_call(calls: list[DeviceStep] | None, binding: Binding) -> DeviceStep | None:
-    """The one call of an eager step that its table serves (note [Step tables]), or None."""
-    if calls is None or len(calls) != 1 or calls[0].table is None or calls[0].device != binding.primary:
-        return None
-    return calls[0]
-
-
-def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
-    """An AMP scalar on the device of a call (no sync: a copy queued on the stream)."""
-    return None if tensor is None else tensor.to(device, non_blocking=True)
-
-
-def _local_tensor(tensor: Tensor) -> Tensor:
-    """The shard a DTensor (FSDP2) holds on this rank, updated in place; other tensors as they are."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if to_local is not None else tensor
 
 
 def _has_open_table(schedule: Schedule) -> bool:

@@ -10,6 +10,7 @@ import torch
 
 import lrfused
 from lrfused import lr_scheduler as L
+from lrfused.optim import binding_of
 from helpers import max_relative_error
 
 pytestmark = [
@@ -290,7 +291,7 @@ def test_whole_step_graph_replayed_200_times_matches_eager(schedule, grads_from_
         assert max_relative_error(a, b) < 1e-5
     assert int(opt.invalid_steps) == 0
     # The replays moved the lr on the device to where the eager run's host lr is.
-    assert math.isclose(opt._binding.lr_words()[0].item(), sched_eager.get_last_lr()[0], rel_tol=1e-9)
+    assert math.isclose(binding_of(opt).lr_words()[0].item(), sched_eager.get_last_lr()[0], rel_tol=1e-9)
 
 
 def test_eager_step_after_capture_does_not_read_the_captured_table():
@@ -342,7 +343,7 @@ def test_capturing_a_host_computed_step_is_refused_before_anything_changes():
         with torch.cuda.graph(graph):
             sched.step()
     assert sched.last_epoch == 1
-    assert opt._binding.lr_words().tolist() == [opt.param_groups[0]["lr"]]
+    assert binding_of(opt).lr_words().tolist() == [opt.param_groups[0]["lr"]]
 
 
 def test_replays_past_the_horizon_skip_and_count():

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import SWALR
 
 import lrfused
 from lrfused import lr_scheduler as L
+from lrfused.optim import binding_of
 from helpers import assert_same_params, max_relative_error
 
 
@@ -44,8 +45,8 @@ def assert_same_lrs(opt_ours, opt_theirs, where=""):
     for index, (a, b) in enumerate(zip(opt_ours.param_groups, opt_theirs.param_groups)):
         assert math.isclose(float(a["lr"]), float(b["lr"]), rel_tol=1e-12, abs_tol=1e-300), (where, index)
     # What the next optimizer step reads: the device words, once it has taken in the host's writes.
-    opt_ours._binding.absorb(opt_ours.param_groups)
-    words = opt_ours._binding.lr_words().tolist()
+    binding_of(opt_ours).absorb(opt_ours.param_groups)
+    words = binding_of(opt_ours).lr_words().tolist()
     assert words == pytest.approx([float(g["lr"]) for g in opt_theirs.param_groups], rel=1e-12, abs=1e-300), where
 
 
@@ -105,7 +106,7 @@ STACKS = {"StepLR+ExponentialLR": _step_and_exponential, "per iteration + per ep
 @pytest.mark.parametrize("seed", range(3))
 def test_stacked_schedulers_compose_like_torch(name, seed):
     opt = run_recipe(STACKS[name], seed, 30)
-    assert opt._binding.driven  # the stacked steps ran on the device
+    assert binding_of(opt).driven  # the stacked steps ran on the device
 
 
 def test_warmup_per_iteration_with_plateau_per_epoch():
@@ -510,7 +511,7 @@ def test_optimizer_with_a_scheduler_deep_copies_and_pickles():
     opt.step()
     sched.step()
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        assert clone._binding.lr_words().tolist() == opt._binding.lr_words().tolist()
+        assert binding_of(clone).lr_words().tolist() == binding_of(opt).lr_words().tolist()
 
 
 # --- the scheduler objects themselves ------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch.optim import lr_scheduler as T
 
 import lrfused
 from lrfused import lr_scheduler as L
+from lrfused.optim import binding_of
 from helpers import assert_same_params, max_relative_error
 
 
@@ -269,8 +270,8 @@ def test_accelerate_save_and_load_state_resumes_like_torch(fresh_accelerator_sta
             assert_same_values([opt_ours.param_groups[0][key] if key == "lr" else opt_ours.param_groups[0][key][0]],
                                [opt_theirs.param_groups[0][key] if key == "lr" else opt_theirs.param_groups[0][key][0]],
                                key)
-    opt_ours.optimizer._binding.absorb(opt_ours.param_groups)
-    assert opt_ours.optimizer._binding.lr_words().tolist() == pytest.approx(
+    binding_of(opt_ours.optimizer).absorb(opt_ours.param_groups)
+    assert binding_of(opt_ours.optimizer).lr_words().tolist() == pytest.approx(
         [float(opt_theirs.param_groups[0]["lr"])], rel=1e-12)
 
 

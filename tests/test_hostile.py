@@ -18,6 +18,7 @@ from torch.optim import lr_scheduler as T
 import lrfused
 from lrfused import _reference, lr_scheduler as L, schedules
 from lrfused.finder import LRFinder
+from lrfused.optim import binding_of
 from helpers import adam_step_one_bucket, assert_same_params, max_relative_error
 
 
@@ -563,7 +564,7 @@ def test_a_refused_scheduler_constructor_leaves_everything_as_it_was(case, drive
         for group in opt_ours.param_groups:
             group.pop("initial_lr", None)
     before = snapshot(opt_ours)
-    words = opt_ours._binding.words().clone()
+    words = binding_of(opt_ours).words().clone()
     theirs_probe = copy.deepcopy(opt_theirs)
     if case == "resume without initial_lr":
         for group in theirs_probe.param_groups:
@@ -578,9 +579,7 @@ def test_a_refused_scheduler_constructor_leaves_everything_as_it_was(case, drive
         warnings.simplefilter("ignore")
         assert raised(lambda: REFUSED_SCHEDULERS[case](L, opt_ours)) is not None
     assert_unchanged(opt_ours, before)
-    assert torch.equal(words, opt_ours._binding.words(), equal_nan=True) if hasattr(
-        torch, "equal_nan") else torch.allclose(words, opt_ours._binding.words(),
-                                                equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(binding_of(opt_ours).words(), words, rtol=0, atol=0, equal_nan=True)
     for k in range(3):  # and the optimizer trains on as torch's, which never saw the refusal
         step_both(ours, theirs, opt_ours, opt_theirs, 1, seed=30 + k)
         if driven:
@@ -638,8 +637,8 @@ def test_arguments_torch_accepts_are_accepted_and_followed(case, epochs):
             if error_theirs is not None:  # torch fails too (ConstantLR's factor 0 divides by zero)
                 return
             assert s_ours.get_last_lr() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
-    opt_ours._binding.absorb(opt_ours.param_groups)
-    assert opt_ours._binding.lr_words().tolist() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
+    binding_of(opt_ours).absorb(opt_ours.param_groups)
+    assert binding_of(opt_ours).lr_words().tolist() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
     assert_same_params(ours, theirs)
 
 
@@ -659,8 +658,8 @@ def test_explicit_negative_epochs_follow_torch(epoch, make):
             error_ours = raised(lambda: s_ours.step(e))
             same_outcome(error_ours, error_theirs)
             assert s_ours.get_last_lr() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
-    opt_ours._binding.absorb(opt_ours.param_groups)
-    assert opt_ours._binding.lr_words().tolist() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
+    binding_of(opt_ours).absorb(opt_ours.param_groups)
+    assert binding_of(opt_ours).lr_words().tolist() == pytest.approx(s_theirs.get_last_lr(), rel=1e-12)
 
 
 @pytest.mark.parametrize("build, names", [

@@ -11,6 +11,7 @@ from torch.optim import lr_scheduler as T
 
 import lrfused
 from lrfused import lr_scheduler as L
+from lrfused.optim import binding_of
 from helpers import max_relative_error
 
 warnings.filterwarnings("ignore", category=UserWarning, module="torch.optim.lr_scheduler")
@@ -301,7 +302,7 @@ def test_affine_chain_on_the_device(device, twin_setup):
         [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)])
     sched_ours = build(L, opt_ours)
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, build(T, opt_theirs), 39)
-    words = opt_ours._binding.lr_words().tolist()
+    words = binding_of(opt_ours).lr_words().tolist()
     assert words == pytest.approx([g["lr"] for g in opt_theirs.param_groups], rel=1e-12)
 
 
@@ -314,7 +315,7 @@ def test_warm_restarts_explicit_epoch_follows_torch(twin_setup):
         sched_theirs.step(epoch)
         assert (sched_ours.T_cur, sched_ours.T_i) == (sched_theirs.T_cur, sched_theirs.T_i)
         assert sched_ours.get_last_lr() == sched_theirs.get_last_lr()
-        assert opt_ours._binding.lr_words().tolist() == [g["lr"] for g in opt_theirs.param_groups]
+        assert binding_of(opt_ours).lr_words().tolist() == [g["lr"] for g in opt_theirs.param_groups]
 
 
 def test_constant_lr_factor_zero_raises_like_torch(twin_setup):

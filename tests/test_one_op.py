@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lrfused
 from lrfused import _ops, _rules, _step_plan, schedules
 from lrfused import lr_scheduler as L
+from lrfused.optim import binding_of
 from helpers import max_relative_error
 
 
@@ -109,7 +110,7 @@ def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
                     b.step()
     for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
-    assert opt_ours._binding.lr_words().tolist() == pytest.approx([g["lr"] for g in opt_theirs.param_groups],
+    assert binding_of(opt_ours).lr_words().tolist() == pytest.approx([g["lr"] for g in opt_theirs.param_groups],
                                                                   rel=1e-12)
     for a, b in zip(ours, theirs):
         assert max_relative_error(a, b) < 1e-5
@@ -180,7 +181,7 @@ def test_the_table_follows_params_whose_data_is_replaced():
     for _ in range(2):
         p.grad = torch.randn(6)
         opt.step()
-    assert opt._calls[0].table is not None
+    assert opt._planner.calls[0].table is not None
     p.data = torch.randn(6)
     twin = p.detach().clone().requires_grad_()
     reference = torch.optim.Adam([twin], lr=1e-2)
@@ -240,7 +241,7 @@ def test_a_flush_of_deferred_steps_carries_the_bindings_own_handle(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_ops, "adam_step_", recording)
-    binding = opt._binding
+    binding = binding_of(opt)
     for _ in range(2):
         sched.step()
         assert binding.deferred_rules, "the scheduler step was not deferred"
@@ -257,6 +258,6 @@ def test_a_copied_optimizer_flushes_through_a_handle_of_its_own():
     param.grad = torch.randn(3)
     opt.step()
     twin = copy.deepcopy(opt)
-    assert twin._binding.flush_handle is not None
-    assert twin._binding.flush_handle is not opt._binding.flush_handle
-    assert not torch.equal(twin._binding.flush_handle, opt._binding.flush_handle)
+    assert binding_of(twin).flush_handle is not None
+    assert binding_of(twin).flush_handle is not binding_of(opt).flush_handle
+    assert not torch.equal(binding_of(twin).flush_handle, binding_of(opt).flush_handle)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import lrfused
 from lrfused import _reference, schedules
 from lrfused.lr_scheduler._device import device_side
+from lrfused.optim import binding_of
 from helpers import adam_step_one_bucket, max_relative_error
 
 
@@ -148,7 +149,7 @@ def test_scheduler_clock_past_a_million_steps():
     assert sched.get_last_lr() == reference.get_last_lr()
     # The device words first: reading them applies the scheduler steps deferred to the next
     # optimizer step, which move the clock.
-    assert opt._binding.lr_words().tolist() == pytest.approx(reference.get_last_lr(), rel=1e-12)
+    assert binding_of(opt).lr_words().tolist() == pytest.approx(reference.get_last_lr(), rel=1e-12)
     assert int(device_side(sched).clock) == 10 ** 6 + 20
 
 
@@ -234,7 +235,7 @@ def test_bad_scheduler_arguments_change_nothing(build, error, fragment):
     assert opt.param_groups[0]["lr"] == before_lr
     w.grad = torch.ones(3)
     opt.step()
-    assert opt._binding.lr_words().tolist() == [before_lr]
+    assert binding_of(opt).lr_words().tolist() == [before_lr]
 
 
 def test_mixed_dtypes_in_one_op_call_are_refused(op_kwargs):

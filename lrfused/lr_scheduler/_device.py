@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops, _rules, _torch_compat
-from ..optim import FusedScheduledAdam
+from ..optim import FusedScheduledAdam, binding_of
 
 
 class _DeviceSide:
@@ -91,7 +91,7 @@ def unwrap_optimizer(optimizer: Any, name: str) -> Any:
         inner = wrapped
     if not isinstance(inner, FusedScheduledAdam):
         return optimizer
-    inner._scheduler_binding(name)  # refuses schedule= before anything changes
+    binding_of(inner, name)  # refuses schedule= before anything changes
     return inner
 
 
@@ -109,7 +109,7 @@ def unchanged_if_refused(optimizer: Any) -> Iterator[None]:
     # A tensor lr (or momentum) is updated in place by torch's step: its value is saved too.
     saved_values = [{key: value.detach().clone() for key, value in group.items() if isinstance(value, Tensor)}
                     for group in groups]
-    binding = optimizer._binding if isinstance(optimizer, FusedScheduledAdam) else None
+    binding = binding_of(optimizer) if isinstance(optimizer, FusedScheduledAdam) else None
     saved_words = (binding.snapshot(), binding.driven) if binding is not None else None
     try:
         yield
@@ -222,7 +222,7 @@ class OnDevice:
             host_step()
             return
         groups = optimizer.param_groups
-        binding = optimizer._scheduler_binding(type(self).__name__)
+        binding = binding_of(optimizer, type(self).__name__)
         side = device_side(self)
         rules = self._device_rules(binding, side)
         on_device = rules is not None and not _torch_compat.in_constructor_step(self) and self._device_form_at(epoch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules, _torch_compat
+from ..optim import binding_of
 from ._docs import torch_doc_and_note
 from ._device import OnDevice, children_on_host, drives_device, unchanged_if_refused, unwrap_optimizer
 
@@ -27,7 +28,7 @@ class SequentialLR(OnDevice, torch_schedulers.SequentialLR):
             torch_schedulers.SequentialLR.__init__(self, optimizer, schedulers, milestones, last_epoch)
         if drives_device(optimizer):
             # torch's constructor wrote the groups from the host: the device follows.
-            optimizer._scheduler_binding("SequentialLR").write(optimizer.param_groups)
+            binding_of(optimizer, "SequentialLR").write(optimizer.param_groups)
 
     def _leaf_rule(self, index):
         children = []

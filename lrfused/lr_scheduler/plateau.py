@@ -9,6 +9,7 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _torch_compat
+from ..optim import binding_of
 from ._docs import torch_doc_and_note
 from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
 
@@ -106,7 +107,7 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
             torch_schedulers.ReduceLROnPlateau.step(self, metrics, epoch)
             return
         groups = optimizer.param_groups
-        binding = optimizer._scheduler_binding("ReduceLROnPlateau")
+        binding = binding_of(optimizer, "ReduceLROnPlateau")
         if isinstance(metrics, torch.Tensor) and metrics.numel() != 1:
             raise ValueError(f"metrics must be a scalar, got a tensor of shape {tuple(metrics.shape)}")
         binding.absorb(groups)
@@ -166,7 +167,7 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         state = dict(state_dict)
         tensors = [key for key in _DEVICE_STATE if isinstance(state.get(key), torch.Tensor)]
         if tensors and drives_device(self.optimizer):
-            device = self.optimizer._scheduler_binding("ReduceLROnPlateau").primary
+            device = binding_of(self.optimizer, "ReduceLROnPlateau").primary
             dtypes = {"best": torch.float64, "num_bad_epochs": torch.int64, "cooldown_counter": torch.int64}
             for key in _DEVICE_STATE:
                 state[key] = torch.as_tensor(state[key], dtype=dtypes[key]).to(device, copy=True)
