@@ -4,7 +4,7 @@
 // A step of a model of a few thousand tensors is decided by what the host does per tensor: in
 // Python, building the lists of grads (and reading `.grad` through the Python attribute), then
 // boxing five lists into the dispatcher and checking every tensor again. The eager step instead
-// hands the op a table (under a handle, note [Bucket handles]) that lfused::set_step_table filled
+// hands the op a table (under a handle, note [Bucket handles]) that lrfused::set_step_table filled
 // once per plan: the params, their states, the params whose grads it reads (`sources`; a complex
 // param is read as its real view) and the params that had no grad (`watched`). Each step then:
 //

@@ -5,7 +5,7 @@ Data flows one way: scheduler -> binding -> optimizer -> op -> kernel. The bindi
 device, the words the kernel reads for each param group's lr (and beta1): a HELD node per group
 (``[KIND_HELD, 4, lr, beta1]``), or with ``FusedScheduledAdam(schedule=s)`` the program
 ``lr * s(step)`` whose lr word is ``group["lr"]``. Everything that changes a group's lr goes through
-one of four doors, and nothing else writes the words:
+one of the methods below, and nothing else writes the words:
 
 * ``absorb(groups)``: the host's writes. Called before every optimizer step and every scheduler
   step, it compares each ``group["lr"]`` (and ``group["betas"]``) with what the words were last
@@ -19,7 +19,11 @@ one of four doors, and nothing else writes the words:
   (``advance_lr_``), after the deferred ones.
 * ``write(groups)``: a scheduler step the host computed (a Python ``lr_lambda`` without
   ``horizon=``, a fractional epoch): the host's values are written, like a hand write.
-* ``lr_words()``: ReduceLROnPlateau's device ops update the lr words in place.
+* ``lr_words()``: ReduceLROnPlateau's device ops update the lr words in place, and ``publish``
+  puts the device tensor of the new lr in the group.
+* ``restore(snapshot)``: the words as ``snapshot()`` saw them (the LR finder's reset, a scheduler
+  constructor that raised).
+* ``grow(groups)``: the words of groups added since (``add_param_group``).
 
 Every door that reads or writes the words outside the optimizer's op flushes the deferred steps
 first (``flush()``, the op with no tensors), so nothing ever sees words that are behind.
@@ -72,7 +76,6 @@ class Binding:
         self.offsets: list[int] = []
         self.lengths: list[int] = []
         self.buffers: dict[torch.device, Tensor] = {}
-        self.views: dict[tuple[int, torch.device], Tensor] = {}
         # What the lr word of each group was last known to hold on the host: the float written, or
         # the tensor object a device scheduler published (None: unknown, written at the next absorb).
         self._seen_lr: list[Any] = []
@@ -149,15 +152,6 @@ class Binding:
         self.flush()
         added = self._encode(groups, first)
         self.buffers = {self.primary: torch.cat([self.buffers[self.primary], added])}
-        self.views = {}
-
-    def program(self, index: int, device: torch.device) -> Tensor:
-        """Group ``index``'s program on ``device`` (a view, made once)."""
-        key = (index, device)
-        view = self.views.get(key)
-        if view is None:
-            view = self.views[key] = self.buffers[device].narrow(0, self.offsets[index], self.lengths[index])
-        return view
 
     def mirror_to(self, devices: set[torch.device]) -> None:
         """Copies the words to the other devices a step updates (device to device, no sync)."""
@@ -299,9 +293,6 @@ class Binding:
         group["lr"] = lr
         self._seen_lr[index] = lr
 
-    def owns(self, index: int, lr: Any) -> bool:
-        """Whether ``lr`` is a device tensor that lrfused published for group ``index``."""
-        return is_published(lr)
 
     def drives_beta1(self, index: int) -> bool:
         """Whether a device schedule drives group ``index``'s beta1 (its host value is a mirror;

@@ -143,11 +143,6 @@ class FusedScheduledAdam(Optimizer):
         betas = _float_betas(betas)
         if schedule is not None and not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be an lrfused.schedules.Schedule, got {type(schedule).__name__}")
-        if schedule is not None and _has_open_table(schedule):
-            raise ValueError(
-                "schedule= with a tabulated function needs horizon= (the optimizer's clock pauses on AMP "
-                "overflow without the host knowing, so it cannot upload blocks ahead of it); got "
-                f"{schedule!r}")
         if schedule is not None:
             # Checked once, here: the CUDA op trusts the structure of its program.
             _ops.validate_schedule(torch.tensor(schedule.encode(), dtype=torch.float64))
@@ -495,10 +490,6 @@ def binding_of(optimizer: FusedScheduledAdam, user: str | None = None) -> Bindin
 def _float_betas(betas) -> tuple[float, float]:
     """Betas as floats: a 1-element tensor beta is read once, here (a sync if it is on a GPU)."""
     return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
-
-
-def _has_open_table(schedule: Schedule) -> bool:
-    return any(table.horizon is None for _, table in schedule.tables())
 
 
 def _kind_name(kind: int) -> str:

@@ -418,7 +418,8 @@ def test_a_tabulated_function_with_a_horizon_is_a_root_schedule(device, wrapped)
     assert int(opt_ours.invalid_steps) == 0
 
 
-def test_a_tabulated_function_without_a_horizon_is_refused_as_a_root_schedule():
-    with pytest.raises(ValueError, match="needs horizon="):
-        lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)],
-                                   schedule=schedules.lambda_schedule(lambda t: 1.0))
+def test_a_tabulated_function_needs_a_horizon():
+    with pytest.raises(TypeError, match="horizon"):
+        schedules.lambda_schedule(lambda t: 1.0)
+    with pytest.raises(ValueError, match="horizon"):
+        schedules.lambda_schedule(lambda t: 1.0, horizon=0)

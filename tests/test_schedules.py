@@ -136,10 +136,13 @@ def test_each_node_is_laid_out_as_the_table_says(schedule):
             _ops.validate_schedule(torch.tensor(bad, dtype=torch.float64))
 
 
-def test_table_outside_its_window_is_nan_in_cpp():
-    table = S.Tabulated(lambda t: 1.0 + t, capacity=4)
+def test_a_table_past_its_horizon_is_nan_in_cpp_and_an_error_in_python():
+    table = S.Tabulated(lambda t: 1.0 + t, horizon=4)
     assert cpp_value(table, 3)[0] == 4.0
     assert math.isnan(cpp_value(table, 4)[0])
+    with pytest.raises(ValueError, match="horizon=4, asked for t=4"):
+        table(4)
+    assert S.decode(table.encode())(2) == 3.0 and math.isnan(S.decode(table.encode())(4))
 
 
 def test_factories_follow_their_formulas():

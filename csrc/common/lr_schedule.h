@@ -155,7 +155,7 @@ LRFUSED_HOST_DEVICE double table_value(const double* p, int64_t t) {
   const int64_t first = static_cast<int64_t>(p[0]);
   const int64_t count = static_cast<int64_t>(p[1]);
   if (t < first || t >= first + count) {
-    return schedule_nan();  // not uploaded yet: the host refuses to step there (see schedules.py)
+    return schedule_nan();  // past the tabulated steps: the update is skipped and counted (note [Unusable schedule values])
   }
   return p[2 + (t - first)];
 }

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import _ops, _rules, _torch_compat
+from .._binding import is_published
 from ..optim import FusedScheduledAdam, binding_of
 
 
@@ -230,7 +231,7 @@ class OnDevice:
             self._refuse_capture(binding, self._why_host(rules, epoch))
         binding.absorb(groups)
         for index, group in enumerate(groups):
-            if binding.owns(index, group["lr"]):
+            if is_published(group["lr"]):
                 # torch updates a tensor lr in place: a logger that kept last step's keeps its value.
                 binding.publish(groups, index, group["lr"].clone())
         host_step()

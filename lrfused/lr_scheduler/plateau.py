@@ -9,6 +9,7 @@ import torch
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _torch_compat
+from .._binding import is_published
 from ..optim import binding_of
 from ._docs import torch_doc_and_note
 from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
@@ -66,7 +67,7 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         self.num_bad_epochs = int(self.num_bad_epochs)
         self.cooldown_counter = int(self.cooldown_counter)
         for index, group in enumerate(groups):
-            if binding.owns(index, group["lr"]):
+            if is_published(group["lr"]):
                 group["lr"] = float(group["lr"])
         _torch_compat.set_last_lr(self, [float(lr) if isinstance(lr, torch.Tensor) else lr
                                          for lr in _torch_compat.last_lr(self)])

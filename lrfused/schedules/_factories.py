@@ -449,18 +449,17 @@ def lr_range_linear(start_lr: float, end_lr: float, num_iter: int) -> Schedule:
     return nodes.LinearRamp(start_lr, end_lr, num_iter)
 
 
-def lambda_schedule(function: Callable[[int], float], *, horizon: int | None = None, capacity: int = 1024) -> Schedule:
-    r"""Any Python function of the step, :math:`v(t) = \text{function}(t)`, tabulated on the host
-    (see :class:`~lrfused.schedules.Tabulated`).
+def lambda_schedule(function: Callable[[int], float], *, horizon: int) -> Schedule:
+    r"""Any Python function of the step, :math:`v(t) = \text{function}(t)`, tabulated once on the
+    host for ``t < horizon`` (see :class:`~lrfused.schedules.Tabulated`).
 
-    With ``FusedScheduledAdam(schedule=...)`` the clock is the optimizer's on-device step, which an
-    AMP overflow pauses without the host knowing, so a ``horizon`` is required there.
+    The kernels read the table from the optimizer's on-device step, which an AMP overflow pauses
+    without the host knowing: the whole range is tabulated up front, so nothing is uploaded later.
 
     Args:
       function (callable): ``t -> value``, a pure function of the step.
-      horizon (int, optional): tabulate ``[0, horizon)`` once (what a CUDA graph needs); asking for
-        a later step is an error.
-      capacity (int): without a horizon, how many values each upload holds. Default: 1024.
+      horizon (int): the steps tabulated, ``[0, horizon)``; asking Python for a later step is an
+        error, and a kernel that reaches one skips the update and counts it (``invalid_steps``).
 
     Returns:
       Schedule: the tabulated function.
@@ -469,4 +468,4 @@ def lambda_schedule(function: Callable[[int], float], *, horizon: int | None = N
     >>> round(s(10), 6)
     0.348678
     """
-    return nodes.Tabulated(function, capacity=capacity, horizon=horizon)
+    return nodes.Tabulated(function, horizon=horizon)

@@ -80,7 +80,7 @@ KIND_HELD = 18
 
 LAYOUTS: tuple[NodeLayout, ...] = (
     NodeLayout(KIND_CONSTANT, ("value_",)),
-    NodeLayout(KIND_TABLE, ("first_t:int", "capacity:int"), tail_count_word=1),  # + capacity values
+    NodeLayout(KIND_TABLE, ("first_t:int", "count:int"), tail_count_word=1),  # + count values
     NodeLayout(KIND_STEP, ("init", "step_size:int", "gamma")),
     # + the milestones, sorted (duplicates compound)
     NodeLayout(KIND_MULTI_STEP, ("init", "gamma", "milestone_count:int"), tail_count_word=2),

@@ -1,6 +1,8 @@
 """The schedule nodes: each kind's value in Python floats and its words in a kernel program.
 
-A :class:`Schedule` is a small immutable object. Calling it, ``s(t)``, gives its value at the
+A :class:`Schedule` is a small object built once from its arguments (nothing in lrfused changes it
+afterwards, and a program already encoded keeps the values it was encoded with). Calling it,
+``s(t)``, gives its value at the
 integer clock ``t``: that is the reference the C++ and CUDA evaluators
 (``csrc/common/lr_schedule.h``) are tested against. :meth:`Schedule.encode` turns it into the flat
 list of doubles those evaluators read, in the layout ``_layout.LAYOUTS`` gives its kind, and
@@ -89,17 +91,6 @@ class Schedule:
         """``len(self.encode())``, computed without encoding."""
         return 2 + self.param_count() + sum(child.encoded_length() for child in self.children)
 
-    def tables(self) -> list[tuple[int, Tabulated]]:
-        """(word offset, table) of every tabulated node in :meth:`encode`'s output."""
-        found: list[tuple[int, Tabulated]] = []
-        offset = 2 + self.param_count()
-        if isinstance(self, Tabulated):
-            found.append((0, self))
-        for child in self.children:
-            found += [(offset + o, table) for o, table in child.tables()]
-            offset += child.encoded_length()
-        return found
-
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
@@ -142,60 +133,63 @@ class Held(Schedule):
 
 
 class Tabulated(Schedule):
-    """Values of a Python function of t, uploaded to the device in blocks ahead of the clock.
+    """Values of a Python function of t over ``[0, horizon)``, tabulated once on the host.
 
-    ``function(t)`` is called on the host. ``capacity`` values starting at some ``first_t`` live on
-    the device; when the clock leaves that window the owner uploads the next block (a non-blocking
-    copy, never a sync). With ``horizon`` the whole range ``[0, horizon)`` is tabulated at once, so
-    CUDA-graph replays need no host at all, and asking for ``t >= horizon`` is an error.
+    ``function(t)`` is called for every ``t < horizon`` when the schedule is encoded; the kernels
+    then read the table, so a CUDA-graph replay needs no host at all. Asking Python for
+    ``t >= horizon`` is an error; a kernel that reaches it reads NaN, which note [Unusable
+    schedule values] skips and counts.
     """
 
     kind = _layout.KIND_TABLE
+    first_t = 0  # the layout's words: the first tabulated step, then the count (the horizon)
 
-    def __init__(self, function: Callable[[int], float], *, capacity: int = 1024, horizon: int | None = None):
+    def __init__(self, function: Callable[[int], float], *, horizon: int):
         if not callable(function):
             raise TypeError(f"function must be callable, got {function!r}")
         self.function = function
-        self.horizon = None if horizon is None else positive_int("horizon", horizon)
-        self.capacity = self.horizon if self.horizon is not None else positive_int("capacity", capacity)
-        self.first_t = 0
+        self.horizon = positive_int("horizon", horizon)
 
     def lr(self, t):
-        if self.horizon is not None and t >= self.horizon:
+        if t >= self.horizon:
             raise ValueError(f"the schedule was tabulated up to horizon={self.horizon}, asked for t={t}")
         return float(self.function(t))
 
-    def window(self, first_t: int) -> list[float]:
-        """The words [first_t, capacity, values...] for a block starting at first_t."""
-        if self.horizon is not None and first_t + self.capacity > self.horizon:
-            first_t = max(0, self.horizon - self.capacity)
-        return [float(first_t), float(self.capacity)] + [self.lr(t) for t in range(first_t, first_t + self.capacity)]
-
-    def covers(self, t: int) -> bool:
-        return self.first_t <= t < self.first_t + self.capacity
+    @property
+    def count(self) -> int:
+        return self.horizon
 
     def params(self):
-        return self.window(self.first_t)
+        return [float(self.first_t), float(self.horizon)] + [self.lr(t) for t in range(self.horizon)]
 
     def param_count(self):
-        return 2 + self.capacity
+        return 2 + self.horizon
 
     @classmethod
     def _from_fields(cls, fields, tail, children):
-        return _TableWindow(fields["first_t"], tail)
+        return _DecodedTable(fields["first_t"], tail)
 
 
-class _TableWindow(Tabulated):
-    """A decoded table: the values a program holds, NaN outside its window (as in the kernels)."""
+class _DecodedTable(Schedule):
+    """A table read back from a program: its values from ``first_t`` on, NaN elsewhere (as in the kernels)."""
+
+    kind = _layout.KIND_TABLE
 
     def __init__(self, first_t: int, values: Sequence[float]):
-        self.first_t, self.values, self.capacity, self.horizon = first_t, list(values), len(values), None
+        self.first_t, self.values = first_t, list(values)
 
     def lr(self, t):
-        return self.values[t - self.first_t] if self.covers(t) else math.nan
+        return self.values[t - self.first_t] if 0 <= t - self.first_t < len(self.values) else math.nan
 
-    def window(self, first_t):
-        return [float(self.first_t), float(self.capacity)] + self.values
+    @property
+    def count(self) -> int:
+        return len(self.values)
+
+    def params(self):
+        return [float(self.first_t), float(len(self.values))] + self.values
+
+    def param_count(self):
+        return 2 + len(self.values)
 
 
 class Step(Schedule):
@@ -624,7 +618,7 @@ class LinearRamp(ExpRamp):
 
 
 def decode(words: Sequence[float]) -> Schedule:
-    """The Schedule a program encodes (tables decode to the window they hold)."""
+    """The Schedule a program encodes (a table decodes to the values it holds)."""
     words = [float(w) for w in words]
 
     def node(offset: int) -> tuple[Schedule, int]:
