@@ -95,6 +95,9 @@ class Binding:
         self.deferred_rules: list[Tensor] = []
         self.deferred_clocks: list[Tensor] = []
         self.pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
+        # The same memory as a NumPy array: a scheduler step writes its header there, a store in
+        # Python, where an indexed write to the tensor would be four dispatcher calls.
+        self._pending_words = self.pending.numpy()
         self.sequence = 0  # deferred steps issued so far
         self.applied = torch.zeros((), dtype=torch.int64, device=device)  # ... and applied, on the device
         # The flush's own handle: its CUDA table is kept from one flush to the next (steady state
@@ -107,11 +110,13 @@ class Binding:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["flush_handle"]
+        del state["_pending_words"]  # a view: made again over the copy's own tensor
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.flush_handle = _ops.new_handle()
+        self._pending_words = self.pending.numpy()
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -235,8 +240,8 @@ class Binding:
                 slot = len(self.deferred_clocks)
                 self.deferred_clocks.append(clock)
             if not self.deferred_rules:
-                self.pending[0] = self.sequence
-            self.pending[1 + len(self.deferred_rules)] = slot
+                self._pending_words[0] = self.sequence
+            self._pending_words[1 + len(self.deferred_rules)] = slot
             self.deferred_rules.append(rules)
             self.sequence += 1
         else:

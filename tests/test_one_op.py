@@ -67,6 +67,38 @@ def test_an_optimizer_and_scheduler_step_is_one_op_for_every_group_and_dtype(dev
     assert all(len(names) == 1 for names in counts[1:]), counts
 
 
+class RecordEveryOp(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make", [lambda opt: L.CosineAnnealingLR(opt, T_max=100),
+                                  lambda opt: L.OneCycleLR(opt, max_lr=1e-2, total_steps=100),
+                                  lambda opt: L.LambdaLR(opt, lambda t: 0.9 ** t, horizon=1000)],
+                         ids=["cosine", "one_cycle", "lambda_horizon"])
+def test_a_steady_optimizer_and_scheduler_step_calls_the_dispatcher_once(make):
+    # The scheduler step's deferral is written without tensor ops; the optimizer's step is its op.
+    ours, _, groups = mixed_groups("cpu", 0)
+    opt = lrfused.FusedScheduledAdamW(groups(ours), lr=1e-2)
+    sched = make(opt)
+    for k in range(3):
+        set_grads(ours, ours, k)
+        opt.step()
+        sched.step()
+    set_grads(ours, ours, 3)
+    with RecordEveryOp() as optimizer_ops:
+        opt.step()  # applies the scheduler step deferred to it
+    with RecordEveryOp() as scheduler_ops:
+        sched.step()  # the first step deferred since: the header and its slot written
+    assert scheduler_ops.names == []
+    assert [name for name in optimizer_ops.names if "profiler" not in name] == ["lrfused.table_step_.default"]
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
     """Optimizer steps, scheduler steps with no optimizer step between them (more than a call can
