@@ -1,7 +1,7 @@
 """The ops ``lrfused::adam_step_`` and ``lrfused::advance_lr_`` in plain PyTorch: the test oracle,
 and the fallback when the compiled library cannot be loaded. It follows note [Order of operations] of
 ``csrc/common/adam_math.h`` in torch's opmath (float64 for float64 params, float32 for the
-others), and evaluates the program with :func:`lrfused.schedules.decode`, the Python mirror of
+others), and evaluates the program with :func:`lrfused._schedule_encoding.decode`, the Python mirror of
 ``csrc/common/lr_schedule.h``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import torch
 
 from . import _rules
-from .schedules import decode
+from ._schedule_encoding import decode
 
 
 def schedule_value(schedule: torch.Tensor, t: int) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from . import _schedule_encoding as E
 from . import schedules as S
 
 # The rule kinds and the HELD node's words: the numbers of csrc/common/lr_step.h, which the
@@ -38,7 +39,7 @@ ENCODING = {
 
 
 def held(lr: float, beta1: float = math.nan) -> list[float]:
-    return [float(S.KIND_HELD), float(HELD_WORDS), float(lr), float(beta1)]
+    return [float(E.KIND_HELD), float(HELD_WORDS), float(lr), float(beta1)]
 
 
 def keep() -> list[float]:
@@ -84,47 +85,47 @@ def indexed(rules: Sequence[float], group_count: int) -> list[float]:
 
 def _chain_step(node: list[float], t: int, lr: float) -> float:
     kind, p = int(node[0]), node[2:]
-    if kind == S.KIND_STEP:
+    if kind == E.KIND_STEP:
         return lr if t == 0 or t % int(p[1]) != 0 else lr * p[2]
-    if kind == S.KIND_MULTI_STEP:
+    if kind == E.KIND_MULTI_STEP:
         hits = sum(1 for m in p[3:3 + int(p[2])] if int(m) == t)
         return lr if hits == 0 else lr * p[1] ** float(hits)
-    if kind == S.KIND_CONSTANT_FACTOR:
+    if kind == E.KIND_CONSTANT_FACTOR:
         if t == 0:
             return lr * p[1]
         return lr if float(t) != p[2] else lr * (1.0 / p[1])
-    if kind == S.KIND_LINEAR:
+    if kind == E.KIND_LINEAR:
         if t == 0:
             return lr * p[1]
         if t > p[3]:
             return lr
         return lr * (1.0 + (p[2] - p[1]) / (p[3] * p[1] + (t - 1.0) * (p[2] - p[1])))
-    if kind == S.KIND_EXPONENTIAL:
+    if kind == E.KIND_EXPONENTIAL:
         return lr if t == 0 else lr * p[1]
-    if kind == S.KIND_POLYNOMIAL:
+    if kind == E.KIND_POLYNOMIAL:
         if t == 0 or t > p[2]:
             return lr
         return lr * ((1.0 - t / p[2]) / (1.0 - (t - 1.0) / p[2])) ** p[3]
-    if kind == S.KIND_COSINE:
+    if kind == E.KIND_COSINE:
         period = p[2]
         if t == 0:
             return lr
         if math.fmod(t - 1 - int(period), 2 * int(period)) == 0:
             return lr + (p[0] - p[1]) * (1.0 - math.cos(math.pi / period)) / 2.0
         return (1.0 + math.cos(math.pi * t / period)) / (1.0 + math.cos(math.pi * (t - 1.0) / period)) * (lr - p[1]) + p[1]
-    if kind == S.KIND_TABLE:
-        return lr * S.decode(node).lr(t) if t > 0 else lr
-    return S.decode(node).value(t)[0]
+    if kind == E.KIND_TABLE:
+        return lr * E.decode(node).lr(t) if t > 0 else lr
+    return E.decode(node).value(t)[0]
 
 
 def _leaf(rule: list[float], t: int, explicit: bool, lr: float, beta1: float) -> tuple[float, float]:
     kind, node = int(rule[0]), rule[2:]
     if kind == RULE_SET:
-        value, scheduled_beta1 = S.decode(node).value(t)
+        value, scheduled_beta1 = E.decode(node).value(t)
         return value, beta1 if scheduled_beta1 is None else scheduled_beta1
     if kind == RULE_CHAIN:
-        if explicit and int(node[0]) != S.KIND_TABLE:
-            return S.decode(node).value(t)[0], beta1
+        if explicit and int(node[0]) != E.KIND_TABLE:
+            return E.decode(node).value(t)[0], beta1
         return _chain_step(node, t, lr), beta1
     return lr, beta1
 

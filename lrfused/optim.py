@@ -493,6 +493,6 @@ def _float_betas(betas) -> tuple[float, float]:
 
 
 def _kind_name(kind: int) -> str:
-    from .schedules import NODE_CLASSES
+    from ._schedule_encoding import NODE_CLASSES
 
     return NODE_CLASSES[kind].__name__ if kind in NODE_CLASSES else f"kind {kind}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import lrfused
-from lrfused import _rules, schedules
+from lrfused import _rules, _schedule_encoding, schedules
 
 pytestmark = pytest.mark.skipif(not lrfused.has_kernels(), reason="the compiled library is not loaded")
 
@@ -76,7 +76,7 @@ def test_schedule_encoding():
     torch.library.opcheck(torch.ops.lrfused.schedule_encoding.default, ())
     rows = torch.ops.lrfused.schedule_encoding()
     # three limits, then one row of six numbers per kind (compared word for word in test_schedules.py)
-    assert rows[0] == len(schedules.LAYOUTS) and len(rows) == 3 + 6 * rows[0]
+    assert rows[0] == len(_schedule_encoding.LAYOUTS) and len(rows) == 3 + 6 * rows[0]
 
 
 def step_arguments(device, deferred: bool):

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lrfused import _ops, schedules as S
-from lrfused.schedules._layout import encoding_rows
+from lrfused import _schedule_encoding as E
+from lrfused._schedule_encoding import encoding_rows
 
 finite = dict(allow_nan=False, allow_infinity=False)
 clocks = st.one_of(st.integers(0, 300), st.integers(0, 2 ** 40))
@@ -86,7 +87,7 @@ def test_python_and_cpp_agree(schedule, t):
 @settings(max_examples=200, deadline=None)
 @given(composite_schedules(), clocks)
 def test_decode_inverts_encode(schedule, t):
-    decoded = S.decode(schedule.encode())
+    decoded = E.decode(schedule.encode())
     assert decoded.encode() == schedule.encode()
     assert schedule.encoded_length() == len(schedule.encode())
     assert close(decoded(t), schedule(t))
@@ -98,13 +99,13 @@ def one_of_each_kind():
             S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
             S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0), S.Step(1.0, 2)], [3, 5]),
             S.product(S.Constant(2.0), S.Exponential(1.0, 0.5)), S.InverseSqrt(1.0, 10.0, 10.0),
-            S.OneMinusSqrt(1.0, 0.0, 10), S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), S.Held(0.25, 0.85)]
+            S.OneMinusSqrt(1.0, 0.0, 10), S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), E.Held(0.25, 0.85)]
 
 
 def test_every_kind_is_evaluated_by_cpp():
     # A kind the C++ evaluator does not know evaluates to NaN.
     examples = one_of_each_kind()
-    assert sorted(type(s).kind for s in examples) == sorted(S.NODE_CLASSES)
+    assert sorted(type(s).kind for s in examples) == sorted(E.NODE_CLASSES)
     for schedule in examples:
         for t in (0, 1, 2, 5):
             assert close(schedule(t), cpp_value(schedule, t)[0]), (schedule, t)
@@ -116,10 +117,10 @@ def test_cpp_encoding_matches_the_table():
 
 
 @pytest.mark.parametrize("schedule", one_of_each_kind() + [
-    S.Cyclic(0.1, 1.0, 6.0, 0.5, mode=S.CYCLIC_TABLE_BY_CYCLE, scale_table=S.Tabulated(lambda c: 0.5 ** c, horizon=9))],
+    S.Cyclic(0.1, 1.0, 6.0, 0.5, mode=E.CYCLIC_TABLE_BY_CYCLE, scale_table=S.Tabulated(lambda c: 0.5 ** c, horizon=9))],
     ids=lambda s: type(s).__name__)
 def test_each_node_is_laid_out_as_the_table_says(schedule):
-    layout = S.LAYOUTS[schedule.kind]
+    layout = E.LAYOUTS[schedule.kind]
     words = schedule.encode()
     params = words[2:2 + schedule.param_count()]
     assert layout.param_count(params) == len(params) == len(schedule.params())
@@ -142,7 +143,7 @@ def test_a_table_past_its_horizon_is_nan_in_cpp_and_an_error_in_python():
     assert math.isnan(cpp_value(table, 4)[0])
     with pytest.raises(ValueError, match="horizon=4, asked for t=4"):
         table(4)
-    assert S.decode(table.encode())(2) == 3.0 and math.isnan(S.decode(table.encode())(4))
+    assert E.decode(table.encode())(2) == 3.0 and math.isnan(E.decode(table.encode())(4))
 
 
 def test_factories_follow_their_formulas():
@@ -249,3 +250,68 @@ def test_warmup_cosine_is_hugging_faces_including_no_warmup(warmup_steps):
     assert schedule(warmup_steps + decay_steps + 50) == 0.0
     plateau = S.Constant(3.0)
     assert S.warmup(plateau, 0) is plateau
+
+
+# --- the differences from optax (the table in lrfused/schedules/__init__.py) --------------------------
+# optax's schedules as its documentation writes them, in Python floats.
+
+
+def optax_linear(init_value, end_value, transition_steps):
+    return lambda t: init_value + (end_value - init_value) * min(t, transition_steps) / transition_steps
+
+
+def optax_cosine_decay(init_value, decay_steps, alpha=0.0):
+    def value(t):
+        cosine = 0.5 * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps))
+        return init_value * ((1 - alpha) * cosine + alpha)
+    return value
+
+
+def optax_warmup_cosine(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0):
+    warm = optax_linear(init_value, peak_value, warmup_steps)
+    cosine = optax_cosine_decay(peak_value, decay_steps - warmup_steps, end_value / peak_value)
+    return lambda t: warm(t) if t < warmup_steps else cosine(t - warmup_steps)
+
+
+def optax_exponential(init_value, transition_steps, decay_rate, staircase=False):
+    def value(t):
+        exponent = t / transition_steps
+        return init_value * decay_rate ** (math.floor(exponent) if staircase else exponent)
+    return value
+
+
+def optax_polynomial(init_value, end_value, power, transition_steps):
+    return lambda t: (init_value - end_value) * (1 - min(t, transition_steps) / transition_steps) ** power + end_value
+
+
+def optax_join(schedules, boundaries):
+    def value(t):
+        index = sum(1 for b in boundaries if t >= b)
+        return schedules[index](t - (boundaries[index - 1] if index else 0))
+    return value
+
+
+OPTAX_ROWS = {
+    "warmup_cosine": (S.warmup_cosine(5, 20, peak_value=2.0, end_value=0.1, start_value=0.3),
+                      optax_warmup_cosine(0.3, 2.0, 5, 25, 0.1)),
+    "exponential_decay": (S.exponential_decay(0.9, init_value=2.0), optax_exponential(2.0, 1, 0.9)),
+    "step_decay": (S.step_decay(4, gamma=0.5, init_value=3.0), optax_exponential(3.0, 4, 0.5, staircase=True)),
+    "cosine_decay": (S.cosine_decay(12, alpha=0.2, init_value=1.5), optax_cosine_decay(1.5, 12, 0.2)),
+    "polynomial_decay": (S.polynomial_decay(10, power=2.0, init_value=1.0, end_value=0.1),
+                         optax_polynomial(1.0, 0.1, 2.0, 10)),
+    "linear": (S.linear(0.2, 1.0, 8), optax_linear(0.2, 1.0, 8)),
+    "join": (S.join([S.linear(0.0, 1.0, 3), S.cosine_decay(6)], [3]),
+             optax_join([optax_linear(0.0, 1.0, 3), optax_cosine_decay(1.0, 6)], [3])),
+}
+
+
+@pytest.mark.parametrize("row", list(OPTAX_ROWS))
+def test_each_factory_equals_the_optax_schedule_its_row_names(row):
+    ours, theirs = OPTAX_ROWS[row]
+    for t in range(60):  # well past every schedule's end
+        assert ours(t) == pytest.approx(theirs(t), rel=1e-12, abs=1e-15), (row, t)
+
+
+def test_one_cycle_peaks_where_torchs_does_not_where_optaxs_does():
+    s = S.one_cycle(100, max_value=1.0, pct_start=0.3)
+    assert s(29) == 1.0 and s(30) < 1.0

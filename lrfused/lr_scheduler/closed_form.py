@@ -14,6 +14,7 @@ import re
 from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules, _torch_compat
+from .. import _schedule_encoding as E
 from .. import schedules as S
 from ..schedules._checks import positive_int
 from ._docs import torch_doc_and_note
@@ -277,14 +278,14 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
     def _leaf_rule(self, index):
         if index >= len(self.base_lrs):
             return _rules.keep()
-        mode = {"triangular": S.CYCLIC_TRIANGULAR, "triangular2": S.CYCLIC_TRIANGULAR2,
-                "exp_range": S.CYCLIC_EXP_RANGE}.get(self.mode)
+        mode = {"triangular": E.CYCLIC_TRIANGULAR, "triangular2": E.CYCLIC_TRIANGULAR2,
+                "exp_range": E.CYCLIC_EXP_RANGE}.get(self.mode)
         table = None
         if _torch_compat.cyclic_scale_fn(self) is not None:
             if self._horizon is None:
                 return None
             by_cycle = self.scale_mode == "cycle"
-            mode = S.CYCLIC_TABLE_BY_CYCLE if by_cycle else S.CYCLIC_TABLE_BY_ITERATION
+            mode = E.CYCLIC_TABLE_BY_CYCLE if by_cycle else E.CYCLIC_TABLE_BY_ITERATION
             horizon = math.floor(1 + (self._horizon - 1) / self.total_size) + 1 if by_cycle else self._horizon
             table = S.Tabulated(lambda x: float(_torch_compat.cyclic_scale_fn(self)(x)), horizon=horizon)
         cycle_momentum = bool(self.cycle_momentum)
