@@ -32,7 +32,7 @@ assert lrfused._C.__file__.startswith("$work"), lrfused._C.__file__
 print("testing the sanitized build:", lrfused._C.__file__)
 import pytest
 sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", "$work", "-c", "/dev/null",
-                      "tests/test_optim.py", "tests/test_robustness.py", "tests/test_ops.py", "tests/test_one_op.py",
+                      "tests/test_optimizer.py", "tests/test_ops.py", "tests/test_planner.py",
                       "-k", "not missing_library"]))
 PY
 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" LRFUSED_REQUIRE_KERNELS=1 \

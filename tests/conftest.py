@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import lrfused
+from helpers import twin_leaves
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -21,9 +22,7 @@ def twin_params():
     """A factory of two identical lists of leaf params (ours, torch's), from a fixed seed."""
 
     def make(device, dtype=torch.float32, shapes=((37, 5), (1000,), (1,), (3, 1, 7)), seed=1234):
-        torch.manual_seed(seed)
-        base = [torch.randn(shape, device=device, dtype=dtype) for shape in shapes]
-        return [p.clone().requires_grad_() for p in base], [p.clone().requires_grad_() for p in base]
+        return twin_leaves(shapes, dtype, seed, device)
 
     return make
 

@@ -1,11 +1,18 @@
 """What the test files share: the error measure, twin params for lrfused and torch, parameter
-comparisons, and one bucket's call of the step op."""
+comparisons, stepping both sides, snapshots that a refusal must leave unchanged, and one bucket's
+call of the step op."""
 
 from __future__ import annotations
+
+import copy
+import itertools
 
 import torch
 
 from lrfused import _step_plan
+
+# (amsgrad, maximize, weight_decay, decoupled) in every combination.
+FLAGS = list(itertools.product([False, True], [False, True], [0.0, 0.1], [False, True]))
 
 
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -16,7 +23,7 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual.detach().double() - expected.detach().double()).abs().max() / scale).item()
 
 
-def twin_leaves(shapes, dtype=torch.float32, device="cpu", seed=0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def twin_leaves(shapes, dtype=torch.float32, seed=0, device="cpu") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Two identical lists of leaf params (ours, torch's) from ``seed``."""
     torch.manual_seed(seed)
     base = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
@@ -58,3 +65,79 @@ def adam_step_one_bucket(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_s
     pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
     op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, [step], buckets, program, [], [], applied, pending,
        grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle)
+
+
+def snapshot(opt):
+    """Everything a refusal must leave as it was: groups (lrs, betas, ...), params, states."""
+    groups = [{k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.copy(v))
+               for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+    states = [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
+              for g in opt.param_groups for p in g["params"]]
+    return groups, params, states
+
+
+def assert_unchanged(opt, before):
+    groups, params, states = snapshot(opt)
+    old_groups, old_params, old_states = before
+    assert len(groups) == len(old_groups)
+    for new, old in zip(groups, old_groups):
+        assert new.keys() == old.keys()
+        for key in new:
+            if isinstance(new[key], torch.Tensor):
+                assert torch.equal(new[key], old[key]), key
+            else:
+                assert new[key] is old[key] or new[key] == old[key], key
+    for new, old in zip(params, old_params):
+        assert torch.equal(new, old)
+    for new, old in zip(states, old_states):
+        assert new.keys() == old.keys()
+        for key in new:
+            assert torch.equal(new[key], old[key]) if isinstance(new[key], torch.Tensor) else new[key] == old[key]
+
+
+def raised(build):
+    try:
+        build()
+    except Exception as error:  # noqa: BLE001 - the type is compared below
+        return error
+    return None
+
+
+def same_outcome(ours, theirs):
+    """torch refuses => lrfused refuses with the same type (lrfused may refuse more: it says so)."""
+    if theirs is not None:
+        assert ours is not None, f"torch raised {theirs!r}, lrfused accepted"
+        assert isinstance(ours, type(theirs)) or isinstance(theirs, type(ours)), (ours, theirs)
+
+
+def random_grads(params, seed):
+    generator = torch.Generator().manual_seed(seed)
+    grads = []
+    for p in params:
+        real = torch.view_as_real(p.detach()) if p.is_complex() else p.detach()
+        g = torch.randn(real.shape, generator=generator).to(real.dtype)
+        grads.append(torch.view_as_complex(g) if p.is_complex() else g)
+    return grads
+
+
+def step_both(ours, theirs, opt_ours, opt_theirs, steps, seed=0):
+    for k in range(steps):
+        for a, b, g in zip(ours, theirs, random_grads(ours, seed + k)):
+            if a.requires_grad and (a.grad is None or a.grad is not g):
+                a.grad = g.clone()
+            if b.requires_grad:
+                b.grad = g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+
+
+class EachOptimizer:
+    """Several torch optimizers stepped as one."""
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    def step(self):
+        for opt in self.optimizers:
+            opt.step()

@@ -10,8 +10,8 @@ import torch
 import torch._dynamo
 
 import lrfused
-from lrfused import lr_scheduler as L
 from helpers import max_relative_error
+from lrfused import lr_scheduler as L
 
 BACKENDS = ["aot_eager", "inductor"]
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import lrfused
+from helpers import max_relative_error, twin_leaves
 from lrfused import lr_scheduler as L
 from lrfused.optim import binding_of
-from helpers import max_relative_error
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -20,9 +20,7 @@ pytestmark = [
 
 
 def twins(shapes, dtype=torch.float32, device="cuda"):
-    torch.manual_seed(0)
-    base = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
-    return [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base]
+    return twin_leaves(shapes, dtype, 0, device)
 
 
 def set_grads(ours, theirs):

@@ -129,12 +129,13 @@ def test_model_and_optimizer_restored_bit_identical():
         optimizer.step()
         scheduler.step()
     params_before = [p.detach().clone() for p in model.parameters()]
-    state_before = {k: v.clone() for p in model.parameters() for k, v in optimizer.state[p].items()}
+    state_before = {(i, k): v.clone() for i, p in enumerate(model.parameters()) for k, v in optimizer.state[p].items()}
     LRFinder(model, optimizer, torch.nn.functional.mse_loss, cache="disk").range_test(
         loader, end_lr=1.0, num_iter=30, progress=False)
     for p, q in zip(model.parameters(), params_before):
         assert torch.equal(p, q)
-    state_after = {k: v for p in model.parameters() for k, v in optimizer.state[p].items()}
+    state_after = {(i, k): v for i, p in enumerate(model.parameters()) for k, v in optimizer.state[p].items()}
+    assert state_after.keys() == state_before.keys() and len(state_before) == 3 * len(params_before)
     assert all(torch.equal(state_before[k], state_after[k]) for k in state_before)
     # The scheduler drives the optimizer again, from where it was.
     x, y = next(iter(loader))
@@ -236,3 +237,51 @@ def test_a_range_test_then_training_is_training_alone(amsgrad, with_scheduler, c
         assert int(state["step"]) == trained_before + 6
     saved = optimizer.state_dict()["state"]
     assert all(int(entry["step"]) == trained_before + 6 for entry in saved.values())
+
+
+# --- hostile input -----------------------------------------------------------------------------------
+
+
+def _finder_run(bad_at, bad_value, num_iter=40):
+    torch.manual_seed(8)
+    model = torch.nn.Linear(4, 1)
+    opt = lrfused.FusedScheduledAdam(model.parameters(), lr=1e-4)
+    data = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
+    calls = []
+
+    def train_step(m, batch):
+        calls.append(1)
+        loss = torch.nn.functional.mse_loss(m(batch[0]), batch[1])
+        return loss * bad_value if len(calls) - 1 >= bad_at else loss
+
+    finder = LRFinder(model, opt)
+    history = finder.range_test(data, end_lr=1.0, num_iter=num_iter, train_step=train_step, progress=False,
+                                check_every=5)
+    return finder, history, len(calls)
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad_at", [0, 1, 13, 39])
+def test_a_nan_or_infinite_loss_is_divergence(bad_value, bad_at):
+    finder, history, calls = _finder_run(bad_at, bad_value)
+    assert len(history["loss"]) == bad_at and all(math.isfinite(x) for x in history["loss"])
+    assert calls <= min(40, (bad_at // 5 + 1) * 5)  # stopped at the first check after it
+    if bad_at < 3:
+        with pytest.raises(ValueError, match="too few"):
+            finder.suggestion(skip_start=0, skip_end=0)
+    else:
+        assert math.isfinite(finder.suggestion(skip_start=0, skip_end=0))
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("optimizer", ["lrfused", "torch"])
+@pytest.mark.parametrize("lr, start_lr, end_lr", [(2.0, None, 1.0), (1.0, None, 1.0), (1e-3, 0.5, 0.1)])
+def test_a_ramp_that_does_not_go_up_is_refused(optimizer, lr, start_lr, end_lr):
+    model = torch.nn.Linear(2, 1)
+    opt = (lrfused.FusedScheduledAdam if optimizer == "lrfused" else torch.optim.SGD)(model.parameters(), lr=lr)
+    finder = LRFinder(model, opt, torch.nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="end_lr"):
+        finder.range_test([(torch.randn(4, 2), torch.randn(4, 1))], start_lr=start_lr, end_lr=end_lr, num_iter=5,
+                          progress=False)
+    assert opt.param_groups[0]["lr"] == lr

@@ -7,7 +7,6 @@ the losses) and the trained params. A framework that is not installed skips its 
 
 import functools
 import math
-
 import warnings
 
 import pytest
@@ -15,9 +14,9 @@ import torch
 from torch.optim import lr_scheduler as T
 
 import lrfused
+from helpers import assert_same_params, max_relative_error
 from lrfused import lr_scheduler as L
 from lrfused.optim import binding_of
-from helpers import assert_same_params, max_relative_error
 
 
 def assert_same_values(ours, theirs, where):
@@ -28,9 +27,6 @@ def assert_same_values(ours, theirs, where):
 
 def optimizer_classes(torch_side: bool):
     return (torch.optim.AdamW, T) if torch_side else (lrfused.FusedScheduledAdamW, L)
-
-
-# --- Lightning ------------------------------------------------------------------------------------
 
 
 def lightning_or_skip():
@@ -190,9 +186,6 @@ def test_lightning_lr_find_then_training_follows_torch(tmp_path):
     assert_same_params(model_ours, model_theirs)
 
 
-# --- accelerate -----------------------------------------------------------------------------------
-
-
 def accelerate_or_skip():
     return pytest.importorskip("accelerate", reason="accelerate is not installed")
 
@@ -275,9 +268,6 @@ def test_accelerate_save_and_load_state_resumes_like_torch(fresh_accelerator_sta
         [float(opt_theirs.param_groups[0]["lr"])], rel=1e-12)
 
 
-# --- Hugging Face Trainer ---------------------------------------------------------------------------
-
-
 def transformers_or_skip():
     return pytest.importorskip("transformers", reason="transformers is not installed")
 
@@ -350,3 +340,33 @@ def test_hugging_face_trainer_trains_as_with_torch(tmp_path, who_schedules):
     assert 0 < torch_gap < 1e-3
     assert parameter_gap(model_ours, model_theirs) < 4 * torch_gap
     assert parameter_gap(model_ours, runs["torch-fused"][2]) < 4 * torch_gap
+
+
+def test_framework_interfaces():
+    """What Lightning's configure_optimizers and Hugging Face's Trainer(optimizers=(opt, sched)) use,
+    exercised by a minimal hand-written loop of the same shape (no framework installed)."""
+    model = torch.nn.Linear(4, 1)
+    optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-3)
+    scheduler = L.LinearLR(optimizer, start_factor=0.1, total_iters=10)
+    # Lightning: configure_optimizers returns this dict; it checks the scheduler's type.
+    config = {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LRScheduler)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    logged = []
+    for step in range(5):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        config["lr_scheduler"]["scheduler"].step()
+        # Both frameworks log the lr from here; Trainer also calls get_last_lr().
+        logged.append((optimizer.param_groups[0]["lr"], scheduler.get_last_lr()[0]))
+    assert all(isinstance(a, float) and a == b for a, b in logged)
+    assert logged[-1][0] == pytest.approx(1e-3 * (0.1 + 0.9 * 5 / 10))
+    # Checkpointing through the frameworks is state_dict / load_state_dict of both objects.
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    assert all(isinstance(v, (int, float, bool, str, list, dict, tuple, type(None), torch.Tensor))
+               for v in state["scheduler"].values())
+    # ReduceLROnPlateau is recognised by its torch class, and takes the monitored metric.
+    plateau = L.ReduceLROnPlateau(lrfused.FusedScheduledAdam(model.parameters()), patience=0)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    plateau.step(1.0)

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lrfused import _ops, schedules as S
+from lrfused import _ops
 from lrfused import _schedule_encoding as E
+from lrfused import schedules as S
 from lrfused._schedule_encoding import encoding_rows
 
 finite = dict(allow_nan=False, allow_infinity=False)

@@ -1,6 +1,5 @@
-"""One op per optimizer step and scheduler step (note [One op per step]): the count, torch's
-last_epoch semantics with the scheduler's step deferred into the optimizer's op, the sequence
-numbers that make a replayed call apply a deferred step once, and the eager table's fallbacks."""
+"""The planner and the binding (lrfused/_planner.py, lrfused/_binding.py): one op per step for every
+group and dtype, scheduler steps deferred into it, the eager table, the flush and its handle."""
 
 import copy
 import random
@@ -12,10 +11,10 @@ from torch.optim import lr_scheduler as T
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrfused
-from lrfused import _ops, _rules, _step_plan, schedules
+from helpers import max_relative_error
+from lrfused import _ops
 from lrfused import lr_scheduler as L
 from lrfused.optim import binding_of
-from helpers import max_relative_error
 
 
 class CountLrfusedOps(TorchDispatchMode):
@@ -146,63 +145,6 @@ def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
                                                                   rel=1e-12)
     for a, b in zip(ours, theirs):
         assert max_relative_error(a, b) < 1e-5
-
-
-def test_a_replayed_call_applies_its_deferred_steps_once():
-    """What a CUDA graph replay does to a captured call: the same arguments again. The deferred
-    steps it carries apply the first time only; the optimizer update applies each time."""
-    words = torch.tensor(_rules.held(0.1) + _rules.held(0.2), dtype=torch.float64)
-    rules = torch.tensor(_rules.indexed(_rules.chain(schedules.Exponential(0.1, 0.5))
-                                        + _rules.chain(schedules.Exponential(0.2, 0.5)), 2), dtype=torch.float64)
-    clock = torch.zeros((), dtype=torch.int64)
-    applied = torch.zeros((), dtype=torch.int64)
-    pending = torch.tensor([0, 0], dtype=torch.int64)  # the first step's sequence number, its clock slot
-    p, g = torch.ones(3), torch.full((3,), 0.5)
-    m, v, step = torch.zeros(3), torch.zeros(3), torch.zeros((), dtype=torch.int64)
-    rows = torch.tensor([[0, 1, 0, 0, 0, 0.9, 0.999, 1e-8, 0.0, 0]], dtype=torch.float64)
-    for call in range(3):
-        torch.ops.lrfused.adam_step_([p], [g], [m], [v], [], [step], rows, words, [clock], [rules], applied, pending)
-        assert words.tolist()[2::4] == pytest.approx([0.05, 0.1], rel=1e-15), call
-        assert (int(clock), int(applied), int(step)) == (1, 1, call + 1)
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_the_op_matches_its_reference_with_deferred_steps(seed):
-    rng = random.Random(seed)
-    groups = rng.randint(1, 3)
-    words = torch.tensor([w for g in range(groups) for w in _rules.held(rng.uniform(0.01, 0.1))], dtype=torch.float64)
-    kinds = [lambda: schedules.Exponential(1.0, 0.9), lambda: schedules.Step(1.0, 2, 0.5),
-             lambda: schedules.Cosine(1.0, 10, 0.01)]
-    rule_lists = []
-    for _ in range(rng.randint(1, 4)):
-        nodes = [w for _ in range(groups) for w in rng.choice([_rules.chain, _rules.set_])(rng.choice(kinds)())]
-        rule_lists.append(torch.tensor(_rules.indexed(nodes, groups), dtype=torch.float64))
-    clock_count = min(2, len(rule_lists))
-    slots = [rng.randrange(clock_count) for _ in rule_lists]
-    torch.manual_seed(seed)
-    shapes = [(rng.randint(1, 50),) for _ in range(groups)]
-    params = [torch.randn(s) for s in shapes]
-    grads = [torch.randn(s) for s in shapes]
-    rows = torch.tensor([[g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED]
-                         for g in range(groups)], dtype=torch.float64)
-
-    def run(op):
-        state = dict(p=[x.clone() for x in params], m=[torch.zeros(s) for s in shapes],
-                     v=[torch.zeros(s) for s in shapes], steps=[torch.zeros((), dtype=torch.int64) for _ in shapes],
-                     words=words.clone(), clocks=[torch.tensor(3), torch.tensor(5)][:clock_count], applied=torch.tensor(2))
-        pending = torch.tensor([2] + slots, dtype=torch.int64)
-        op(state["p"], [x.clone() for x in grads], state["m"], state["v"], [], state["steps"], rows, state["words"],
-           state["clocks"], rule_lists, state["applied"], pending)
-        return state
-
-    ours, reference = run(torch.ops.lrfused.adam_step_), run(lrfused._reference.adam_step_)
-    assert torch.allclose(ours["words"], reference["words"], rtol=1e-14, atol=0, equal_nan=True)
-    assert [int(c) for c in ours["clocks"]] == [int(c) for c in reference["clocks"]]
-    assert int(ours["applied"]) == int(reference["applied"]) == 2 + len(rule_lists)
-    # The tolerance of the other op-vs-reference tests: the reference orders a few operations
-    # differently, which moves a float32 element by an ulp or so.
-    for a, b in zip(ours["p"] + ours["m"] + ours["v"], reference["p"] + reference["m"] + reference["v"]):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_the_table_follows_params_whose_data_is_replaced():
