@@ -5,9 +5,9 @@ CUDA-graph capturable, no recompilation under torch.compile when the lr changes.
 """
 
 from . import lr_scheduler, schedules
-from .finder import LRFinder
 from ._ops import has_cuda_kernels, has_kernels
 from ._version import __version__
+from .finder import LRFinder
 from .optim import FusedScheduledAdam, FusedScheduledAdamW
 
 __all__ = [

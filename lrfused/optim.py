@@ -14,7 +14,7 @@ from torch.optim import Optimizer
 
 from . import _ops, _torch_compat
 from ._binding import Binding
-from ._planner import StepPlanner, check_param, local_tensor
+from ._planner import StepPlanner, check_param
 from .schedules import Schedule
 
 __all__ = ["FusedScheduledAdam", "FusedScheduledAdamW", "binding_of"]

@@ -17,8 +17,8 @@ from .. import _rules, _torch_compat
 from .. import _schedule_encoding as E
 from .. import schedules as S
 from ..schedules._checks import positive_int
-from ._docs import torch_doc_and_note
 from ._device import OnDevice, check_finite_arguments, unchanged_if_refused, unwrap_optimizer
+from ._docs import torch_doc_and_note
 
 
 def _horizon(value) -> int | None:

@@ -7,8 +7,8 @@ from torch.optim import lr_scheduler as torch_schedulers
 
 from .. import _rules, _torch_compat
 from ..optim import binding_of
-from ._docs import torch_doc_and_note
 from ._device import OnDevice, children_on_host, drives_device, unchanged_if_refused, unwrap_optimizer
+from ._docs import torch_doc_and_note
 
 
 @torch_doc_and_note

@@ -11,8 +11,8 @@ from torch.optim import lr_scheduler as torch_schedulers
 from .. import _torch_compat
 from .._binding import is_published
 from ..optim import binding_of
-from ._docs import torch_doc_and_note
 from ._device import device_side, drives_device, unchanged_if_refused, unwrap_optimizer
+from ._docs import torch_doc_and_note
 
 _DEVICE_STATE = ("best", "num_bad_epochs", "cooldown_counter")
 

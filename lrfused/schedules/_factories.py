@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from . import _nodes as nodes
 from ._checks import non_negative_int, positive_int
 from ._layout import CYCLIC_EXP_RANGE, CYCLIC_TRIANGULAR, CYCLIC_TRIANGULAR2
-from . import _nodes as nodes
 from ._nodes import Schedule
 
 
