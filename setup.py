@@ -40,7 +40,13 @@ def extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx_flags = ["-O0", "-g"] if debug else ["-O3"]
     if sanitize:
-        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+        cxx_flags = [
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+        ]
     # The C++ standard is left to torch's extension tools, which know what its headers need.
     # Py_LIMITED_API is defined by torch's extension tools (py_limited_api=True).
     cxx_flags += ["-ffp-contract=off"]
@@ -56,10 +62,12 @@ def extension():
         # --fmad=false: no contraction into fused multiply-adds, the rule of the CPU build
         # (-ffp-contract=off), so that float32 results are bit-identical between the two kernels.
         extra["nvcc"] = ["-O3", "-lineinfo", "--fmad=false"]
-        return cpp_extension.CUDAExtension("lrfused._C", sources, extra_compile_args=extra,
-                                           extra_link_args=link_flags, py_limited_api=True)
-    return cpp_extension.CppExtension("lrfused._C", sources, extra_compile_args=extra, extra_link_args=link_flags,
-                                      py_limited_api=True)
+        return cpp_extension.CUDAExtension(
+            "lrfused._C", sources, extra_compile_args=extra, extra_link_args=link_flags, py_limited_api=True
+        )
+    return cpp_extension.CppExtension(
+        "lrfused._C", sources, extra_compile_args=extra, extra_link_args=link_flags, py_limited_api=True
+    )
 
 
 setup(

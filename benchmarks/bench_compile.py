@@ -68,8 +68,9 @@ def graph_cases():
         "torch AdamW (for-loop), lr written by hand": lambda m: _with(torch_adamw(m), HandWrittenCosine),
         "lrfused AdamW, lr written by hand": lambda m: _with(fused_adamw(m), HandWrittenCosine),
         "torch AdamW (for-loop) + CosineAnnealingLR": lambda m: _with(torch_adamw(m), cosine(torch_schedulers)),
-        "torch AdamW(foreach=True) + CosineAnnealingLR":
-            lambda m: _with(torch_adamw(m, foreach=True), cosine(torch_schedulers)),
+        "torch AdamW(foreach=True) + CosineAnnealingLR": lambda m: _with(
+            torch_adamw(m, foreach=True), cosine(torch_schedulers)
+        ),
         "torch AdamW (for-loop) + OneCycleLR": lambda m: _with(torch_adamw(m), one_cycle(torch_schedulers)),
         "lrfused AdamW + CosineAnnealingLR": lambda m: _with(fused_adamw(m), cosine(fused_schedulers)),
         "lrfused AdamW + OneCycleLR": lambda m: _with(fused_adamw(m), one_cycle(fused_schedulers)),
@@ -111,8 +112,12 @@ def count_ops(groups: int, dtypes: tuple[torch.dtype, ...]) -> dict:
     names = [event.name for event in profiler.events()]
     # The eager step runs table_step_ (or adam_step_), whichever it is, one per device.
     step_ops = sum(names.count(f"lrfused::{op}") for op in ("table_step_", "adam_step_"))
-    return {"groups": groups, "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
-            "step_ops": step_ops, "advance_lr_": names.count("lrfused::advance_lr_")}
+    return {
+        "groups": groups,
+        "dtypes": [str(d).removeprefix("torch.") for d in dtypes],
+        "step_ops": step_ops,
+        "advance_lr_": names.count("lrfused::advance_lr_"),
+    }
 
 
 def main() -> None:
@@ -122,27 +127,43 @@ def main() -> None:
     args = parser.parse_args()
 
     graphs = {name: count_graphs(build, args.steps) for name, build in graph_cases().items()}
-    print(f"\nGraphs compiled by torch.compile(opt.step) over {args.steps} steps, the scheduler stepped "
-          f"after each (torch {torch.__version__}, backend {BACKEND}):")
+    print(
+        f"\nGraphs compiled by torch.compile(opt.step) over {args.steps} steps, the scheduler stepped "
+        f"after each (torch {torch.__version__}, backend {BACKEND}):"
+    )
     print(f"{'optimizer + scheduler':<48} {'graphs':>6}")
     for name, result in graphs.items():
         print(f"{name:<48} {result['graphs']:>6}")
 
-    ops = [count_ops(g, d) for g, d in ((1, (torch.float32,)), (2, (torch.float32,)),
-                                         (2, (torch.float32, torch.bfloat16)))]
-    print("\nlrfused ops in one optimizer.step() + scheduler.step() (CosineAnnealingLR, CPU; on CUDA each is "
-          "a launch):")
+    ops = [
+        count_ops(g, d) for g, d in ((1, (torch.float32,)), (2, (torch.float32,)), (2, (torch.float32, torch.bfloat16)))
+    ]
+    print(
+        "\nlrfused ops in one optimizer.step() + scheduler.step() (CosineAnnealingLR, CPU; on CUDA each is a launch):"
+    )
     print(f"{'groups':>6} {'dtypes':<20} {'step op':>8} {'advance_lr_':>11} {'total':>6}")
     for row in ops:
-        print(f"{row['groups']:>6} {'+'.join(row['dtypes']):<20} {row['step_ops']:>8} {row['advance_lr_']:>11} "
-              f"{row['step_ops'] + row['advance_lr_']:>6}")
+        print(
+            f"{row['groups']:>6} {'+'.join(row['dtypes']):<20} {row['step_ops']:>8} {row['advance_lr_']:>11} "
+            f"{row['step_ops'] + row['advance_lr_']:>6}"
+        )
 
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = os.path.join(args.out, f"compile-counts-{stamp}.json")
     with open(path, "w") as out:
-        json.dump({"torch": torch.__version__, "python": platform.python_version(), "backend": BACKEND,
-                   "steps": args.steps, "graphs": graphs, "ops_per_step": ops}, out, indent=2)
+        json.dump(
+            {
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "backend": BACKEND,
+                "steps": args.steps,
+                "graphs": graphs,
+                "ops_per_step": ops,
+            },
+            out,
+            indent=2,
+        )
     print(f"\nwrote {path}")
 
 

@@ -1,7 +1,7 @@
 """CPU benchmark: one optimizer+scheduler step of lrfused against torch.optim.Adam (fused and
-foreach), each with a CosineAnnealingLR, in float32 and float64, plus in-place streaming ops as the machine's ceiling; the
-host cost per tensor (many small tensors against one tensor of the same size); and the lrfused ops
-one optimizer step and scheduler step make.
+foreach), each with a CosineAnnealingLR, in float32 and float64, plus in-place streaming ops as
+the machine's ceiling; the host cost per tensor (many small tensors against one tensor of the
+same size); and the lrfused ops one optimizer step and scheduler step make.
 
     python benchmarks/bench_cpu.py [--repeats 30] [--out benchmarks/results]
 
@@ -67,13 +67,16 @@ def contenders():
     return {
         "lrfused FusedScheduledAdam + lrfused CosineAnnealingLR": (
             lambda ps: lrfused.FusedScheduledAdam(ps, lr=1e-3),
-            lambda opt: fused_schedulers.CosineAnnealingLR(opt, **cosine)),
+            lambda opt: fused_schedulers.CosineAnnealingLR(opt, **cosine),
+        ),
         "torch Adam(fused=True) + CosineAnnealingLR": (
             lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True),
-            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine)),
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine),
+        ),
         "torch Adam(foreach=True) + CosineAnnealingLR": (
             lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True),
-            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine)),
+            lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, **cosine),
+        ),
     }
 
 
@@ -99,8 +102,14 @@ def bench_case(label: str, shapes, repeats: int, dtype=torch.float32) -> dict:
     baseline = rows["torch Adam(fused=True) + CosineAnnealingLR"]["ms_per_step"]
     for row in rows.values():
         row["ratio_vs_torch_fused"] = row["ms_per_step"] / baseline
-    return {"case": label, "dtype": str(dtype).removeprefix("torch."), "bytes_per_param": bytes_per_param(dtype),
-            "tensors": len(shapes), "params": numel, "results": rows}
+    return {
+        "case": label,
+        "dtype": str(dtype).removeprefix("torch."),
+        "bytes_per_param": bytes_per_param(dtype),
+        "tensors": len(shapes),
+        "params": numel,
+        "results": rows,
+    }
 
 
 def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
@@ -110,14 +119,21 @@ def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
     rows = []
     for count, size in cases:
         row = {"case": f"{count} x {size}", "tensors": count, "elements": count * size}
-        for name in ("lrfused FusedScheduledAdam + lrfused CosineAnnealingLR",
-                     "torch Adam(fused=True) + CosineAnnealingLR"):
+        for name in (
+            "lrfused FusedScheduledAdam + lrfused CosineAnnealingLR",
+            "torch Adam(fused=True) + CosineAnnealingLR",
+        ):
             make_optimizer, make_scheduler = contenders()[name]
             samples = repeats if size > 1 else 5 * repeats
-            seconds = {layout: step_seconds(make_optimizer, make_scheduler, shapes, samples)
-                       for layout, shapes in (("many", [(size,)] * count), ("one", [(count * size,)]))}
-            row[name] = {"us_many": seconds["many"] * 1e6, "us_one": seconds["one"] * 1e6,
-                         "many_over_one": seconds["many"] / seconds["one"]}
+            seconds = {
+                layout: step_seconds(make_optimizer, make_scheduler, shapes, samples)
+                for layout, shapes in (("many", [(size,)] * count), ("one", [(count * size,)]))
+            }
+            row[name] = {
+                "us_many": seconds["many"] * 1e6,
+                "us_one": seconds["one"] * 1e6,
+                "many_over_one": seconds["many"] / seconds["one"],
+            }
         rows.append(row)
     return rows
 
@@ -147,8 +163,7 @@ def ops_per_step() -> list[dict]:
             with _CountOps() as counter:
                 optimizer.step()
                 scheduler.step()
-        rows.append({"groups": groups, "dtypes": [str(d).replace("torch.", "") for d in dtypes],
-                     "ops": counter.names})
+        rows.append({"groups": groups, "dtypes": [str(d).replace("torch.", "") for d in dtypes], "ops": counter.names})
     return rows
 
 
@@ -184,8 +199,7 @@ def main() -> None:
             bench_case(f"(a) one tensor of {big} fp32", [(big,)], args.repeats),
             bench_case(f"(b) {many[0]} tensors of {many[1]} fp32", [(many[1],)] * many[0], args.repeats),
             bench_case(f"(c) one tensor of {big} fp64", [(big,)], args.repeats, torch.float64),
-            bench_case(f"(d) {many[0]} tensors of {many[1]} fp64", [(many[1],)] * many[0], args.repeats,
-                       torch.float64),
+            bench_case(f"(d) {many[0]} tensors of {many[1]} fp64", [(many[1],)] * many[0], args.repeats, torch.float64),
         ],
         "host_overhead": bench_host_overhead(args.repeats, args.small),
         "ops_per_step": ops_per_step(),
@@ -201,16 +215,20 @@ def main() -> None:
         print(f"  {'contender':<58} {'ms/step':>9} {'GB/s':>7} {'vs torch fused':>15} {'% of streaming':>15}")
         for name, row in case["results"].items():
             row["fraction_of_best_streaming"] = row["GB_per_s"] / best_stream
-            print(f"  {name:<58} {row['ms_per_step']:9.3f} {row['GB_per_s']:7.2f} "
-                  f"{row['ratio_vs_torch_fused']:14.2f}x {100 * row['fraction_of_best_streaming']:14.0f}%")
+            print(
+                f"  {name:<58} {row['ms_per_step']:9.3f} {row['GB_per_s']:7.2f} "
+                f"{row['ratio_vs_torch_fused']:14.2f}x {100 * row['fraction_of_best_streaming']:14.0f}%"
+            )
 
     print("\nhost cost per tensor: a step of N tensors over a step of one tensor of the same size")
     print(f"  {'case':<12} {'contender':<58} {'us (N)':>10} {'us (one)':>10} {'N / one':>8}")
     for row in report["host_overhead"]:
         for name, values in row.items():
             if isinstance(values, dict):
-                print(f"  {row['case']:<12} {name:<58} {values['us_many']:10.1f} {values['us_one']:10.1f} "
-                      f"{values['many_over_one']:7.2f}x")
+                print(
+                    f"  {row['case']:<12} {name:<58} {values['us_many']:10.1f} {values['us_one']:10.1f} "
+                    f"{values['many_over_one']:7.2f}x"
+                )
     print("\nlrfused ops per optimizer step + scheduler step")
     for row in report["ops_per_step"]:
         print(f"  {row['groups']} group(s) x {'+'.join(row['dtypes']):<18} {len(row['ops'])} op(s): {row['ops']}")

@@ -41,8 +41,24 @@ from lrfused import lr_scheduler as fused_schedulers
 
 GPT2_124M_SHAPES = (
     [(50257, 768), (1024, 768)]
-    + [shape for _ in range(12) for shape in [(768,), (768,), (2304, 768), (2304,), (768, 768), (768,), (768,), (768,),
-                                              (3072, 768), (3072,), (768, 3072), (768,)]]
+    + [
+        shape
+        for _ in range(12)
+        for shape in [
+            (768,),
+            (768,),
+            (2304, 768),
+            (2304,),
+            (768, 768),
+            (768,),
+            (768,),
+            (768,),
+            (3072, 768),
+            (3072,),
+            (768, 3072),
+            (768,),
+        ]
+    ]
     + [(768,), (768,)]
 )
 LLAMA2_7B_LAYER_SHAPES = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008), (4096,), (4096,)]
@@ -188,11 +204,15 @@ CONTENDERS = {
 
 def cases(env: Env, quick: bool) -> dict[str, tuple[list[tuple[int, ...]], torch.dtype]]:
     if env.dry_run:
-        return {"one tensor fp32": ([(4096,)], torch.float32), "GPT-2 shapes / 64 bf16": (
-            [tuple(max(1, d // 64) for d in s) for s in GPT2_124M_SHAPES], torch.bfloat16)}
+        return {
+            "one tensor fp32": ([(4096,)], torch.float32),
+            "GPT-2 shapes / 64 bf16": ([tuple(max(1, d // 64) for d in s) for s in GPT2_124M_SHAPES], torch.bfloat16),
+        }
     if quick:
-        return {"one 2^20 fp32 tensor": ([(1 << 20,)], torch.float32),
-                "100 x 4096 fp32": ([(4096,)] * 100, torch.float32)}
+        return {
+            "one 2^20 fp32 tensor": ([(1 << 20,)], torch.float32),
+            "100 x 4096 fp32": ([(4096,)] * 100, torch.float32),
+        }
     # One fp32 tensor as large as fits: 4 arrays of it (p, g, m, v) at most a third of free memory.
     free, _ = torch.cuda.mem_get_info()
     largest = min(1 << 30, int(free / 3 / 16) // 65536 * 65536)
@@ -227,8 +247,11 @@ def profile_step(env, steps: list[Callable[[], None]], count: int) -> tuple[floa
             steps[i % len(steps)]()
         env.synchronize()
     events = profiler.events()
-    launches = sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-                   and not getattr(e, "is_user_annotation", False))
+    launches = sum(
+        1
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    )
     # The profiler's own final synchronize is not the step's.
     syncs = sum(1 for e in events if e.name in SYNC_CALLS) - (0 if env.dry_run else 1)
     return launches / count, max(syncs, 0) / count
@@ -259,8 +282,12 @@ def time_contender(env, make_step, shapes, dtype, copies, repeats, steps_per_sam
     sets.clear()
     if not env.dry_run:
         torch.cuda.empty_cache()
-    return {"ms_per_step": statistics.median(device_s) * 1e3, "host_us_per_step": statistics.median(host_s) * 1e6,
-            "launches_per_step": launches, "syncs_per_step": syncs}
+    return {
+        "ms_per_step": statistics.median(device_s) * 1e3,
+        "host_us_per_step": statistics.median(host_s) * 1e6,
+        "launches_per_step": launches,
+        "syncs_per_step": syncs,
+    }
 
 
 def main() -> None:
@@ -278,8 +305,15 @@ def main() -> None:
     name = "dry run on the CPU" if env.dry_run else torch.cuda.get_device_properties(0).name
     l2_bytes = 1 << 20 if env.dry_run else getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
     bandwidth = copy_bandwidth(env, repeats)
-    report = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "lrfused": lrfused.__version__,
-              "date": datetime.date.today().isoformat(), "copy_bandwidth_GB_per_s": bandwidth, "cases": []}
+    report = {
+        "gpu": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "lrfused": lrfused.__version__,
+        "date": datetime.date.today().isoformat(),
+        "copy_bandwidth_GB_per_s": bandwidth,
+        "cases": [],
+    }
     wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
     for label, (shapes, dtype) in cases(env, args.quick).items():
         if wanted and not any(w in label for w in wanted):
@@ -294,27 +328,46 @@ def main() -> None:
             row["GB_per_s"] = per_param * numel / (row["ms_per_step"] / 1e3) / 1e9
             row["percent_of_copy"] = 100 * row["GB_per_s"] / bandwidth
             rows[contender] = row
-            print(f"{label}: {contender}: {row['ms_per_step']:.3f} ms, {row['host_us_per_step']:.0f} µs host",
-                  flush=True)
+            print(
+                f"{label}: {contender}: {row['ms_per_step']:.3f} ms, {row['host_us_per_step']:.0f} µs host", flush=True
+            )
         for row in rows.values():
             row["gpu_time_vs_i"] = row["ms_per_step"] / rows[BASELINE]["ms_per_step"]
             row["host_time_vs_i"] = row["host_us_per_step"] / rows[BASELINE]["host_us_per_step"]
-        report["cases"].append({"case": label, "params": numel, "tensors": len(shapes), "dtype": str(dtype),
-                                "bytes_per_param": per_param, "copies_rotated": copies, "results": rows})
+        report["cases"].append(
+            {
+                "case": label,
+                "params": numel,
+                "tensors": len(shapes),
+                "dtype": str(dtype),
+                "bytes_per_param": per_param,
+                "copies_rotated": copies,
+                "results": rows,
+            }
+        )
 
-    lines = [f"# lrfused CUDA benchmark: {report['gpu']}, torch {report['torch']}, CUDA {report['cuda']}, "
-             f"{report['date']}", "",
-             f"Device-to-device copy bandwidth measured in the same run: {bandwidth:.0f} GB/s. "
-             "Ratios are against (i), measured in the same run.", ""]
+    lines = [
+        f"# lrfused CUDA benchmark: {report['gpu']}, torch {report['torch']}, CUDA {report['cuda']}, {report['date']}",
+        "",
+        f"Device-to-device copy bandwidth measured in the same run: {bandwidth:.0f} GB/s. "
+        "Ratios are against (i), measured in the same run.",
+        "",
+    ]
     for case in report["cases"]:
-        lines += [f"## {case['case']} ({case['params']:,} params in {case['tensors']} tensors, "
-                  f"{case['bytes_per_param']} B/param)", "",
-                  "| contender | GPU ms/step | vs (i) | % of copy | host µs/step | host vs (i) | launches/step | syncs/step |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {case['case']} ({case['params']:,} params in {case['tensors']} tensors, "
+            f"{case['bytes_per_param']} B/param)",
+            "",
+            "| contender | GPU ms/step | vs (i) | % of copy | host µs/step | host vs (i) | launches/step "
+            "| syncs/step |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for contender, r in case["results"].items():
-            lines.append(f"| {contender} | {r['ms_per_step']:.3f} | {r['gpu_time_vs_i']:.2f}x | "
-                         f"{r['percent_of_copy']:.0f}% | {r['host_us_per_step']:.0f} | {r['host_time_vs_i']:.2f}x | "
-                         f"{r['launches_per_step']:.1f} | {r['syncs_per_step']:.1f} |")
+            lines.append(
+                f"| {contender} | {r['ms_per_step']:.3f} | {r['gpu_time_vs_i']:.2f}x | "
+                f"{r['percent_of_copy']:.0f}% | {r['host_us_per_step']:.0f} | {r['host_time_vs_i']:.2f}x | "
+                f"{r['launches_per_step']:.1f} | {r['syncs_per_step']:.1f} |"
+            )
         lines.append("")
     table = "\n".join(lines)
     print(table)

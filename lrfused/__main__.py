@@ -47,9 +47,15 @@ def bench(args: argparse.Namespace) -> None:
 def _demo_config(args: argparse.Namespace):
     from .demo import DemoConfig
 
-    return DemoConfig(steps=args.steps, device=args.device, out=args.out, schedule=args.schedule,
-                      finder_iters=args.finder_iters, graph=getattr(args, "graph", False),
-                      progress=not args.no_progress)
+    return DemoConfig(
+        steps=args.steps,
+        device=args.device,
+        out=args.out,
+        schedule=args.schedule,
+        finder_iters=args.finder_iters,
+        graph=getattr(args, "graph", False),
+        progress=not args.no_progress,
+    )
 
 
 def demo(args: argparse.Namespace) -> None:
@@ -72,14 +78,16 @@ def _demo_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--out", default=defaults.out, help="folder for the figures and results.json")
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
-    parser.add_argument("--finder-iters", type=int, default=defaults.finder_iters,
-                        help="iterations of the LR range test")
+    parser.add_argument(
+        "--finder-iters", type=int, default=defaults.finder_iters, help="iterations of the LR range test"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lrfused", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lrfused", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="train side by side with stock PyTorch (see above)")
     _demo_options(demo_parser)

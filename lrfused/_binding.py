@@ -246,7 +246,7 @@ class Binding:
             self.sequence += 1
         else:
             self.flush()
-            _ops.advance_lr_(self.buffers[self.primary], clock, rules[self.group_count:], epoch)
+            _ops.advance_lr_(self.buffers[self.primary], clock, rules[self.group_count :], epoch)
         for index, beta1 in enumerate(beta1_from):
             if beta1 is not None and self._beta1_arg[index] is None:
                 self._beta1_arg[index] = beta1
@@ -272,9 +272,21 @@ class Binding:
         """Applies the deferred steps now (the step op with no tensors: one launch)."""
         if not self.deferred_rules:
             return
-        _ops.adam_step_([], [], [], [], [], [], _step_plan.NO_BUCKETS, self.buffers[self.primary],
-                        self.deferred_clocks, self.deferred_rules, self.applied, self.pending,
-                        handle=self.flush_handle)
+        _ops.adam_step_(
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+            _step_plan.NO_BUCKETS,
+            self.buffers[self.primary],
+            self.deferred_clocks,
+            self.deferred_rules,
+            self.applied,
+            self.pending,
+            handle=self.flush_handle,
+        )
         self.deferred_done()
 
     def record(self, groups: list[dict[str, Any]]) -> None:
@@ -298,7 +310,6 @@ class Binding:
         group["lr"] = lr
         self._seen_lr[index] = lr
 
-
     def drives_beta1(self, index: int) -> bool:
         """Whether a device schedule drives group ``index``'s beta1 (its host value is a mirror;
         the kernel checks the device value)."""
@@ -313,8 +324,7 @@ class Binding:
 
     def snapshot(self) -> tuple[Tensor, list[Any], list[Any], list[float | None]]:
         self.flush()
-        return (self.buffers[self.primary].clone(), list(self._seen_lr), list(self._seen_betas),
-                list(self._beta1_arg))
+        return (self.buffers[self.primary].clone(), list(self._seen_lr), list(self._seen_betas), list(self._beta1_arg))
 
     def restore(self, snapshot: tuple[Tensor, list[Any], list[Any], list[float | None]]) -> None:
         words, seen_lr, seen_betas, beta1_arg = snapshot

@@ -21,12 +21,15 @@ def _why_not_loaded(error: ImportError) -> str:
     except (ImportError, ValueError):
         spec = None
     if spec is None or spec.origin is None:
-        return (f"no compiled extension lrfused/_C*.so in {here}: the package was installed or copied without "
-                "building it")
+        return (
+            f"no compiled extension lrfused/_C*.so in {here}: the package was installed or copied without building it"
+        )
     message = str(error) or type(error).__name__
     if "undefined symbol" in message or "version" in message.lower():
-        return (f"{spec.origin} does not match the running torch {torch.__version__} (built against another "
-                f"torch or Python?): {message}")
+        return (
+            f"{spec.origin} does not match the running torch {torch.__version__} (built against another "
+            f"torch or Python?): {message}"
+        )
     return f"{spec.origin} failed to load: {message}"
 
 
@@ -93,23 +96,66 @@ def adam_step_(
     (note [One op per step] in csrc/common/step_plan.h). ``buckets`` has one row per step counter,
     laid out as :mod:`lrfused._step_plan` says."""
     op = torch.ops.lrfused.adam_step_ if _LOAD_ERROR is None else _reference.adam_step_
-    op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules, applied, pending,
-       grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle)
+    op(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        buckets,
+        words,
+        clocks,
+        rules,
+        applied,
+        pending,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        invalid_steps=invalid_steps,
+        handle=handle,
+    )
 
 
-def table_step_(table: torch.Tensor, buckets: torch.Tensor, steps: list[torch.Tensor], words: torch.Tensor,
-                clocks: list[torch.Tensor], rules: list[torch.Tensor], applied: torch.Tensor, pending: torch.Tensor, *,
-                grad_scale: torch.Tensor | None = None, found_inf: torch.Tensor | None = None,
-                invalid_steps: torch.Tensor | None = None) -> bool:
+def table_step_(
+    table: torch.Tensor,
+    buckets: torch.Tensor,
+    steps: list[torch.Tensor],
+    words: torch.Tensor,
+    clocks: list[torch.Tensor],
+    rules: list[torch.Tensor],
+    applied: torch.Tensor,
+    pending: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    invalid_steps: torch.Tensor | None = None,
+) -> bool:
     """:func:`adam_step_` from the tensors the table holds, the grads read in C++ (note [Step
     tables] in csrc/step_table.h); False, with nothing changed, when the grads no longer match."""
-    return torch.ops.lrfused.table_step_(table, buckets, steps, words, clocks, rules, applied, pending,
-                                         grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps)
+    return torch.ops.lrfused.table_step_(
+        table,
+        buckets,
+        steps,
+        words,
+        clocks,
+        rules,
+        applied,
+        pending,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        invalid_steps=invalid_steps,
+    )
 
 
-def set_step_table(table: torch.Tensor, sources: list[torch.Tensor], params: list[torch.Tensor],
-                   exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor], max_exp_avg_sqs: list[torch.Tensor],
-                   watched: list[torch.Tensor]) -> None:
+def set_step_table(
+    table: torch.Tensor,
+    sources: list[torch.Tensor],
+    params: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    watched: list[torch.Tensor],
+) -> None:
     torch.ops.lrfused.set_step_table(table, sources, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, watched)
 
 
@@ -163,8 +209,25 @@ def step_encoding() -> dict[str, int]:
 if _LOAD_ERROR is None:
 
     @torch.library.register_fake("lrfused::adam_step_")
-    def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules,
-                        applied, pending, *, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
+    def _adam_step_fake(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        buckets,
+        words,
+        clocks,
+        rules,
+        applied,
+        pending,
+        *,
+        grad_scale=None,
+        found_inf=None,
+        invalid_steps=None,
+        handle=None,
+    ) -> None:
         # Mutates its inputs in place and returns nothing: no new tensors to describe.
         return None
 

@@ -61,10 +61,19 @@ class StepPlanner:
 
     # --- one step ----------------------------------------------------------------------------------
 
-    def run(self, groups: list[dict[str, Any]], state: dict, binding: Binding, *, compiling: bool,
-            grad_scale: Tensor | None, found_inf: Tensor | None, invalid_counter: Callable[[torch.device], Tensor],
-            check_hyperparameters: Callable[[int, dict[str, Any]], None],
-            non_finite: Callable[[list[list[Tensor | None]], Tensor | None, Tensor | None], Tensor] | None) -> None:
+    def run(
+        self,
+        groups: list[dict[str, Any]],
+        state: dict,
+        binding: Binding,
+        *,
+        compiling: bool,
+        grad_scale: Tensor | None,
+        found_inf: Tensor | None,
+        invalid_counter: Callable[[torch.device], Tensor],
+        check_hyperparameters: Callable[[int, dict[str, Any]], None],
+        non_finite: Callable[[list[list[Tensor | None]], Tensor | None, Tensor | None], Tensor] | None,
+    ) -> None:
         """One step: the op call of each device for every group and dtype (note [One op per step]).
 
         ``check_hyperparameters(index, group)`` raises for a bad value (called when a group's values
@@ -96,9 +105,19 @@ class StepPlanner:
             found_inf = non_finite(all_grads, found_inf, grad_scale)
         if table is not None:
             clocks, rules, applied, pending = binding.deferred()
-            if _ops.table_step_(table.table, table.rows, table.steps, binding.buffers[table.device], clocks, rules,
-                                applied, pending, grad_scale=_on(grad_scale, table.device),
-                                found_inf=_on(found_inf, table.device), invalid_steps=invalid_counter(table.device)):
+            if _ops.table_step_(
+                table.table,
+                table.rows,
+                table.steps,
+                binding.buffers[table.device],
+                clocks,
+                rules,
+                applied,
+                pending,
+                grad_scale=_on(grad_scale, table.device),
+                found_inf=_on(found_inf, table.device),
+                invalid_steps=invalid_counter(table.device),
+            ):
                 binding.deferred_done()
                 return
             # The grads no longer match the table (note [Step tables]): a new plan, checked, and the
@@ -110,8 +129,9 @@ class StepPlanner:
             all_grads = _grads_of(groups)
         self._list_steps(calls, all_grads, binding, grad_scale, found_inf, invalid_counter)
 
-    def _list_steps(self, calls: list[DeviceStep], all_grads, binding: Binding, grad_scale, found_inf,
-                    invalid_counter) -> None:
+    def _list_steps(
+        self, calls: list[DeviceStep], all_grads, binding: Binding, grad_scale, found_inf, invalid_counter
+    ) -> None:
         """The calls of a step with the grads listed here: a compiled step, several devices, DTensor
         params, a param listed twice, a step just planned again."""
         if len(calls) != 1 or calls[0].device != binding.primary:
@@ -127,13 +147,29 @@ class StepPlanner:
                 clocks, rules, applied, pending = binding.deferred()
             else:
                 clocks, rules, (applied, pending) = [], [], self._no_deferred(device)
-            grads = [torch.view_as_real(local_tensor(all_grads[g][i])) if c else local_tensor(all_grads[g][i])
-                     for (g, i), c in zip(call.grad_of, call.complex_)]
+            grads = [
+                torch.view_as_real(local_tensor(all_grads[g][i])) if c else local_tensor(all_grads[g][i])
+                for (g, i), c in zip(call.grad_of, call.complex_)
+            ]
             exp_avgs, exp_avg_sqs, max_exp_avg_sqs = call.state_lists()
-            _ops.adam_step_(call.params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, call.steps, call.rows,
-                            binding.buffers[device], clocks, rules, applied, pending,
-                            grad_scale=_on(grad_scale, device), found_inf=_on(found_inf, device),
-                            invalid_steps=invalid_counter(device), handle=call.handle)
+            _ops.adam_step_(
+                call.params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                max_exp_avg_sqs,
+                call.steps,
+                call.rows,
+                binding.buffers[device],
+                clocks,
+                rules,
+                applied,
+                pending,
+                grad_scale=_on(grad_scale, device),
+                found_inf=_on(found_inf, device),
+                invalid_steps=invalid_counter(device),
+                handle=call.handle,
+            )
             if device == binding.primary:
                 binding.deferred_done()
 
@@ -141,8 +177,10 @@ class StepPlanner:
         """The `applied` and `pending` arguments of a call that carries no deferred step."""
         spare = self._spare_counters.get(device)
         if spare is None:
-            spare = self._spare_counters[device] = (torch.zeros((), dtype=torch.int64, device=device),
-                                                    torch.zeros(1, dtype=torch.int64))
+            spare = self._spare_counters[device] = (
+                torch.zeros((), dtype=torch.int64, device=device),
+                torch.zeros(1, dtype=torch.int64),
+            )
         return spare
 
     # --- plans and calls -----------------------------------------------------------------------------
@@ -213,8 +251,9 @@ class StepPlanner:
             key = (listing, p.device, p.dtype, id(param_state["step"]))
             bucket = by_key.get(key)
             if bucket is None:
-                bucket = by_key[key] = Bucket([], [], {name: [] for name in self.rule.all_states}, param_state["step"],
-                                              [], listing)
+                bucket = by_key[key] = Bucket(
+                    [], [], {name: [] for name in self.rule.all_states}, param_state["step"], [], listing
+                )
             bucket.indices.append(i)
             bucket.params.append(real(p))
             for name in wanted:
@@ -251,8 +290,12 @@ class StepPlanner:
         if any(bucket.listing for bucket in call.buckets):
             return
         plans = [self._plans[index] for index in range(len(groups))]
-        watched = [p for group, plan in zip(groups, plans)
-                   for p, has in zip(group["params"], plan.has_grad) if not has and p.device == call.device]
+        watched = [
+            p
+            for group, plan in zip(groups, plans)
+            for p, has in zip(group["params"], plan.has_grad)
+            if not has and p.device == call.device
+        ]
         call.table = _ops.new_handle()
         exp_avgs, exp_avg_sqs, max_exp_avg_sqs = call.state_lists()
         _ops.set_step_table(call.table, sources, call.params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, watched)
@@ -263,8 +306,10 @@ class StepPlanner:
         """The bucket rows, made again when a group's hyperparameters or program changed. A compiled
         step makes them every time, from values its guards already hold: comparing them with the
         cache would add a guard on the cache, which a new value changes after the graph is made."""
-        values = [self.rule.row_values(group, binding.beta1_for(index, group["betas"][0]), flags[index])
-                  for index, group in enumerate(groups)]
+        values = [
+            self.rule.row_values(group, binding.beta1_for(index, group["betas"][0]), flags[index])
+            for index, group in enumerate(groups)
+        ]
         calls = self._calls
         if not compiling and values == self._rows_made_from and all(call.rows is not None for call in calls):
             return
@@ -298,14 +343,16 @@ def check_param(p: Tensor, where: str) -> None:
         # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
         raise RuntimeError(
             f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
-            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)")
+            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)"
+        )
     if not (p.is_floating_point() or p.is_complex()):
         raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
     real = p.real.dtype if p.is_complex() else p.dtype
     if real not in KERNEL_DTYPES:
         raise TypeError(
             f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
-            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params")
+            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params"
+        )
 
 
 def match_param_layout(p: Tensor, state: dict[str, Any], names) -> None:

@@ -46,8 +46,23 @@ def _fail(message: str) -> None:
     raise RuntimeError(f"adam_step_: {message}")
 
 
-def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules,
-                         applied, pending, grad_scale, found_inf, invalid_steps) -> list[list[float]]:
+def check_adam_step_args(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    steps,
+    buckets,
+    words,
+    clocks,
+    rules,
+    applied,
+    pending,
+    grad_scale,
+    found_inf,
+    invalid_steps,
+) -> list[list[float]]:
     """The C++ op's argument checks (``gather_buckets``, ``check_step_tensor``, ``gather_deferred``
     in csrc/ops.cpp, ``set_amp`` in csrc/step_ops.cpp), with their messages: the reference refuses
     what the kernels refuse, before it changes anything. Returns the bucket rows as floats."""
@@ -55,12 +70,20 @@ def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
 
     n = len(params)
     if not (len(grads) == n and len(exp_avgs) == n and len(exp_avg_sqs) == n):
-        _fail(f"params, grads, exp_avgs and exp_avg_sqs must have the same length, got {n}, {len(grads)}, "
-              f"{len(exp_avgs)} and {len(exp_avg_sqs)}")
-    if not (buckets.dtype == torch.float64 and buckets.dim() == 2 and buckets.shape[1] == P.BUCKET_WORDS
-            and buckets.device.type == "cpu"):
-        _fail(f"buckets must be a contiguous CPU float64 tensor of {P.BUCKET_WORDS} words per bucket, got "
-              f"{buckets.dtype} of shape {list(buckets.shape)} on {buckets.device}")
+        _fail(
+            f"params, grads, exp_avgs and exp_avg_sqs must have the same length, got {n}, {len(grads)}, "
+            f"{len(exp_avgs)} and {len(exp_avg_sqs)}"
+        )
+    if not (
+        buckets.dtype == torch.float64
+        and buckets.dim() == 2
+        and buckets.shape[1] == P.BUCKET_WORDS
+        and buckets.device.type == "cpu"
+    ):
+        _fail(
+            f"buckets must be a contiguous CPU float64 tensor of {P.BUCKET_WORDS} words per bucket, got "
+            f"{buckets.dtype} of shape {list(buckets.shape)} on {buckets.device}"
+        )
     if not (words.dtype == torch.float64 and words.dim() == 1):
         _fail(f"words must be a contiguous 1-d float64 tensor, got {words.dtype} of shape {list(words.shape)}")
     rows = buckets.tolist()
@@ -69,12 +92,16 @@ def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
     bucket_of, begin = [], 0
     for b, (row, step) in enumerate(zip(rows, steps)):
         if step.dtype != torch.int64 or step.numel() != 1 or step.device != words.device:
-            _fail(f"steps[{b}] must be a one-element int64 tensor on {words.device}, got {step.dtype} with "
-                  f"{step.numel()} elements on {step.device}")
+            _fail(
+                f"steps[{b}] must be a one-element int64 tensor on {words.device}, got {step.dtype} with "
+                f"{step.numel()} elements on {step.device}"
+            )
         end = row[P.TENSOR_END]
         if row[P.TENSOR_BEGIN] != begin or not (begin <= end <= n and end == int(end)):
-            _fail(f"bucket {b} covers tensors [{row[P.TENSOR_BEGIN]}, {end}); the buckets must cover the {n} "
-                  "tensors in order")
+            _fail(
+                f"bucket {b} covers tensors [{row[P.TENSOR_BEGIN]}, {end}); the buckets must cover the {n} "
+                "tensors in order"
+            )
         if not math.isfinite(row[P.BETA1]):  # any finite beta1: note [Unusable schedule values]
             _fail(f"bucket {b}: invalid beta1: {row[P.BETA1]}")
         if not 0.0 <= row[P.BETA2] < 1.0:
@@ -89,8 +116,10 @@ def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
         if not (0 <= offset <= words.numel() - 2 and offset == int(offset)):
             _fail(f"bucket {b}: program offset {offset} is outside the {words.numel()} words")
         if int(flags) & P.FLAG_AMSGRAD and row[P.MAX_BEGIN] + (end - begin) > len(max_exp_avg_sqs):
-            _fail(f"bucket {b} (AMSGrad) needs max_exp_avg_sqs [{row[P.MAX_BEGIN]}, "
-                  f"{row[P.MAX_BEGIN] + (end - begin)}), but there are {len(max_exp_avg_sqs)}")
+            _fail(
+                f"bucket {b} (AMSGrad) needs max_exp_avg_sqs [{row[P.MAX_BEGIN]}, "
+                f"{row[P.MAX_BEGIN] + (end - begin)}), but there are {len(max_exp_avg_sqs)}"
+            )
         bucket_of += [b] * (int(end) - begin)
         begin = int(end)
     if begin != n:
@@ -108,30 +137,43 @@ def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
             if other.is_sparse:
                 _fail(f"sparse tensors are not supported ({name}[{i}])")
             if other.device != p.device or other.dtype != p.dtype or other.shape != p.shape:
-                _fail(f"{name}[{i}] is {other.dtype} {list(other.shape)} on {other.device} but params[{i}] is "
-                      f"{p.dtype} {list(p.shape)} on {p.device}")
+                _fail(
+                    f"{name}[{i}] is {other.dtype} {list(other.shape)} on {other.device} but params[{i}] is "
+                    f"{p.dtype} {list(p.shape)} on {p.device}"
+                )
         first = params[int(row[P.TENSOR_BEGIN])]
         if p.dtype != first.dtype:
             _fail(f"params[{i}] has dtype {p.dtype} but its bucket's first param has another")
     if len(rules) > P.MAX_DEFERRED_STEPS or len(clocks) > len(rules):
-        _fail(f"at most {P.MAX_DEFERRED_STEPS} deferred steps and one clock per step, got {len(rules)} rules and "
-              f"{len(clocks)} clocks")
+        _fail(
+            f"at most {P.MAX_DEFERRED_STEPS} deferred steps and one clock per step, got {len(rules)} rules and "
+            f"{len(clocks)} clocks"
+        )
     if applied.dtype != torch.int64 or applied.numel() != 1:
-        _fail(f"applied must be a one-element int64 tensor on {words.device}, got {applied.dtype} with "
-              f"{applied.numel()} elements on {applied.device}")
+        _fail(
+            f"applied must be a one-element int64 tensor on {words.device}, got {applied.dtype} with "
+            f"{applied.numel()} elements on {applied.device}"
+        )
     if pending.dtype != torch.int64 or pending.dim() != 1 or pending.numel() < 1 + len(rules):
-        _fail(f"pending must be a contiguous CPU int64 tensor of at least {1 + len(rules)} words (the first "
-              f"sequence number, then each step's clock), got {pending.dtype} of shape {list(pending.shape)} on "
-              f"{pending.device}")
-    for name, value, dtype in (("grad_scale", grad_scale, torch.float32), ("found_inf", found_inf, torch.float32),
-                               ("invalid_steps", invalid_steps, torch.int64)):
+        _fail(
+            f"pending must be a contiguous CPU int64 tensor of at least {1 + len(rules)} words (the first "
+            f"sequence number, then each step's clock), got {pending.dtype} of shape {list(pending.shape)} on "
+            f"{pending.device}"
+        )
+    for name, value, dtype in (
+        ("grad_scale", grad_scale, torch.float32),
+        ("found_inf", found_inf, torch.float32),
+        ("invalid_steps", invalid_steps, torch.int64),
+    ):
         if value is not None and (value.dtype != dtype or value.numel() != 1):
-            _fail(f"{name} must be a one-element {dtype} tensor on {words.device}, got {value.dtype} with "
-                  f"{value.numel()} elements on {value.device}")
+            _fail(
+                f"{name} must be a one-element {dtype} tensor on {words.device}, got {value.dtype} with "
+                f"{value.numel()} elements on {value.device}"
+            )
     for row in rows:
         # A malformed program raises, as the CPU op's validation does.
         offset = int(row[P.PROGRAM])
-        program = words[offset:offset + int(words[offset + 1])]
+        program = words[offset : offset + int(words[offset + 1])]
         if program.numel() < 2:
             _fail(f"the program at word {offset} is beyond the {words.numel()} words")
         try:
@@ -142,14 +184,46 @@ def check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, 
 
 
 @torch.no_grad()
-def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks, rules, applied,
-               pending, *, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
+def adam_step_(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    steps,
+    buckets,
+    words,
+    clocks,
+    rules,
+    applied,
+    pending,
+    *,
+    grad_scale=None,
+    found_inf=None,
+    invalid_steps=None,
+    handle=None,
+) -> None:
     """``lrfused::adam_step_`` (note [One op per step] in csrc/common/step_plan.h): the deferred
     scheduler steps on the host's floats, then each bucket as :func:`_bucket_step` steps it."""
     from . import _step_plan as P
 
-    rows = check_adam_step_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buckets, words, clocks,
-                                rules, applied, pending, grad_scale, found_inf, invalid_steps)
+    rows = check_adam_step_args(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        steps,
+        buckets,
+        words,
+        clocks,
+        rules,
+        applied,
+        pending,
+        grad_scale,
+        found_inf,
+        invalid_steps,
+    )
     old_words = words.tolist()
     group_count = len(old_words) // _rules.HELD_WORDS
     header = pending.tolist()
@@ -167,21 +241,39 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buc
         for g in range(group_count):
             base = g * _rules.HELD_WORDS
             new_words[base + _rules.HELD_LR], new_words[base + _rules.HELD_BETA1] = _rules.apply_group_rule(
-                indexed, group_count, g, clock_values[slot], new_words[base + _rules.HELD_LR],
-                new_words[base + _rules.HELD_BETA1])
+                indexed,
+                group_count,
+                g,
+                clock_values[slot],
+                new_words[base + _rules.HELD_LR],
+                new_words[base + _rules.HELD_BETA1],
+            )
         done = sequence + 1
     for row, step in zip(rows, steps):
         begin, end, max_begin = int(row[P.TENSOR_BEGIN]), int(row[P.TENSOR_END]), int(row[P.MAX_BEGIN])
         flags, offset, group = int(row[P.FLAGS]), int(row[P.PROGRAM]), int(row[P.GROUP])
         amsgrad = bool(flags & P.FLAG_AMSGRAD)
         source = new_words if group >= 0 else old_words
-        program = torch.tensor(source[offset:offset + int(source[offset + 1])], dtype=torch.float64)
-        _bucket_step(params[begin:end], grads[begin:end], exp_avgs[begin:end], exp_avg_sqs[begin:end],
-                     max_exp_avg_sqs[max_begin:max_begin + end - begin] if amsgrad else [], step, program,
-                     beta1=row[P.BETA1], beta2=row[P.BETA2], eps=row[P.EPS], weight_decay=row[P.WEIGHT_DECAY],
-                     decoupled_weight_decay=bool(flags & P.FLAG_DECOUPLED), amsgrad=amsgrad,
-                     maximize=bool(flags & P.FLAG_MAXIMIZE), grad_scale=grad_scale, found_inf=found_inf,
-                     invalid_steps=invalid_steps)
+        program = torch.tensor(source[offset : offset + int(source[offset + 1])], dtype=torch.float64)
+        _bucket_step(
+            params[begin:end],
+            grads[begin:end],
+            exp_avgs[begin:end],
+            exp_avg_sqs[begin:end],
+            max_exp_avg_sqs[max_begin : max_begin + end - begin] if amsgrad else [],
+            step,
+            program,
+            beta1=row[P.BETA1],
+            beta2=row[P.BETA2],
+            eps=row[P.EPS],
+            weight_decay=row[P.WEIGHT_DECAY],
+            decoupled_weight_decay=bool(flags & P.FLAG_DECOUPLED),
+            amsgrad=amsgrad,
+            maximize=bool(flags & P.FLAG_MAXIMIZE),
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+            invalid_steps=invalid_steps,
+        )
     if rules:
         words.copy_(torch.tensor(new_words, dtype=torch.float64))
         for clock, value in zip(clocks, clock_values):
@@ -189,8 +281,26 @@ def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, buc
         applied.fill_(done)
 
 
-def _bucket_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, schedule, *, beta1, beta2, eps,
-                 weight_decay, decoupled_weight_decay, amsgrad, maximize, grad_scale, found_inf, invalid_steps) -> None:
+def _bucket_step(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    step,
+    schedule,
+    *,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    decoupled_weight_decay,
+    amsgrad,
+    maximize,
+    grad_scale,
+    found_inf,
+    invalid_steps,
+) -> None:
     """One bucket's update at the lr its program gives at its step (arguments already checked)."""
     if len(params) == 0:
         return

@@ -33,8 +33,14 @@ HELD_LR = 2
 HELD_BETA1 = 3
 
 ENCODING = {
-    "rule.keep": RULE_KEEP, "rule.set": RULE_SET, "rule.chain": RULE_CHAIN, "rule.sequential": RULE_SEQUENTIAL,
-    "rule.count": RULE_COUNT, "held.words": HELD_WORDS, "held.lr": HELD_LR, "held.beta1": HELD_BETA1,
+    "rule.keep": RULE_KEEP,
+    "rule.set": RULE_SET,
+    "rule.chain": RULE_CHAIN,
+    "rule.sequential": RULE_SEQUENTIAL,
+    "rule.count": RULE_COUNT,
+    "held.words": HELD_WORDS,
+    "held.lr": HELD_LR,
+    "held.beta1": HELD_BETA1,
 }
 
 
@@ -88,7 +94,7 @@ def _chain_step(node: list[float], t: int, lr: float) -> float:
     if kind == E.KIND_STEP:
         return lr if t == 0 or t % int(p[1]) != 0 else lr * p[2]
     if kind == E.KIND_MULTI_STEP:
-        hits = sum(1 for m in p[3:3 + int(p[2])] if int(m) == t)
+        hits = sum(1 for m in p[3 : 3 + int(p[2])] if int(m) == t)
         return lr if hits == 0 else lr * p[1] ** float(hits)
     if kind == E.KIND_CONSTANT_FACTOR:
         if t == 0:
@@ -112,7 +118,9 @@ def _chain_step(node: list[float], t: int, lr: float) -> float:
             return lr
         if math.fmod(t - 1 - int(period), 2 * int(period)) == 0:
             return lr + (p[0] - p[1]) * (1.0 - math.cos(math.pi / period)) / 2.0
-        return (1.0 + math.cos(math.pi * t / period)) / (1.0 + math.cos(math.pi * (t - 1.0) / period)) * (lr - p[1]) + p[1]
+        return (1.0 + math.cos(math.pi * t / period)) / (1.0 + math.cos(math.pi * (t - 1.0) / period)) * (
+            lr - p[1]
+        ) + p[1]
     if kind == E.KIND_TABLE:
         return lr * E.decode(node).lr(t) if t > 0 else lr
     return E.decode(node).value(t)[0]
@@ -134,21 +142,22 @@ def _apply(rule: list[float], t: int, explicit: bool, lr: float, beta1: float) -
     if int(rule[0]) != RULE_SEQUENTIAL:
         return _leaf(rule, t, explicit, lr, beta1)
     count = int(rule[2])
-    milestones = [int(m) for m in rule[3:2 + count]]
+    milestones = [int(m) for m in rule[3 : 2 + count]]
     offset, start, index = 2 + count, 0, 0
     while index + 1 < count and milestones[index] <= t:
         start = milestones[index]
         offset += int(rule[offset + 1])
         index += 1
-    child = rule[offset:offset + int(rule[offset + 1])]
+    child = rule[offset : offset + int(rule[offset + 1])]
     return _leaf(child, t - start, explicit or (index > 0 and t == start), lr, beta1)
 
 
-def apply_group_rule(indexed_rules: list[float], group_count: int, group: int, t: int, lr: float,
-                     beta1: float) -> tuple[float, float]:
+def apply_group_rule(
+    indexed_rules: list[float], group_count: int, group: int, t: int, lr: float, beta1: float
+) -> tuple[float, float]:
     """Group ``group``'s (lr, beta1) after one step at clock t, from indexed rules."""
     start = group_count + int(indexed_rules[group])
-    rule = indexed_rules[start:start + int(indexed_rules[start + 1])]
+    rule = indexed_rules[start : start + int(indexed_rules[start + 1])]
     return _apply(rule, t, False, lr, beta1)
 
 
@@ -156,9 +165,10 @@ def apply_rules(rules: list[float], groups: list[float], t: int, explicit: bool)
     """The HELD words after one step at clock t (a new list)."""
     out, offset = list(groups), 0
     for g in range(len(groups) // HELD_WORDS):
-        rule = rules[offset:offset + int(rules[offset + 1])]
+        rule = rules[offset : offset + int(rules[offset + 1])]
         base = g * HELD_WORDS
-        out[base + HELD_LR], out[base + HELD_BETA1] = _apply(rule, t, explicit, out[base + HELD_LR],
-                                                             out[base + HELD_BETA1])
+        out[base + HELD_LR], out[base + HELD_BETA1] = _apply(
+            rule, t, explicit, out[base + HELD_LR], out[base + HELD_BETA1]
+        )
         offset += int(rules[offset + 1])
     return out

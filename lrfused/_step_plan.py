@@ -20,10 +20,20 @@ FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE = 1, 2, 4
 MAX_DEFERRED_STEPS = 8
 
 ENCODING = {
-    "bucket.tensor_begin": TENSOR_BEGIN, "bucket.tensor_end": TENSOR_END, "bucket.max_begin": MAX_BEGIN,
-    "bucket.program": PROGRAM, "bucket.group": GROUP, "bucket.beta1": BETA1, "bucket.beta2": BETA2,
-    "bucket.eps": EPS, "bucket.weight_decay": WEIGHT_DECAY, "bucket.flags": FLAGS, "bucket.words": BUCKET_WORDS,
-    "flag.amsgrad": FLAG_AMSGRAD, "flag.decoupled": FLAG_DECOUPLED, "flag.maximize": FLAG_MAXIMIZE,
+    "bucket.tensor_begin": TENSOR_BEGIN,
+    "bucket.tensor_end": TENSOR_END,
+    "bucket.max_begin": MAX_BEGIN,
+    "bucket.program": PROGRAM,
+    "bucket.group": GROUP,
+    "bucket.beta1": BETA1,
+    "bucket.beta2": BETA2,
+    "bucket.eps": EPS,
+    "bucket.weight_decay": WEIGHT_DECAY,
+    "bucket.flags": FLAGS,
+    "bucket.words": BUCKET_WORDS,
+    "flag.amsgrad": FLAG_AMSGRAD,
+    "flag.decoupled": FLAG_DECOUPLED,
+    "flag.maximize": FLAG_MAXIMIZE,
     "max_deferred_steps": MAX_DEFERRED_STEPS,
 }
 
@@ -63,8 +73,13 @@ def _adam_row_values(group: dict, beta1: Any, flags: int) -> tuple:
     return (float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), flags)
 
 
-ADAM = UpdateRule("Adam", ("exp_avg", "exp_avg_sq"), (("max_exp_avg_sq", "amsgrad"),),
-                  ("betas", "eps", "weight_decay"), _adam_row_values)
+ADAM = UpdateRule(
+    "Adam",
+    ("exp_avg", "exp_avg_sq"),
+    (("max_exp_avg_sq", "amsgrad"),),
+    ("betas", "eps", "weight_decay"),
+    _adam_row_values,
+)
 
 
 @dataclass
@@ -135,8 +150,9 @@ def assemble(plans: list[GroupPlan], new_handle) -> list[DeviceStep]:
     return [steps[key] for key in sorted(steps, key=lambda k: k[0])]
 
 
-def bucket_rows(call: DeviceStep, hyperparameters: list[tuple[float, float, float, float, int]],
-                programs: list[tuple[int, int]]) -> Tensor:
+def bucket_rows(
+    call: DeviceStep, hyperparameters: list[tuple[float, float, float, float, int]], programs: list[tuple[int, int]]
+) -> Tensor:
     """The rows of ``call``: ``hyperparameters[g]`` is group g's (beta1, beta2, eps, weight_decay,
     flags) and ``programs[g]`` its program's offset in the words and its HELD group (or -1)."""
     rows, begin, max_begin = [], 0, 0
@@ -153,5 +169,8 @@ def bucket_rows(call: DeviceStep, hyperparameters: list[tuple[float, float, floa
 
 
 def flags_of(group: dict) -> int:
-    return ((FLAG_AMSGRAD if group["amsgrad"] else 0) | (FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
-            | (FLAG_MAXIMIZE if group["maximize"] else 0))
+    return (
+        (FLAG_AMSGRAD if group["amsgrad"] else 0)
+        | (FLAG_DECOUPLED if group["decoupled_weight_decay"] else 0)
+        | (FLAG_MAXIMIZE if group["maximize"] else 0)
+    )

@@ -36,44 +36,56 @@ HOOKS: dict[str, Hook] = {
         "torch.optim.lr_scheduler.LRScheduler",
         "lrfused's schedulers override it: torch's step() calls it once the step is counted, and the override runs "
         "torch's own update on the host, then the same step on the device",
-        lambda: callable(getattr(_schedulers.LRScheduler, "_update_lr", None))
-        and "_update_lr" in _names_in(_schedulers.LRScheduler.step)),
+        lambda: (
+            callable(getattr(_schedulers.LRScheduler, "_update_lr", None))
+            and "_update_lr" in _names_in(_schedulers.LRScheduler.step)
+        ),
+    ),
     "LRScheduler._is_initial": Hook(
         "torch.optim.lr_scheduler.LRScheduler",
         "tells the constructor's own step (computed on the host, never deferred) from a training step",
-        lambda: hasattr(_schedulers.LRScheduler, "_is_initial")),
+        lambda: hasattr(_schedulers.LRScheduler, "_is_initial"),
+    ),
     "LRScheduler._last_lr": Hook(
         "torch.optim.lr_scheduler.LRScheduler",
         "what get_last_lr() returns: ReduceLROnPlateau's device step sets it to the lrs it published",
-        lambda: "_last_lr" in _names_in(_schedulers.LRScheduler.get_last_lr)),
+        lambda: "_last_lr" in _names_in(_schedulers.LRScheduler.get_last_lr),
+    ),
     "CyclicLR._scale_fn_custom": Hook(
         "torch.optim.lr_scheduler.CyclicLR",
         "a user's scale_fn, tabulated for the device (None for the built-in modes)",
-        lambda: "_scale_fn_custom" in _names_in(_schedulers.CyclicLR.__init__)),
+        lambda: "_scale_fn_custom" in _names_in(_schedulers.CyclicLR.__init__),
+    ),
     "OneCycleLR._schedule_phases": Hook(
         "torch.optim.lr_scheduler.OneCycleLR",
         "where each phase ends, encoded into the device schedule",
-        lambda: "_schedule_phases" in _names_in(_schedulers.OneCycleLR.__init__)),
+        lambda: "_schedule_phases" in _names_in(_schedulers.OneCycleLR.__init__),
+    ),
     "OneCycleLR._anneal_func_type": Hook(
         "torch.optim.lr_scheduler.OneCycleLR",
         "cosine or linear annealing, encoded into the device schedule",
-        lambda: "_anneal_func_type" in _names_in(_schedulers.OneCycleLR.__init__)),
+        lambda: "_anneal_func_type" in _names_in(_schedulers.OneCycleLR.__init__),
+    ),
     "SequentialLR._schedulers": Hook(
         "torch.optim.lr_scheduler.SequentialLR",
         "the children whose rules make SequentialLR's device rule",
-        lambda: "_schedulers" in _names_in(_schedulers.SequentialLR.__init__)),
+        lambda: "_schedulers" in _names_in(_schedulers.SequentialLR.__init__),
+    ),
     "SequentialLR._milestones": Hook(
         "torch.optim.lr_scheduler.SequentialLR",
         "the milestones of SequentialLR's device rule",
-        lambda: "_milestones" in _names_in(_schedulers.SequentialLR.__init__)),
+        lambda: "_milestones" in _names_in(_schedulers.SequentialLR.__init__),
+    ),
     "torch._C._dispatch_has_kernel_for_dispatch_key": Hook(
         "torch._C",
         "whether lrfused._C was built with its CUDA kernels",
-        lambda: callable(getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None))),
+        lambda: callable(getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)),
+    ),
     "torch._amp_foreach_non_finite_check_and_unscale_": Hook(
         "torch",
         "check_finite=True: finds a NaN or an infinity in the grads on the device, as GradScaler does",
-        lambda: callable(getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None))),
+        lambda: callable(getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)),
+    ),
 }
 
 
@@ -89,7 +101,8 @@ def check_hooks() -> None:
         raise ImportError(
             f"lrfused cannot run on torch {torch.__version__}: it relies on private parts of torch that this version "
             f"does not have: {details}. Use a torch that lrfused supports (see its README) or an lrfused release "
-            "made for this torch.")
+            "made for this torch."
+        )
 
 
 check_hooks()
@@ -128,7 +141,7 @@ ONE_CYCLE_ANNEAL_KEY = "_anneal_func_type"
 
 
 def one_cycle_anneal(scheduler: Any) -> str:
-    """"cos" or "linear" (OneCycleLR._anneal_func_type)."""
+    """ "cos" or "linear" (OneCycleLR._anneal_func_type)."""
     return getattr(scheduler, ONE_CYCLE_ANNEAL_KEY)
 
 

@@ -75,7 +75,7 @@ class Batches:
 
     def __next__(self):
         starts = torch.randint(0, len(self.corpus) - self.context - 1, (self.batch_size,), generator=self.generator)
-        windows = torch.stack([self.corpus[s:s + self.context + 1] for s in starts.tolist()])
+        windows = torch.stack([self.corpus[s : s + self.context + 1] for s in starts.tolist()])
         return windows[:, :-1].to(self.device), windows[:, 1:].to(self.device)
 
 
@@ -89,7 +89,9 @@ class Block(torch.nn.Module):
         self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
         self.qkv = torch.nn.Linear(width, 3 * width)
         self.proj = torch.nn.Linear(width, width)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width)
+        )
 
     def forward(self, x):
         b, t, c = x.shape
@@ -135,10 +137,14 @@ def make_scheduler(module, optimizer, config: DemoConfig, peak_lr: float):
     steps = config.steps
     warmup = max(1, steps // 10)
     if config.schedule == "warmup-cosine":
-        return module.SequentialLR(optimizer, [
-            module.LinearLR(optimizer, start_factor=0.01, total_iters=warmup),
-            module.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=peak_lr / 10),
-        ], milestones=[warmup])
+        return module.SequentialLR(
+            optimizer,
+            [
+                module.LinearLR(optimizer, start_factor=0.01, total_iters=warmup),
+                module.CosineAnnealingLR(optimizer, T_max=steps - warmup, eta_min=peak_lr / 10),
+            ],
+            milestones=[warmup],
+        )
     if config.schedule == "onecycle":
         return module.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=steps + 1)
     return module.StepLR(optimizer, step_size=max(1, steps // 3), gamma=0.3)
@@ -185,8 +191,14 @@ def train(config: DemoConfig, device: torch.device, peak_lr: float, use_lrfused:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return {"loss": losses.tolist(), "lr": lrs, "step_seconds": step_seconds, "model": model,
-            "optimizer": optimizer, "scheduler": scheduler}
+    return {
+        "loss": losses.tolist(),
+        "lr": lrs,
+        "step_seconds": step_seconds,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+    }
 
 
 def graph_step_ms(config: DemoConfig, device: torch.device, peak_lr: float, corpus: torch.Tensor) -> float:
@@ -222,8 +234,15 @@ def run_finder(config: DemoConfig, device: torch.device, corpus: torch.Tensor):
     optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
     finder = lrfused.LRFinder(model, optimizer)
     batches = Batches(corpus, config.batch_size, config.context, config.seed + 2, device)
-    finder.range_test(batches, start_lr=1e-5, end_lr=1.0, num_iter=config.finder_iters, check_every=10,
-                      train_step=language_model_loss, progress=config.progress)
+    finder.range_test(
+        batches,
+        start_lr=1e-5,
+        end_lr=1.0,
+        num_iter=config.finder_iters,
+        check_every=10,
+        train_step=language_model_loss,
+        progress=config.progress,
+    )
     skip_start, skip_end = min(10, len(finder.history["lr"]) // 4), min(5, len(finder.history["lr"]) // 8)
     try:
         suggested = finder.suggestion("valley", skip_start, skip_end)
@@ -240,24 +259,28 @@ def run(config: DemoConfig) -> dict:
     device = pick_device(config.device)
     os.makedirs(config.out, exist_ok=True)
     corpus = stdlib_corpus(config.corpus_bytes)
-    print(f"lrfused {lrfused.__version__} demo on {device}: a {config.layers}-layer character transformer on "
-          f"{len(corpus):,} bytes of the Python standard library's source; {config.steps} steps, "
-          f"schedule {config.schedule}")
+    print(
+        f"lrfused {lrfused.__version__} demo on {device}: a {config.layers}-layer character transformer on "
+        f"{len(corpus):,} bytes of the Python standard library's source; {config.steps} steps, "
+        f"schedule {config.schedule}"
+    )
 
     finder, suggested, skips = run_finder(config, device, corpus)
     peak_lr = min(max(suggested, 1e-4), 1e-2)
-    print(f"LR finder: {len(finder.history['lr'])} iterations, {finder.reads} reads from the device; "
-          f"suggested lr (valley) {suggested:.2e}; training with peak lr {peak_lr:.2e}")
+    print(
+        f"LR finder: {len(finder.history['lr'])} iterations, {finder.reads} reads from the device; "
+        f"suggested lr (valley) {suggested:.2e}; training with peak lr {peak_lr:.2e}"
+    )
 
     torch_run = train(config, device, peak_lr, use_lrfused=False, corpus=corpus)
     fused_run = train(config, device, peak_lr, use_lrfused=True, corpus=corpus)
 
     def tail_mean(values):
-        tail = values[-max(1, len(values) // 10):]
+        tail = values[-max(1, len(values) // 10) :]
         return sum(tail) / len(tail)
 
     def median_ms(seconds):
-        ordered = sorted(seconds[len(seconds) // 10:] or seconds)  # without the first steps' warm-up
+        ordered = sorted(seconds[len(seconds) // 10 :] or seconds)  # without the first steps' warm-up
         return 1e3 * ordered[len(ordered) // 2]
 
     results = {
@@ -265,15 +288,20 @@ def run(config: DemoConfig) -> dict:
         "device": str(device),
         "torch": torch.__version__,
         "lrfused": lrfused.__version__,
-        "finder": {"suggested_lr": suggested, "peak_lr_used": peak_lr, "iterations": len(finder.history["lr"]),
-                   "device_reads": finder.reads},
+        "finder": {
+            "suggested_lr": suggested,
+            "peak_lr_used": peak_lr,
+            "iterations": len(finder.history["lr"]),
+            "device_reads": finder.reads,
+        },
         "final_loss": {"torch": torch_run["loss"][-1], "lrfused": fused_run["loss"][-1]},
         "final_loss_mean_last_10pct": {"torch": tail_mean(torch_run["loss"]), "lrfused": tail_mean(fused_run["loss"])},
         "max_lr_difference": max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(fused_run["lr"], torch_run["lr"])),
         "step_ms": {"torch": median_ms(torch_run["step_seconds"]), "lrfused": median_ms(fused_run["step_seconds"])},
     }
-    results["relative_loss_difference"] = abs(results["final_loss"]["lrfused"] - results["final_loss"]["torch"]) / \
-        results["final_loss"]["torch"]
+    results["relative_loss_difference"] = (
+        abs(results["final_loss"]["lrfused"] - results["final_loss"]["torch"]) / results["final_loss"]["torch"]
+    )
     results["step_time_ratio"] = results["step_ms"]["lrfused"] / results["step_ms"]["torch"]
     if config.graph and device.type == "cuda":
         results["step_ms"]["lrfused_cuda_graph"] = graph_step_ms(config, device, peak_lr, corpus)
@@ -281,12 +309,19 @@ def run(config: DemoConfig) -> dict:
     print()
     print(f"{'':32}{'torch AdamW(fused) + torch':>28}{'lrfused + lrfused':>22}")
     print(f"{'final loss':32}{results['final_loss']['torch']:>28.6f}{results['final_loss']['lrfused']:>22.6f}")
-    print(f"{'mean loss, last 10% of steps':32}{results['final_loss_mean_last_10pct']['torch']:>28.6f}"
-          f"{results['final_loss_mean_last_10pct']['lrfused']:>22.6f}")
-    print(f"{'optimizer+scheduler step (ms)':32}{results['step_ms']['torch']:>28.3f}{results['step_ms']['lrfused']:>22.3f}")
-    print(f"lrfused / torch step time: {results['step_time_ratio']:.2f}x; final losses differ by "
-          f"{results['relative_loss_difference']:.2e} (relative); learning rates by at most "
-          f"{results['max_lr_difference']:.1e}")
+    print(
+        f"{'mean loss, last 10% of steps':32}{results['final_loss_mean_last_10pct']['torch']:>28.6f}"
+        f"{results['final_loss_mean_last_10pct']['lrfused']:>22.6f}"
+    )
+    print(
+        f"{'optimizer+scheduler step (ms)':32}{results['step_ms']['torch']:>28.3f}"
+        f"{results['step_ms']['lrfused']:>22.3f}"
+    )
+    print(
+        f"lrfused / torch step time: {results['step_time_ratio']:.2f}x; final losses differ by "
+        f"{results['relative_loss_difference']:.2e} (relative); learning rates by at most "
+        f"{results['max_lr_difference']:.1e}"
+    )
     if "lrfused_cuda_graph" in results["step_ms"]:
         print(f"lrfused step replayed from a CUDA graph: {results['step_ms']['lrfused_cuda_graph']:.3f} ms")
 
@@ -313,8 +348,10 @@ def write_figures(out: str, finder, skips, torch_run, fused_run) -> list[str]:
         written.append("lr_finder.png")
     except ValueError as error:
         print(f"no LR-finder figure: {error}")
-    for name, key, ylabel in (("learning_rate.png", "lr", "learning rate"),
-                              ("loss.png", "loss", "training loss (nats/byte)")):
+    for name, key, ylabel in (
+        ("learning_rate.png", "lr", "learning rate"),
+        ("loss.png", "loss", "training loss (nats/byte)"),
+    ):
         figure, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(torch_run[key], label="torch AdamW(fused) + torch scheduler", linewidth=3, alpha=0.5)
         ax.plot(fused_run[key], label="lrfused FusedScheduledAdamW + lrfused scheduler", linestyle="--")
@@ -333,8 +370,10 @@ def find(config: DemoConfig) -> None:
     os.makedirs(config.out, exist_ok=True)
     corpus = stdlib_corpus(config.corpus_bytes)
     finder, suggested, skips = run_finder(config, device, corpus)
-    print(f"{len(finder.history['lr'])} iterations, {finder.reads} device reads; suggested lr (valley): "
-          f"{suggested:.3e}; steep: {finder.suggestion('steep', *skips):.3e}")
+    print(
+        f"{len(finder.history['lr'])} iterations, {finder.reads} device reads; suggested lr (valley): "
+        f"{suggested:.3e}; steep: {finder.suggestion('steep', *skips):.3e}"
+    )
     path = os.path.join(config.out, "lr_finder.png")
     try:
         finder.plot(path=path, skip_start=skips[0], skip_end=skips[1], method="valley")

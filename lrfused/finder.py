@@ -56,9 +56,15 @@ class LRFinder:
         finder.plot(path="lr_finder.png")
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 criterion: Callable[..., torch.Tensor] | None = None, device: str | torch.device | None = None, *,
-                 cache: str = "memory"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: Callable[..., torch.Tensor] | None = None,
+        device: str | torch.device | None = None,
+        *,
+        cache: str = "memory",
+    ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -86,8 +92,11 @@ class LRFinder:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         # What the kernel reads for each group's lr: restored as it was (it may hold a value only the
         # device knows, such as ReduceLROnPlateau's).
-        extra = {"lr_words": binding_of(self.optimizer).snapshot()
-                 if isinstance(self.optimizer, FusedScheduledAdam) else None}
+        extra = {
+            "lr_words": binding_of(self.optimizer).snapshot()
+            if isinstance(self.optimizer, FusedScheduledAdam)
+            else None
+        }
         if self.cache == "memory":
             self._saved = (copy.deepcopy(state), extra)
         else:
@@ -105,8 +114,10 @@ class LRFinder:
         self.model.to(self.model_device)
         # A tensor in a param group (a tensor lr) keeps its identity, as code may hold it: its value
         # is restored in place.
-        kept = [{key: value for key, value in group.items() if isinstance(value, torch.Tensor)}
-                for group in self.optimizer.param_groups]
+        kept = [
+            {key: value for key, value in group.items() if isinstance(value, torch.Tensor)}
+            for group in self.optimizer.param_groups
+        ]
         self.optimizer.load_state_dict(state["optimizer"])
         for group, tensors in zip(self.optimizer.param_groups, kept):
             for key, tensor in tensors.items():
@@ -130,11 +141,22 @@ class LRFinder:
         self.reads += 1
         return tensor.tolist()
 
-    def range_test(self, train_loader: Iterable, val_loader: Iterable | None = None, start_lr: float | None = None,
-                   end_lr: float = 10.0, num_iter: int = 100, step_mode: str = "exp", smooth_f: float = 0.05,
-                   diverge_th: float = 5.0, accumulation_steps: int = 1, check_every: int = 10,
-                   train_step: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
-                   amp: torch.dtype | None = None, progress: bool = True) -> dict[str, list[float]]:
+    def range_test(
+        self,
+        train_loader: Iterable,
+        val_loader: Iterable | None = None,
+        start_lr: float | None = None,
+        end_lr: float = 10.0,
+        num_iter: int = 100,
+        step_mode: str = "exp",
+        smooth_f: float = 0.05,
+        diverge_th: float = 5.0,
+        accumulation_steps: int = 1,
+        check_every: int = 10,
+        train_step: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+        amp: torch.dtype | None = None,
+        progress: bool = True,
+    ) -> dict[str, list[float]]:
         """Runs the test; returns (and keeps in ``history``) ``{"lr": [...], "loss": [...]}``.
 
         Args:
@@ -154,8 +176,9 @@ class LRFinder:
             amp: an autocast dtype (``torch.float16`` adds a GradScaler, ``torch.bfloat16``).
             progress: show a tqdm progress bar when tqdm is installed.
         """
-        self._validate_arguments(end_lr, num_iter, step_mode, smooth_f, diverge_th, accumulation_steps, check_every,
-                                 start_lr, amp)
+        self._validate_arguments(
+            end_lr, num_iter, step_mode, smooth_f, diverge_th, accumulation_steps, check_every, start_lr, amp
+        )
         if train_step is None and self.criterion is None:
             raise ValueError("range_test needs a criterion (given to LRFinder) or a train_step")
         self.history = {"lr": [], "loss": []}
@@ -233,12 +256,13 @@ class LRFinder:
         count = index + 1 if index >= 0 else min(stopped_at, num_iter)
         if index >= 0 and not math.isfinite(values[1 + index]):
             count = index  # a NaN or infinite loss is where it diverged, not a point of the curve
-        self.history = {"lr": [ramps[0](i) for i in range(count)], "loss": values[1:1 + count]}
+        self.history = {"lr": [ramps[0](i) for i in range(count)], "loss": values[1 : 1 + count]}
         return self.history
 
     @staticmethod
-    def _validate_arguments(end_lr, num_iter, step_mode, smooth_f, diverge_th, accumulation_steps, check_every,
-                            start_lr, amp):
+    def _validate_arguments(
+        end_lr, num_iter, step_mode, smooth_f, diverge_th, accumulation_steps, check_every, start_lr, amp
+    ):
         if step_mode not in ("exp", "linear"):
             raise ValueError(f"step_mode must be 'exp' or 'linear', got {step_mode!r}")
         if not (isinstance(num_iter, int) and num_iter >= 2):
@@ -319,11 +343,19 @@ class LRFinder:
         if end - skip_start < 2:
             raise ValueError(
                 f"the history has {len(lrs)} points: too few to suggest an lr after skipping "
-                f"{skip_start} first and {skip_end} last; lower skip_start/skip_end or run more iterations")
+                f"{skip_start} first and {skip_end} last; lower skip_start/skip_end or run more iterations"
+            )
         return lrs[skip_start:end], losses[skip_start:end]
 
-    def plot(self, ax=None, path: str | None = None, suggest: bool = True, skip_start: int = 10, skip_end: int = 5,
-             method: str = "steep"):
+    def plot(
+        self,
+        ax=None,
+        path: str | None = None,
+        suggest: bool = True,
+        skip_start: int = 10,
+        skip_end: int = 5,
+        method: str = "steep",
+    ):
         """Plots the loss against the lr (log x axis), marks the suggestion, saves it to ``path``."""
         try:
             import matplotlib
@@ -344,8 +376,15 @@ class LRFinder:
         if suggest:
             lr = self.suggestion(method, skip_start, skip_end)
             point = lrs.index(lr) if lr in lrs else int(np.argmin(np.abs(np.asarray(lrs) - lr)))
-            ax.scatter([lrs[point]], [losses[point]], s=60, marker="o", color="red", zorder=3,
-                       label=f"suggested ({method}): {lr:.2e}")
+            ax.scatter(
+                [lrs[point]],
+                [losses[point]],
+                s=60,
+                marker="o",
+                color="red",
+                zorder=3,
+                label=f"suggested ({method}): {lr:.2e}",
+            )
         ax.legend()
         if path is not None:
             (figure or ax.figure).savefig(path, dpi=120, bbox_inches="tight")

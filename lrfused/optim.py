@@ -148,9 +148,19 @@ class FusedScheduledAdam(Optimizer):
             _ops.validate_schedule(torch.tensor(schedule.encode(), dtype=torch.float64))
         # The implementation flags are kept as given, in torch's keys, so that a checkpoint moves
         # between lrfused and torch.optim.Adam/AdamW unchanged; lrfused's kernel is always the same.
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=capturable, differentiable=differentiable,
-                        fused=fused, decoupled_weight_decay=decoupled_weight_decay)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
         self._schedule = schedule
         self._check_finite = bool(check_finite)
         # Steps skipped by check_finite, counted on the device (reading it is a sync).
@@ -175,15 +185,19 @@ class FusedScheduledAdam(Optimizer):
         if isinstance(params, Tensor):
             param_group["params"] = [params]
         elif isinstance(params, set):
-            raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
-                            "of tensors in sets will change between runs. Please use a list instead.")
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering "
+                "of tensors in sets will change between runs. Please use a list instead."
+            )
         else:
             param_group["params"] = list(params)
         if any(key in param_group for key in ("lr", "betas", "eps", "weight_decay")):
             validate_hyperparameters(
-                param_group.get("lr", self.defaults["lr"]), param_group.get("betas", self.defaults["betas"]),
+                param_group.get("lr", self.defaults["lr"]),
+                param_group.get("betas", self.defaults["betas"]),
                 param_group.get("eps", self.defaults["eps"]),
-                param_group.get("weight_decay", self.defaults["weight_decay"]))
+                param_group.get("weight_decay", self.defaults["weight_decay"]),
+            )
         for index, p in enumerate(param_group["params"]):
             if isinstance(p, Tensor):
                 check_param(p, f"param_groups[{len(self.param_groups)}]['params'][{index}]")
@@ -203,16 +217,29 @@ class FusedScheduledAdam(Optimizer):
 
     # The param-group keys torch added over the years, with torch.optim.Adam's defaults: a checkpoint
     # (or a pickled optimizer) made before a key existed loads with it, as torch's __setstate__ does.
-    _GROUP_DEFAULTS = (("amsgrad", False), ("maximize", False), ("foreach", None), ("capturable", False),
-                       ("differentiable", False), ("decoupled_weight_decay", False), ("fused", None))
+    _GROUP_DEFAULTS = (
+        ("amsgrad", False),
+        ("maximize", False),
+        ("foreach", None),
+        ("capturable", False),
+        ("differentiable", False),
+        ("decoupled_weight_decay", False),
+        ("fused", None),
+    )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
             for key, default in self._GROUP_DEFAULTS:
                 group.setdefault(key, default)
-        for key, default in (("_schedule", None), ("_check_finite", False), ("skipped_steps", None),
-                             ("_invalid_steps", {}), ("_binding", None), ("_warned_scheduled_twice", False)):
+        for key, default in (
+            ("_schedule", None),
+            ("_check_finite", False),
+            ("skipped_steps", None),
+            ("_invalid_steps", {}),
+            ("_binding", None),
+            ("_warned_scheduled_twice", False),
+        ):
             self.__dict__.setdefault(key, default)
         # Plans hold views of the tensors they were made from: rebuilt at the next step.
         self._planner = StepPlanner()
@@ -233,8 +260,12 @@ class FusedScheduledAdam(Optimizer):
         # An entry that is not a param's dict of tensors (a framework or a hook writing
         # ``optimizer.state["key"] = 1``) is returned as it is, as torch returns it.
         state["state"] = {
-            index: {key: value.detach().to("cpu", copy=True) if key == "step" and isinstance(value, Tensor) else value
-                    for key, value in param_state.items()} if isinstance(param_state, dict) else param_state
+            index: {
+                key: value.detach().to("cpu", copy=True) if key == "step" and isinstance(value, Tensor) else value
+                for key, value in param_state.items()
+            }
+            if isinstance(param_state, dict)
+            else param_state
             for index, param_state in state["state"].items()
         }
         if self._schedule is not None:
@@ -246,7 +277,8 @@ class FusedScheduledAdam(Optimizer):
         if saved is not None and self._schedule is not None and int(saved[0]) != self._schedule.kind:
             raise ValueError(
                 f"load_state_dict: the checkpoint's schedule is a {_kind_name(int(saved[0]))}"
-                f" but this optimizer's is {type(self._schedule).__name__}")
+                f" but this optimizer's is {type(self._schedule).__name__}"
+            )
         for group in state_dict["param_groups"]:
             validate_hyperparameters(group["lr"], group["betas"], group["eps"], group["weight_decay"])
         # Saved ids map to params in order, as torch.optim.Optimizer maps them (ids may be ints or,
@@ -266,7 +298,8 @@ class FusedScheduledAdam(Optimizer):
                 if isinstance(value, Tensor) and value.shape != expected.shape:
                     raise ValueError(
                         f"load_state_dict: state[{key!r}]['{name}'] has shape {tuple(value.shape)} but its param "
-                        f"has shape {tuple(expected.shape)}")
+                        f"has shape {tuple(expected.shape)}"
+                    )
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "lrfused"})
         self._share_loaded_steps()
         self.invalidate_plans()
@@ -325,10 +358,17 @@ class FusedScheduledAdam(Optimizer):
             binding.absorb(self.param_groups, compiling=compiling)
             if self._schedule is not None:
                 self._warn_if_scheduled_twice()
-        self._planner.run(self.param_groups, self.state, binding, compiling=compiling,
-                          grad_scale=getattr(self, "grad_scale", None), found_inf=getattr(self, "found_inf", None),
-                          invalid_counter=self._invalid_counter, check_hyperparameters=_check_step_hyperparameters,
-                          non_finite=self._non_finite_grads if self._check_finite else None)
+        self._planner.run(
+            self.param_groups,
+            self.state,
+            binding,
+            compiling=compiling,
+            grad_scale=getattr(self, "grad_scale", None),
+            found_inf=getattr(self, "found_inf", None),
+            invalid_counter=self._invalid_counter,
+            check_hyperparameters=_check_step_hyperparameters,
+            non_finite=self._non_finite_grads if self._check_finite else None,
+        )
         return loss
 
     def _invalid_counter(self, device: torch.device) -> Tensor:
@@ -350,7 +390,10 @@ class FusedScheduledAdam(Optimizer):
                     f"param_groups[{index}] is driven by an lr scheduler (it has 'initial_lr') while this optimizer "
                     f"was built with schedule={self._schedule!r}: the lr the kernel applies is group['lr'] * "
                     "schedule(t), the product of both. Use one of them (for a framework that always builds a "
-                    "scheduler, pick its constant schedule, or drop schedule=).", UserWarning, stacklevel=3)
+                    "scheduler, pick its constant schedule, or drop schedule=).",
+                    UserWarning,
+                    stacklevel=3,
+                )
                 return
 
     def scheduled_lr(self, index: int = 0) -> float:
@@ -427,9 +470,22 @@ class FusedScheduledAdamW(FusedScheduledAdam):
         schedule: Schedule | None = None,
         check_finite: bool = False,
     ):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
-                         capturable=capturable, differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, schedule=schedule, check_finite=check_finite)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            schedule=schedule,
+            check_finite=check_finite,
+        )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -449,7 +505,8 @@ def _check_implementation_flags(*, foreach, capturable, differentiable, fused) -
     if differentiable:
         raise ValueError(
             "differentiable=True is not supported by FusedScheduledAdam: its update is an in-place kernel that "
-            "autograd does not trace through; use torch.optim.Adam(differentiable=True)")
+            "autograd does not trace through; use torch.optim.Adam(differentiable=True)"
+        )
 
 
 def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
@@ -458,7 +515,8 @@ def _check_loaded_step(key: Any, param_state: dict[str, Any]) -> None:
     name = f"load_state_dict: state[{key!r}]['step']"
     if "step" not in param_state:
         raise ValueError(
-            f"{name} is missing (keys: {sorted(param_state)}); without it the moments cannot be bias-corrected")
+            f"{name} is missing (keys: {sorted(param_state)}); without it the moments cannot be bias-corrected"
+        )
     value = _check_number(name, param_state["step"])
     if not (value >= 0 and value.is_integer()):
         raise ValueError(f"{name} must be a whole number >= 0, got {value}")
@@ -483,7 +541,8 @@ def binding_of(optimizer: FusedScheduledAdam, user: str | None = None) -> Bindin
     if user is not None and optimizer._schedule is not None:
         raise ValueError(
             f"{user}: this optimizer was built with schedule={optimizer._schedule!r}, which already sets the lr the "
-            "kernel applies at every step; use either schedule= or a scheduler, not both")
+            "kernel applies at every step; use either schedule= or a scheduler, not both"
+        )
     return optimizer._binding_now()
 
 

@@ -19,9 +19,26 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCANNED = (".py", ".h", ".cpp", ".cu", ".cuh", ".sh", ".md", ".txt", ".toml", ".in", ".cfg")
 PATH = re.compile(r"(?<![\w/.\-*$])((?:[\w\-]+/)*[\w\-]+\.(?:py|h|cpp|cu|cuh|sh|md|txt|toml|json|cfg|yaml))(?![\w/])")
 # First folders of paths in other projects, named to say where something comes from.
-OTHER_PROJECTS = ("torch", "site-packages", "c10", "ATen", "aten", "hip", "pytorch_lightning", "lightning",
-                  "transformers", "accelerate", "optax", "apex", "third_party", "usr", "tmp", "hip-cpu",
-                  "test", "PATH")
+OTHER_PROJECTS = (
+    "torch",
+    "site-packages",
+    "c10",
+    "ATen",
+    "aten",
+    "hip",
+    "pytorch_lightning",
+    "lightning",
+    "transformers",
+    "accelerate",
+    "optax",
+    "apex",
+    "third_party",
+    "usr",
+    "tmp",
+    "hip-cpu",
+    "test",
+    "PATH",
+)
 # Names that are not files of this project: system headers, torch's scheduler suite (fetched by
 # scripts/torch_scheduler_suite.sh) and the copy it runs, the demo's output (results.json).
 NOT_FILES = {"math.h", "Python.h", "test_lrscheduler.py", "test_lrscheduler_lrfused.py", "results.json"}

@@ -51,5 +51,6 @@ def twin_setup():
 @pytest.fixture
 def op_kwargs():
     """The keyword arguments of ``helpers.adam_step_one_bucket`` at torch's Adam defaults (a fresh dict)."""
-    return dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                maximize=False)
+    return dict(
+        beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, maximize=False
+    )

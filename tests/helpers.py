@@ -47,14 +47,36 @@ def assert_same_params(ours, theirs, tolerance: float = 1e-5) -> None:
         assert error <= tolerance, (name, a.dtype, error)
 
 
-def adam_step_one_bucket(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step, program, *, beta1=0.9,
-                         beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                         maximize=False, grad_scale=None, found_inf=None, invalid_steps=None, handle=None) -> None:
+def adam_step_one_bucket(
+    op,
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    max_exp_avg_sqs,
+    step,
+    program,
+    *,
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    decoupled_weight_decay=False,
+    amsgrad=False,
+    maximize=False,
+    grad_scale=None,
+    found_inf=None,
+    invalid_steps=None,
+    handle=None,
+) -> None:
     """One bucket's step through ``op`` (``torch.ops.lrfused.adam_step_`` or the reference's):
     every tensor at the lr ``program`` gives at ``step``, as a ``schedule=`` optimizer's bucket is
     stepped, with no deferred scheduler step."""
-    flags = ((_step_plan.FLAG_AMSGRAD if amsgrad else 0) | (_step_plan.FLAG_DECOUPLED if decoupled_weight_decay else 0)
-             | (_step_plan.FLAG_MAXIMIZE if maximize else 0))
+    flags = (
+        (_step_plan.FLAG_AMSGRAD if amsgrad else 0)
+        | (_step_plan.FLAG_DECOUPLED if decoupled_weight_decay else 0)
+        | (_step_plan.FLAG_MAXIMIZE if maximize else 0)
+    )
     row = [0.0] * _step_plan.BUCKET_WORDS
     row[_step_plan.TENSOR_END] = len(params)
     row[_step_plan.GROUP] = -1
@@ -63,17 +85,42 @@ def adam_step_one_bucket(op, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_s
     buckets = torch.tensor([row], dtype=torch.float64)
     applied = torch.zeros((), dtype=torch.int64, device=program.device)
     pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
-    op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, [step], buckets, program, [], [], applied, pending,
-       grad_scale=grad_scale, found_inf=found_inf, invalid_steps=invalid_steps, handle=handle)
+    op(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        [step],
+        buckets,
+        program,
+        [],
+        [],
+        applied,
+        pending,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        invalid_steps=invalid_steps,
+        handle=handle,
+    )
 
 
 def snapshot(opt):
     """Everything a refusal must leave as it was: groups (lrs, betas, ...), params, states."""
-    groups = [{k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.copy(v))
-               for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    groups = [
+        {
+            k: (v.detach().clone() if isinstance(v, torch.Tensor) else copy.copy(v))
+            for k, v in g.items()
+            if k != "params"
+        }
+        for g in opt.param_groups
+    ]
     params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
-    states = [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
-              for g in opt.param_groups for p in g["params"]]
+    states = [
+        {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()}
+        for g in opt.param_groups
+        for p in g["params"]
+    ]
     return groups, params, states
 
 

@@ -92,7 +92,8 @@ def test_step_traces_as_one_graph(backend, how):
         schedulers = [L.OneCycleLR(o, max_lr=1e-2, total_steps=30) for o in (opt, eager_opt)]
     else:
         make = lambda m: lrfused.FusedScheduledAdamW(  # noqa: E731
-            m.parameters(), lr=1e-2, schedule=lrfused.schedules.warmup_cosine(3, 20))
+            m.parameters(), lr=1e-2, schedule=lrfused.schedules.warmup_cosine(3, 20)
+        )
         opt, eager_opt, schedulers = make(model), make(eager_model), []
 
     @torch.compile(backend=backend, fullgraph=True)
@@ -130,7 +131,7 @@ def test_compiled_step_works_from_its_first_call(schedule):
         eager_opt.step()
         assert torch.equal(p, q)
     if schedule:
-        assert compiled_opt.scheduled_lr() == pytest.approx(0.1 * 0.8 ** 4)
+        assert compiled_opt.scheduled_lr() == pytest.approx(0.1 * 0.8**4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -134,8 +134,10 @@ def test_no_host_sync_over_200_steps():
 @pytest.mark.parametrize("num_tensors", [1, 1000])
 def test_launches_per_step(num_tensors):
     # Two groups and two dtypes: still one launch per optimizer step and scheduler step.
-    params = [torch.randn(257, device="cuda", dtype=torch.float32 if i % 2 else torch.bfloat16, requires_grad=True)
-              for i in range(num_tensors + 1)]
+    params = [
+        torch.randn(257, device="cuda", dtype=torch.float32 if i % 2 else torch.bfloat16, requires_grad=True)
+        for i in range(num_tensors + 1)
+    ]
     for p in params:
         p.grad = torch.randn_like(p)
     opt = lrfused.FusedScheduledAdamW([{"params": params[::2]}, {"params": params[1::2], "lr": 3e-4}], lr=1e-3)
@@ -158,9 +160,13 @@ def test_launches_per_step(num_tensors):
 def device_launches(profiler):
     """Kernels and copies the device ran (user annotations, which the profiler also lists as
     CUDA events, are not launches)."""
-    return [e for e in profiler.events()
-            if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-            and not e.name.startswith("ProfilerStep")]
+    return [
+        e
+        for e in profiler.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+        and not getattr(e, "is_user_annotation", False)
+        and not e.name.startswith("ProfilerStep")
+    ]
 
 
 def test_non_default_stream():
@@ -227,12 +233,18 @@ def make_model(seed):
 
 
 SCHEDULES = {
-    "cosine": (lambda o: L.CosineAnnealingLR(o, T_max=30, eta_min=1e-4),
-               lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30, eta_min=1e-4)),
-    "one-cycle (beta1 cycles)": (lambda o: L.OneCycleLR(o, max_lr=1e-2, total_steps=260),
-                                 lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=260)),
-    "lambda with horizon": (lambda o: L.LambdaLR(o, lambda t: 1.0 / (1 + 0.05 * t), horizon=260),
-                            lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0 / (1 + 0.05 * t))),
+    "cosine": (
+        lambda o: L.CosineAnnealingLR(o, T_max=30, eta_min=1e-4),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=30, eta_min=1e-4),
+    ),
+    "one-cycle (beta1 cycles)": (
+        lambda o: L.OneCycleLR(o, max_lr=1e-2, total_steps=260),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-2, total_steps=260),
+    ),
+    "lambda with horizon": (
+        lambda o: L.LambdaLR(o, lambda t: 1.0 / (1 + 0.05 * t), horizon=260),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0 / (1 + 0.05 * t)),
+    ),
 }
 
 
@@ -331,7 +343,7 @@ def test_eager_step_after_capture_does_not_read_the_captured_table():
 def test_capturing_a_host_computed_step_is_refused_before_anything_changes():
     params = [torch.randn(10, device="cuda", requires_grad=True)]
     opt = lrfused.FusedScheduledAdam(params, lr=1e-2)
-    sched = L.LambdaLR(opt, lambda t: 0.9 ** t)
+    sched = L.LambdaLR(opt, lambda t: 0.9**t)
     params[0].grad = torch.randn_like(params[0])
     opt.step()
     sched.step()
@@ -349,7 +361,7 @@ def test_replays_past_the_horizon_skip_and_count():
     # skipped, nothing changes, and invalid_steps counts it (eagerly, the host computes those steps).
     params = [torch.randn(1000, device="cuda", requires_grad=True)]
     opt = lrfused.FusedScheduledAdam(params, lr=1e-2)
-    sched = L.LambdaLR(opt, lambda t: 0.9 ** t, horizon=10)
+    sched = L.LambdaLR(opt, lambda t: 0.9**t, horizon=10)
     params[0].grad = torch.randn_like(params[0])
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

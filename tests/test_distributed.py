@@ -73,8 +73,9 @@ def worker(rank, world, port, mode, folder):
                 model = torch.nn.parallel.DistributedDataParallel(model)
                 warmup = schedules.warmup_cosine(5, 20, end_value=0.1)
                 if use_lrfused:
-                    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=lrfused.FusedScheduledAdamW,
-                                                  lr=1e-2, schedule=warmup)
+                    opt = ZeroRedundancyOptimizer(
+                        model.parameters(), optimizer_class=lrfused.FusedScheduledAdamW, lr=1e-2, schedule=warmup
+                    )
                     sched = None
                 else:
                     opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-2)

@@ -18,18 +18,23 @@ def test_the_step_encoding_is_the_same_on_both_sides():
     for name, value in host.items():
         assert compiled.get(name) == value, (name, value, compiled.get(name))
     assert not set(compiled) - set(host) - {name for name in compiled if name.startswith("element.")}, (
-        "a number the library reports that the host does not write")
+        "a number the library reports that the host does not write"
+    )
 
 
 def test_the_bucket_words_are_numbered_without_gaps():
-    words = sorted(value for name, value in _step_plan.ENCODING.items()
-                   if name.startswith("bucket.") and name != "bucket.words")
+    words = sorted(
+        value for name, value in _step_plan.ENCODING.items() if name.startswith("bucket.") and name != "bucket.words"
+    )
     assert words == list(range(_step_plan.BUCKET_WORDS))
 
 
 def test_the_element_types_are_the_kernel_dtypes():
-    compiled = {name.removeprefix("element."): value for name, value in _ops.step_encoding().items()
-                if name.startswith("element.")}
+    compiled = {
+        name.removeprefix("element."): value
+        for name, value in _ops.step_encoding().items()
+        if name.startswith("element.")
+    }
     assert set(compiled) == {str(dtype).removeprefix("torch.") for dtype in _reference.KERNEL_DTYPES}
     assert sorted(compiled.values()) == list(range(len(compiled)))
     assert torch.float32 in _reference.KERNEL_DTYPES

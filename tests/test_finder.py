@@ -22,8 +22,9 @@ def make_problem(seed=0, n=512):
     return model, loader
 
 
-def reference_range_test(model, optimizer, loader, start_lr, end_lr, num_iter, smooth_f, diverge_th,
-                         accumulation_steps=1):
+def reference_range_test(
+    model, optimizer, loader, start_lr, end_lr, num_iter, smooth_f, diverge_th, accumulation_steps=1
+):
     """pytorch-lr-finder's loop, reading the loss on the host every iteration."""
     history = {"lr": [], "loss": []}
     best = None
@@ -95,8 +96,7 @@ def test_matches_per_iteration_reference(check_every, end_lr, monkeypatch):
     expected = reference_range_test(reference_model, reference_optimizer, loader, 1e-4, end_lr, num_iter, 0.05, 5)
     finder = LRFinder(model, optimizer, torch.nn.functional.mse_loss)
     counter = ReadCounter(monkeypatch)
-    finder.range_test(loader, start_lr=1e-4, end_lr=end_lr, num_iter=num_iter, check_every=check_every,
-                      progress=False)
+    finder.range_test(loader, start_lr=1e-4, end_lr=end_lr, num_iter=num_iter, check_every=check_every, progress=False)
     monkeypatch.undo()
 
     assert counter.count <= math.ceil(num_iter / check_every) + 1
@@ -110,8 +110,8 @@ def test_matches_per_iteration_reference(check_every, end_lr, monkeypatch):
 
 
 def _suggest(history, method, skip_start=10, skip_end=5):
-    lrs = history["lr"][skip_start:len(history["lr"]) - skip_end]
-    losses = history["loss"][skip_start:len(history["loss"]) - skip_end]
+    lrs = history["lr"][skip_start : len(history["lr"]) - skip_end]
+    losses = history["loss"][skip_start : len(history["loss"]) - skip_end]
     if method == "steep":
         return lrs[int(np.gradient(np.array(losses)).argmin())]
     if method == "minimum":
@@ -131,7 +131,8 @@ def test_model_and_optimizer_restored_bit_identical():
     params_before = [p.detach().clone() for p in model.parameters()]
     state_before = {(i, k): v.clone() for i, p in enumerate(model.parameters()) for k, v in optimizer.state[p].items()}
     LRFinder(model, optimizer, torch.nn.functional.mse_loss, cache="disk").range_test(
-        loader, end_lr=1.0, num_iter=30, progress=False)
+        loader, end_lr=1.0, num_iter=30, progress=False
+    )
     for p, q in zip(model.parameters(), params_before):
         assert torch.equal(p, q)
     state_after = {(i, k): v for i, p in enumerate(model.parameters()) for k, v in optimizer.state[p].items()}
@@ -160,8 +161,14 @@ def test_torch_optimizer_and_custom_train_step_with_dict_batches():
     wrapped = WithLoss(model)
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=1e-3, momentum=0.9)
     finder = LRFinder(wrapped, optimizer)
-    history = finder.range_test(dict_batches, end_lr=10, num_iter=50, train_step=lambda m, b: m(b["x"], b["y"]),
-                                accumulation_steps=2, progress=False)
+    history = finder.range_test(
+        dict_batches,
+        end_lr=10,
+        num_iter=50,
+        train_step=lambda m, b: m(b["x"], b["y"]),
+        accumulation_steps=2,
+        progress=False,
+    )
     assert 2 <= len(history["loss"]) <= 50
     assert history["lr"][0] == pytest.approx(1e-3)
     assert optimizer.param_groups[0]["lr"] == 1e-3, "restored"
@@ -172,8 +179,7 @@ def test_val_loader_and_amp_bf16():
     val = list(loader)[:2]
     optimizer = lrfused.FusedScheduledAdam(model.parameters(), lr=1e-4)
     finder = LRFinder(model, optimizer, torch.nn.functional.mse_loss)
-    history = finder.range_test(loader, val_loader=val, end_lr=1.0, num_iter=20, amp=torch.bfloat16,
-                                progress=False)
+    history = finder.range_test(loader, val_loader=val, end_lr=1.0, num_iter=20, amp=torch.bfloat16, progress=False)
     assert len(history["loss"]) >= 2 and all(math.isfinite(v) for v in history["loss"])
 
 
@@ -223,8 +229,9 @@ def test_a_range_test_then_training_is_training_alone(amsgrad, with_scheduler, c
         _train(model, optimizer, scheduler, batches[:trained_before])
         if range_test_first:
             LRFinder(model, optimizer, torch.nn.functional.mse_loss, cache=cache).range_test(
-                batches[8:], end_lr=1.0, num_iter=5, progress=False)
-        _train(model, optimizer, scheduler, batches[trained_before:trained_before + 6])
+                batches[8:], end_lr=1.0, num_iter=5, progress=False
+            )
+        _train(model, optimizer, scheduler, batches[trained_before : trained_before + 6])
         return model, optimizer
 
     model, optimizer = run(range_test_first=True)
@@ -255,8 +262,9 @@ def _finder_run(bad_at, bad_value, num_iter=40):
         return loss * bad_value if len(calls) - 1 >= bad_at else loss
 
     finder = LRFinder(model, opt)
-    history = finder.range_test(data, end_lr=1.0, num_iter=num_iter, train_step=train_step, progress=False,
-                                check_every=5)
+    history = finder.range_test(
+        data, end_lr=1.0, num_iter=num_iter, train_step=train_step, progress=False, check_every=5
+    )
     return finder, history, len(calls)
 
 
@@ -282,6 +290,7 @@ def test_a_ramp_that_does_not_go_up_is_refused(optimizer, lr, start_lr, end_lr):
     opt = (lrfused.FusedScheduledAdam if optimizer == "lrfused" else torch.optim.SGD)(model.parameters(), lr=lr)
     finder = LRFinder(model, opt, torch.nn.functional.mse_loss)
     with pytest.raises(ValueError, match="end_lr"):
-        finder.range_test([(torch.randn(4, 2), torch.randn(4, 1))], start_lr=start_lr, end_lr=end_lr, num_iter=5,
-                          progress=False)
+        finder.range_test(
+            [(torch.randn(4, 2), torch.randn(4, 1))], start_lr=start_lr, end_lr=end_lr, num_iter=5, progress=False
+        )
     assert opt.param_groups[0]["lr"] == lr

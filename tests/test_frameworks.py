@@ -70,9 +70,16 @@ def fit_lightning(pl, tmp_path, module_class, seed, monitor, **trainer_args):
     model = module_class()
     lr_monitor = pl.callbacks.LearningRateMonitor(logging_interval="step", log_momentum=True)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(tmp_path), callbacks=[lr_monitor] if monitor else [],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-        **trainer_args)
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.CSVLogger(tmp_path),
+        callbacks=[lr_monitor] if monitor else [],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **trainer_args,
+    )
     data = torch.utils.data.DataLoader(regression_data(seed), batch_size=8, shuffle=False)
     trainer.fit(model, data)
     return model, lr_monitor
@@ -85,6 +92,7 @@ def _one_cycle_per_step(torch_side):
         opt = optimizer_class(params, lr=3e-3)
         sched = schedulers.OneCycleLR(opt, max_lr=0.05, total_steps=24)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
     return build
 
 
@@ -95,23 +103,34 @@ def _warmup_then_plateau_per_epoch(torch_side):
         opt = optimizer_class(params, lr=2e-2)
         warmup = schedulers.LinearLR(opt, start_factor=0.2, total_iters=4)
         plateau = schedulers.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5)
-        return ([opt], [{"scheduler": warmup, "interval": "step"},
-                        {"scheduler": plateau, "interval": "epoch", "monitor": "train_loss_epoch"}])
+        return (
+            [opt],
+            [
+                {"scheduler": warmup, "interval": "step"},
+                {"scheduler": plateau, "interval": "epoch", "monitor": "train_loss_epoch"},
+            ],
+        )
+
     return build
 
 
-@pytest.mark.parametrize("recipe, trainer_args", [
-    (_one_cycle_per_step, {"max_steps": 24}),
-    (_warmup_then_plateau_per_epoch, {"max_epochs": 4}),
-], ids=["one-cycle-per-step", "warmup-then-plateau-per-epoch"])
+@pytest.mark.parametrize(
+    "recipe, trainer_args",
+    [
+        (_one_cycle_per_step, {"max_steps": 24}),
+        (_warmup_then_plateau_per_epoch, {"max_epochs": 4}),
+    ],
+    ids=["one-cycle-per-step", "warmup-then-plateau-per-epoch"],
+)
 def test_lightning_trainer_logs_and_trains_as_with_torch(tmp_path, recipe, trainer_args):
     pl = lightning_or_skip()
     runs = []
     for side in (True, False):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            runs.append(fit_lightning(pl, tmp_path / str(side), lightning_module(pl, recipe(side)), 7, True,
-                                      **trainer_args))
+            runs.append(
+                fit_lightning(pl, tmp_path / str(side), lightning_module(pl, recipe(side)), 7, True, **trainer_args)
+            )
         # Lightning passes the monitored metric as a CPU tensor: ReduceLROnPlateau keeps torch's
         # float lrs, so the LearningRateMonitor has nothing to warn about.
         tensor_copies = [str(w.message) for w in caught if "copy construct from a tensor" in str(w.message)]
@@ -161,6 +180,7 @@ def test_lightning_lr_find_then_training_follows_torch(tmp_path):
     the model and the optimizer; training then runs the configured lrfused scheduler."""
     pl = lightning_or_skip()
     from lightning.pytorch.tuner import Tuner
+
     found = []
     for torch_side in (True, False):
         optimizer_class, schedulers = optimizer_classes(torch_side)
@@ -171,12 +191,20 @@ def test_lightning_lr_find_then_training_follows_torch(tmp_path):
 
         torch.manual_seed(5)
         model = lightning_module(pl, build)()
-        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, max_steps=12,
-                             default_root_dir=tmp_path / str(torch_side))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_steps=12,
+            default_root_dir=tmp_path / str(torch_side),
+        )
         data = torch.utils.data.DataLoader(regression_data(5), batch_size=8, shuffle=False)
-        finder = Tuner(trainer).lr_find(model, train_dataloaders=data, min_lr=1e-5, max_lr=1.0, num_training=20,
-                                        update_attr=False)
+        finder = Tuner(trainer).lr_find(
+            model, train_dataloaders=data, min_lr=1e-5, max_lr=1.0, num_training=20, update_attr=False
+        )
         trainer.fit(model, data)
         found.append((finder, model, trainer.optimizers[0]))
     (finder_theirs, model_theirs, opt_theirs), (finder_ours, model_ours, opt_ours) = found
@@ -195,6 +223,7 @@ def fresh_accelerator_state():
     """accelerate keeps its state in process-wide singletons: each test starts from none."""
     accelerate = accelerate_or_skip()
     from accelerate.state import AcceleratorState, GradientState
+
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield accelerate
@@ -206,6 +235,7 @@ def accelerate_run(accelerate, torch_side, build_scheduler, metric_steps):
     """Prepare model and optimizer, build the scheduler on the *prepared* optimizer (an
     AcceleratedOptimizer), prepare it too, and train; returns the model and the lrs after each step."""
     from accelerate.state import AcceleratorState, GradientState
+
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     optimizer_class, schedulers = optimizer_classes(torch_side)
@@ -217,7 +247,7 @@ def accelerate_run(accelerate, torch_side, build_scheduler, metric_steps):
     data = regression_data(11)
     lrs = []
     for step in range(metric_steps):
-        x, y = data[8 * (step % 8): 8 * (step % 8) + 8]
+        x, y = data[8 * (step % 8) : 8 * (step % 8) + 8]
         loss = torch.nn.functional.mse_loss(model(x), y)
         accelerator.backward(loss)
         opt.step()
@@ -230,10 +260,14 @@ def accelerate_run(accelerate, torch_side, build_scheduler, metric_steps):
     return model, lrs, accelerator, opt, sched
 
 
-@pytest.mark.parametrize("build_scheduler", [
-    lambda S, opt: S.CosineAnnealingWarmRestarts(opt, T_0=5, T_mult=2),
-    lambda S, opt: S.ReduceLROnPlateau(opt, factor=0.5, patience=1),
-], ids=["warm-restarts", "plateau"])
+@pytest.mark.parametrize(
+    "build_scheduler",
+    [
+        lambda S, opt: S.CosineAnnealingWarmRestarts(opt, T_0=5, T_mult=2),
+        lambda S, opt: S.ReduceLROnPlateau(opt, factor=0.5, patience=1),
+    ],
+    ids=["warm-restarts", "plateau"],
+)
 def test_accelerate_prepared_optimizer_and_scheduler(fresh_accelerator_state, build_scheduler):
     accelerate = fresh_accelerator_state
     model_theirs, lrs_theirs, *_ = accelerate_run(accelerate, True, build_scheduler, 30)
@@ -260,12 +294,15 @@ def test_accelerate_save_and_load_state_resumes_like_torch(fresh_accelerator_sta
         sched_ours.step()
         sched_theirs.step()
         for key in ("lr", "betas"):
-            assert_same_values([opt_ours.param_groups[0][key] if key == "lr" else opt_ours.param_groups[0][key][0]],
-                               [opt_theirs.param_groups[0][key] if key == "lr" else opt_theirs.param_groups[0][key][0]],
-                               key)
+            assert_same_values(
+                [opt_ours.param_groups[0][key] if key == "lr" else opt_ours.param_groups[0][key][0]],
+                [opt_theirs.param_groups[0][key] if key == "lr" else opt_theirs.param_groups[0][key][0]],
+                key,
+            )
     binding_of(opt_ours.optimizer).absorb(opt_ours.param_groups)
     assert binding_of(opt_ours.optimizer).lr_words().tolist() == pytest.approx(
-        [float(opt_theirs.param_groups[0]["lr"])], rel=1e-12)
+        [float(opt_theirs.param_groups[0]["lr"])], rel=1e-12
+    )
 
 
 def transformers_or_skip():
@@ -291,8 +328,18 @@ class TokenData(torch.utils.data.Dataset):
 
 def hf_train(transformers, tmp_path, model, optimizers, **arguments):
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=18, per_device_train_batch_size=8, learning_rate=5e-3, logging_steps=1,
-        report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True, seed=3, **arguments)
+        output_dir=str(tmp_path),
+        max_steps=18,
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=3,
+        **arguments,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=TokenData(3), optimizers=optimizers)
     trainer.train()
     history = [entry for entry in trainer.state.log_history if "learning_rate" in entry]
@@ -310,6 +357,7 @@ def test_hugging_face_trainer_trains_as_with_torch(tmp_path, who_schedules):
     torch LambdaLR) built on the lrfused optimizer."""
     transformers = transformers_or_skip()
     from accelerate.state import AcceleratorState, GradientState
+
     sides = {
         "torch": (torch.optim.AdamW, T),
         "torch-fused": (functools.partial(torch.optim.AdamW, fused=True), T),
@@ -322,8 +370,9 @@ def test_hugging_face_trainer_trains_as_with_torch(tmp_path, who_schedules):
         model = tiny_causal_lm(transformers, 3)
         opt = optimizer_class(model.parameters(), lr=5e-3, weight_decay=0.01)
         if who_schedules == "lrfused-scheduler":
-            sched = schedulers.SequentialLR(opt, [schedulers.LinearLR(opt, 0.1, total_iters=5),
-                                                  schedulers.ExponentialLR(opt, 0.9)], milestones=[5])
+            sched = schedulers.SequentialLR(
+                opt, [schedulers.LinearLR(opt, 0.1, total_iters=5), schedulers.ExponentialLR(opt, 0.9)], milestones=[5]
+            )
             extra = {}
         else:
             sched = None
@@ -364,8 +413,10 @@ def test_framework_interfaces():
     assert logged[-1][0] == pytest.approx(1e-3 * (0.1 + 0.9 * 5 / 10))
     # Checkpointing through the frameworks is state_dict / load_state_dict of both objects.
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    assert all(isinstance(v, (int, float, bool, str, list, dict, tuple, type(None), torch.Tensor))
-               for v in state["scheduler"].values())
+    assert all(
+        isinstance(v, (int, float, bool, str, list, dict, tuple, type(None), torch.Tensor))
+        for v in state["scheduler"].values()
+    )
     # ReduceLROnPlateau is recognised by its torch class, and takes the monitored metric.
     plateau = L.ReduceLROnPlateau(lrfused.FusedScheduledAdam(model.parameters()), patience=0)
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)

@@ -56,14 +56,26 @@ def make_config(name: str, rng: random.Random):
         return dict(T_0=g.randint(1, 10), T_mult=g.randint(1, 3), eta_min=g.uniform(0, 1e-4))
     if name == "CyclicLR":
         mode = g.choice(["triangular", "triangular2", "exp_range"])
-        return dict(base_lr=[g.uniform(1e-4, 1e-3), g.uniform(1e-4, 1e-3)], max_lr=g.uniform(2e-3, 1e-2),
-                    step_size_up=g.randint(1, 15), step_size_down=g.choice([None, g.randint(1, 15)]), mode=mode,
-                    gamma=g.uniform(0.9, 1.0), base_momentum=g.uniform(0.7, 0.85), max_momentum=g.uniform(0.86, 0.95))
+        return dict(
+            base_lr=[g.uniform(1e-4, 1e-3), g.uniform(1e-4, 1e-3)],
+            max_lr=g.uniform(2e-3, 1e-2),
+            step_size_up=g.randint(1, 15),
+            step_size_down=g.choice([None, g.randint(1, 15)]),
+            mode=mode,
+            gamma=g.uniform(0.9, 1.0),
+            base_momentum=g.uniform(0.7, 0.85),
+            max_momentum=g.uniform(0.86, 0.95),
+        )
     if name == "OneCycleLR":
-        return dict(max_lr=[g.uniform(1e-3, 1e-1), g.uniform(1e-3, 1e-1)], total_steps=g.randint(130, 200),
-                    pct_start=g.uniform(0.1, 0.5), anneal_strategy=g.choice(["cos", "linear"]),
-                    three_phase=g.choice([False, True]), div_factor=g.uniform(5, 30),
-                    final_div_factor=g.uniform(10, 1e4))
+        return dict(
+            max_lr=[g.uniform(1e-3, 1e-1), g.uniform(1e-3, 1e-1)],
+            total_steps=g.randint(130, 200),
+            pct_start=g.uniform(0.1, 0.5),
+            anneal_strategy=g.choice(["cos", "linear"]),
+            three_phase=g.choice([False, True]),
+            div_factor=g.uniform(5, 30),
+            final_div_factor=g.uniform(10, 1e4),
+        )
     if name == "LambdaLR":
         k = g.uniform(0.001, 0.1)
         return dict(lr_lambda=lambda t: 1.0 / (1.0 + k * t))
@@ -73,12 +85,25 @@ def make_config(name: str, rng: random.Random):
     raise KeyError(name)
 
 
-CLASSES = ["StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR", "PolynomialLR", "CosineAnnealingLR",
-           "CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR", "LambdaLR", "MultiplicativeLR"]
+CLASSES = [
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "LinearLR",
+    "ExponentialLR",
+    "PolynomialLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "OneCycleLR",
+    "LambdaLR",
+    "MultiplicativeLR",
+]
 
 
-def assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, sched_theirs, steps, step_args=(),
-                           tolerance=1e-6):
+def assert_same_trajectory(
+    ours, theirs, opt_ours, opt_theirs, sched_ours, sched_theirs, steps, step_args=(), tolerance=1e-6
+):
     for step in range(steps):
         for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
             assert math.isclose(a["lr"], b["lr"], rel_tol=1e-9, abs_tol=1e-15), (step, a["lr"], b["lr"])
@@ -100,10 +125,19 @@ def test_float64_params_match_torch_at_1e_12(device, name, twin_setup):
     # float64 params are updated in float64 opmath, as torch's Adam updates them: with every
     # scheduler the trajectories agree to the last few bits.
     config = make_config(name, random.Random(f"{name}-float64"))
-    ours, theirs, opt_ours, opt_theirs = twin_setup(device, dtype=torch.float64, weight_decay=0.1,
-                                                    decoupled_weight_decay=True)
-    assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, getattr(L, name)(opt_ours, **config),
-                           getattr(T, name)(opt_theirs, **config), 60, tolerance=1e-12)
+    ours, theirs, opt_ours, opt_theirs = twin_setup(
+        device, dtype=torch.float64, weight_decay=0.1, decoupled_weight_decay=True
+    )
+    assert_same_trajectory(
+        ours,
+        theirs,
+        opt_ours,
+        opt_theirs,
+        getattr(L, name)(opt_ours, **config),
+        getattr(T, name)(opt_theirs, **config),
+        60,
+        tolerance=1e-12,
+    )
     for a, b in zip(ours, theirs):
         assert a.dtype == torch.float64
         assert max_relative_error(a, b) < 1e-12, name
@@ -131,7 +165,10 @@ def test_sequential_warmup_then_anything(device, seed, twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
 
     def build(module, opt):
-        children = [module.LinearLR(opt, start_factor=0.01, total_iters=warmup), getattr(module, follower)(opt, **config)]
+        children = [
+            module.LinearLR(opt, start_factor=0.01, total_iters=warmup),
+            getattr(module, follower)(opt, **config),
+        ]
         return module.SequentialLR(opt, children, milestones=[warmup])
 
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, build(L, opt_ours), build(T, opt_theirs), 110)
@@ -146,17 +183,20 @@ def test_chained_scheduler_including_cosine_with_eta_min(device, seed, twin_setu
     configs[names.index("CosineAnnealingLR")]["eta_min"] = 1e-4  # makes torch's chain affine, not a product
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     build = lambda module, opt: module.ChainedScheduler(  # noqa: E731
-        [getattr(module, n)(opt, **c) for n, c in zip(names, configs)])
+        [getattr(module, n)(opt, **c) for n, c in zip(names, configs)]
+    )
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, build(L, opt_ours), build(T, opt_theirs), 100)
 
 
 def test_cyclic_custom_scale_fn(device, twin_setup):
     for scale_mode in ("cycle", "iterations"):
-        config = dict(base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x),
-                      scale_mode=scale_mode)
+        config = dict(
+            base_lr=1e-3, max_lr=1e-2, step_size_up=4, scale_fn=lambda x: 1.0 / (1.0 + x), scale_mode=scale_mode
+        )
         ours, theirs, opt_ours, opt_theirs = twin_setup(device)
-        assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, L.CyclicLR(opt_ours, **config),
-                               T.CyclicLR(opt_theirs, **config), 60)
+        assert_same_trajectory(
+            ours, theirs, opt_ours, opt_theirs, L.CyclicLR(opt_ours, **config), T.CyclicLR(opt_theirs, **config), 60
+        )
 
 
 def test_reduce_lr_on_plateau_on_device(device, twin_setup):
@@ -233,8 +273,9 @@ def test_state_dict_resume_is_exact(name, twin_setup):
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=name != "LambdaLR")
     resumed_params = [p.detach().clone().requires_grad_() for p in ours]
-    resumed_opt = lrfused.FusedScheduledAdam([{"params": [resumed_params[0]]}, {"params": [resumed_params[1]],
-                                                                                "lr": 3e-3}], lr=1e-2)
+    resumed_opt = lrfused.FusedScheduledAdam(
+        [{"params": [resumed_params[0]]}, {"params": [resumed_params[1]], "lr": 3e-3}], lr=1e-2
+    )
     resumed_sched = getattr(L, name)(resumed_opt, **config)
     resumed_opt.load_state_dict(saved["opt"])
     resumed_sched.load_state_dict(saved["sched"])
@@ -267,11 +308,15 @@ def test_resume_with_last_epoch_like_torch(twin_setup):
         assert sched_ours.get_last_lr() == pytest.approx(sched_theirs.get_last_lr(), rel=1e-12)
 
 
-@pytest.mark.parametrize("build", [
-    lambda S, opt: S.StepLR(opt, step_size=3),
-    lambda S, opt: S.OneCycleLR(opt, max_lr=0.1, total_steps=12),
-    lambda S, opt: S.SequentialLR(opt, [S.LinearLR(opt, 0.2, total_iters=3), S.ExponentialLR(opt, 0.9)], [3]),
-], ids=["step", "one-cycle", "sequential"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda S, opt: S.StepLR(opt, step_size=3),
+        lambda S, opt: S.OneCycleLR(opt, max_lr=0.1, total_steps=12),
+        lambda S, opt: S.SequentialLR(opt, [S.LinearLR(opt, 0.2, total_iters=3), S.ExponentialLR(opt, 0.9)], [3]),
+    ],
+    ids=["step", "one-cycle", "sequential"],
+)
 def test_on_another_optimizer_a_scheduler_is_torchs_class(build):
     """Without a FusedScheduledAdam there is no device lr: the class is torch's, nothing more."""
     torch.manual_seed(0)
@@ -296,7 +341,7 @@ def test_on_another_optimizer_a_scheduler_is_torchs_class(build):
 
 def test_lambda_past_its_horizon_is_computed_on_the_host(twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup("cpu")
-    lam = lambda t: 0.9 ** t  # noqa: E731
+    lam = lambda t: 0.9**t  # noqa: E731
     sched_ours = L.LambdaLR(opt_ours, lam, horizon=5)
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, T.LambdaLR(opt_theirs, lam), 12)
 
@@ -314,7 +359,8 @@ def test_cyclic_custom_scale_fn_with_horizon(device, scale_mode, twin_setup):
 def test_affine_chain_on_the_device(device, twin_setup):
     ours, theirs, opt_ours, opt_theirs = twin_setup(device)
     build = lambda module, opt: module.ChainedScheduler(  # noqa: E731
-        [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)])
+        [module.ExponentialLR(opt, gamma=0.97), module.CosineAnnealingLR(opt, T_max=9, eta_min=1e-4)]
+    )
     sched_ours = build(L, opt_ours)
     assert_same_trajectory(ours, theirs, opt_ours, opt_theirs, sched_ours, build(T, opt_theirs), 39)
     words = binding_of(opt_ours).lr_words().tolist()
@@ -419,15 +465,22 @@ def _three_multiplicative(module, opt):
 
 
 def _sequential_under_exponential(module, opt):
-    seq = module.SequentialLR(opt, [module.LinearLR(opt, start_factor=0.2, total_iters=4),
-                                    module.CosineAnnealingLR(opt, T_max=9)], milestones=[4])
+    seq = module.SequentialLR(
+        opt,
+        [module.LinearLR(opt, start_factor=0.2, total_iters=4), module.CosineAnnealingLR(opt, T_max=9)],
+        milestones=[4],
+    )
     exp = module.ExponentialLR(opt, gamma=0.98)
     return lambda i: (seq.step(), exp.step())
 
 
-STACKS = {"StepLR+ExponentialLR": _step_and_exponential, "per iteration + per epoch": _per_iteration_and_per_epoch,
-          "CosineAnnealingLR then CyclicLR": _cosine_then_cyclic, "three multiplicative": _three_multiplicative,
-          "SequentialLR + ExponentialLR": _sequential_under_exponential}
+STACKS = {
+    "StepLR+ExponentialLR": _step_and_exponential,
+    "per iteration + per epoch": _per_iteration_and_per_epoch,
+    "CosineAnnealingLR then CyclicLR": _cosine_then_cyclic,
+    "three multiplicative": _three_multiplicative,
+    "SequentialLR + ExponentialLR": _sequential_under_exponential,
+}
 
 
 @pytest.mark.parametrize("name", STACKS)
@@ -463,6 +516,7 @@ def _hand_writes(module, opt):
         sched.step()
         if i == 9:
             opt.param_groups[1]["lr"] = 1e-4
+
     return step
 
 
@@ -483,11 +537,15 @@ def _swa_after_cosine(module, opt):
         if "s" not in swa:
             swa["s"] = SWALR(opt, swa_lr=5e-3, anneal_epochs=4, anneal_strategy="cos")
         swa["s"].step()
+
     return step
 
 
-WRITERS = {"hand writes": _hand_writes, "stock torch scheduler": _stock_torch_scheduler_on_top,
-           "SWALR after cosine": _swa_after_cosine}
+WRITERS = {
+    "hand writes": _hand_writes,
+    "stock torch scheduler": _stock_torch_scheduler_on_top,
+    "SWALR after cosine": _swa_after_cosine,
+}
 
 
 @pytest.mark.parametrize("name", WRITERS)
@@ -534,7 +592,7 @@ def test_param_group_added_after_a_chainable_scheduler():
 
 def test_param_group_added_after_a_closed_form_scheduler_raises_like_torch():
     _, _, opt_ours, opt_theirs = twins(8, groups=1)
-    s_ours, s_theirs = L.LambdaLR(opt_ours, lambda t: 0.9 ** t), T.LambdaLR(opt_theirs, lambda t: 0.9 ** t)
+    s_ours, s_theirs = L.LambdaLR(opt_ours, lambda t: 0.9**t), T.LambdaLR(opt_theirs, lambda t: 0.9**t)
     for opt in (opt_ours, opt_theirs):
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
     with pytest.raises(ValueError) as theirs_error:
@@ -674,8 +732,15 @@ def test_writes_to_t_cur_are_honoured():
         assert_same_lrs(opt_ours, opt_theirs, i)
 
 
-@pytest.mark.parametrize("name,kwargs", [("StepLR", dict(step_size=3, gamma=0.5)), ("CosineAnnealingLR", dict(T_max=8)),
-                                         ("ExponentialLR", dict(gamma=0.9)), ("LinearLR", dict(total_iters=6))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("StepLR", dict(step_size=3, gamma=0.5)),
+        ("CosineAnnealingLR", dict(T_max=8)),
+        ("ExponentialLR", dict(gamma=0.9)),
+        ("LinearLR", dict(total_iters=6)),
+    ],
+)
 def test_explicit_epochs_use_torchs_closed_form(name, kwargs):
     ours, theirs, opt_ours, opt_theirs = twins(17)
     s_ours, s_theirs = getattr(L, name)(opt_ours, **kwargs), getattr(T, name)(opt_theirs, **kwargs)
@@ -716,7 +781,10 @@ def test_legacy_one_cycle_state_dict_loads():
 
 def test_torchs_signature_is_accepted():
     p = torch.zeros(3, requires_grad=True)
-    for cls, theirs in ((lrfused.FusedScheduledAdam, torch.optim.Adam), (lrfused.FusedScheduledAdamW, torch.optim.AdamW)):
+    for cls, theirs in (
+        (lrfused.FusedScheduledAdam, torch.optim.Adam),
+        (lrfused.FusedScheduledAdamW, torch.optim.AdamW),
+    ):
         opt = cls([p], 1e-3, (0.9, 0.99), 1e-8, 0.01, True, foreach=False, maximize=False, capturable=True, fused=True)
         assert opt.param_groups[0]["amsgrad"] is True
         reference = theirs([p], 1e-3, (0.9, 0.99), 1e-8, 0.01, True)
@@ -730,10 +798,14 @@ def test_scheduler_has_torchs_constructor_and_docstring(name):
     ours, theirs = getattr(L, name), getattr(T, name)
     # the constructor is written out with torch's parameters, names, order and defaults (lrfused's
     # only additions, CyclicLR's ``horizon`` and ReduceLROnPlateau's ``sync_free``, are keyword-only)
-    mine = [p for p in inspect.signature(ours.__init__).parameters.values()
-            if not (p.name in ("horizon", "sync_free") and p.kind == p.KEYWORD_ONLY)]
+    mine = [
+        p
+        for p in inspect.signature(ours.__init__).parameters.values()
+        if not (p.name in ("horizon", "sync_free") and p.kind == p.KEYWORD_ONLY)
+    ]
     assert [(p.name, p.default, p.kind) for p in mine] == [
-        (p.name, p.default, p.kind) for p in inspect.signature(theirs.__init__).parameters.values()]
+        (p.name, p.default, p.kind) for p in inspect.signature(theirs.__init__).parameters.values()
+    ]
     # help() shows torch's documentation, then lrfused's note
     torch_doc, note = ours.__doc__.split("\nNote (lrfused):\n")
     assert torch_doc.strip() == inspect.cleandoc(theirs.__doc__)
@@ -747,10 +819,12 @@ def test_tensor_betas_and_momentums():
     betas = (torch.tensor(0.85), torch.tensor(0.99))
     opt = lrfused.FusedScheduledAdamW([torch.zeros(2, requires_grad=True)], betas=betas)
     assert opt.param_groups[0]["betas"] == pytest.approx((0.85, 0.99))
-    s_ours = L.OneCycleLR(opt_ours, max_lr=0.05, total_steps=10, base_momentum=torch.tensor(0.8),
-                          max_momentum=torch.tensor(0.9))
-    s_theirs = T.OneCycleLR(opt_theirs, max_lr=0.05, total_steps=10, base_momentum=torch.tensor(0.8),
-                            max_momentum=torch.tensor(0.9))
+    s_ours = L.OneCycleLR(
+        opt_ours, max_lr=0.05, total_steps=10, base_momentum=torch.tensor(0.8), max_momentum=torch.tensor(0.9)
+    )
+    s_theirs = T.OneCycleLR(
+        opt_theirs, max_lr=0.05, total_steps=10, base_momentum=torch.tensor(0.8), max_momentum=torch.tensor(0.9)
+    )
     for _ in range(9):
         optimizer_steps(ours, theirs, opt_ours, opt_theirs)
         s_ours.step()
@@ -785,8 +859,14 @@ def test_a_stock_scheduler_on_schedule_warns_that_the_lrs_multiply():
         opt.step()  # once only
 
 
-@pytest.mark.parametrize("build", [lambda o: L.StepLR(o, 3), lambda o: L.ReduceLROnPlateau(o),
-                                   lambda o: L.SequentialLR(o, [L.ConstantLR(o), L.ExponentialLR(o, 0.9)], [2])])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda o: L.StepLR(o, 3),
+        lambda o: L.ReduceLROnPlateau(o),
+        lambda o: L.SequentialLR(o, [L.ConstantLR(o), L.ExponentialLR(o, 0.9)], [2]),
+    ],
+)
 def test_deleting_a_scheduler_frees_it_without_the_collector(build):
     ours, _, opt, _ = twins(21)
     sched = build(opt)
@@ -816,7 +896,7 @@ def test_optimizer_with_a_scheduler_deep_copies_and_pickles():
 
 
 _EVERY_CLASS = {
-    "LambdaLR": lambda S, opt: S.LambdaLR(opt, lambda t: 0.9 ** t),
+    "LambdaLR": lambda S, opt: S.LambdaLR(opt, lambda t: 0.9**t),
     "MultiplicativeLR": lambda S, opt: S.MultiplicativeLR(opt, lambda t: 0.95),
     "StepLR": lambda S, opt: S.StepLR(opt, step_size=2),
     "MultiStepLR": lambda S, opt: S.MultiStepLR(opt, milestones=[2, 4]),
@@ -892,16 +972,17 @@ def test_scheduler_clock_past_a_million_steps():
     opt = lrfused.FusedScheduledAdam([w], lr=1.0)
     sched = lrfused.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=1000, T_mult=2)
     reference = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0), T_0=1000, T_mult=2)
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0), T_0=1000, T_mult=2
+    )
     for scheduler in (sched, reference):
-        scheduler.step(10 ** 6 + 17)
+        scheduler.step(10**6 + 17)
         for _ in range(3):
             scheduler.step()
     assert sched.get_last_lr() == reference.get_last_lr()
     # The device words first: reading them applies the scheduler steps deferred to the next
     # optimizer step, which move the clock.
     assert binding_of(opt).lr_words().tolist() == pytest.approx(reference.get_last_lr(), rel=1e-12)
-    assert int(device_side(sched).clock) == 10 ** 6 + 20
+    assert int(device_side(sched).clock) == 10**6 + 20
 
 
 def _fresh():
@@ -912,17 +993,23 @@ def _fresh():
     return w, opt
 
 
-@pytest.mark.parametrize("build,error,fragment", [
-    (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=0), ValueError, "Invalid step_size: 0"),
-    (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=3, gamma=0.0), ValueError, "Invalid gamma: 0.0"),
-    (lambda o: lrfused.lr_scheduler.ExponentialLR(o, gamma=-0.5), ValueError, "Invalid gamma: -0.5"),
-    (lambda o: lrfused.lr_scheduler.CosineAnnealingLR(o, T_max=0), ValueError, "Invalid T_max: 0"),
-    (lambda o: lrfused.lr_scheduler.MultiStepLR(o, milestones=[2, 3.5]), TypeError, "milestones must be an int"),
-    (lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=0), ValueError, "total_steps"),
-    (lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.5), ValueError,
-     "pct_start"),
-    (lambda o: lrfused.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0"),
-])
+@pytest.mark.parametrize(
+    "build,error,fragment",
+    [
+        (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=0), ValueError, "Invalid step_size: 0"),
+        (lambda o: lrfused.lr_scheduler.StepLR(o, step_size=3, gamma=0.0), ValueError, "Invalid gamma: 0.0"),
+        (lambda o: lrfused.lr_scheduler.ExponentialLR(o, gamma=-0.5), ValueError, "Invalid gamma: -0.5"),
+        (lambda o: lrfused.lr_scheduler.CosineAnnealingLR(o, T_max=0), ValueError, "Invalid T_max: 0"),
+        (lambda o: lrfused.lr_scheduler.MultiStepLR(o, milestones=[2, 3.5]), TypeError, "milestones must be an int"),
+        (lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=0), ValueError, "total_steps"),
+        (
+            lambda o: lrfused.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=10, pct_start=1.5),
+            ValueError,
+            "pct_start",
+        ),
+        (lambda o: lrfused.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0"),
+    ],
+)
 def test_bad_scheduler_arguments_change_nothing(build, error, fragment):
     w, opt = _fresh()
     before_w, before_state = w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items()}
@@ -938,9 +1025,14 @@ def test_bad_scheduler_arguments_change_nothing(build, error, fragment):
     assert binding_of(opt).lr_words().tolist() == [before_lr]
 
 
-@pytest.mark.parametrize("name,kwargs", [("CosineAnnealingLR", dict(T_max=30, eta_min=1e-4)),
-                                         ("OneCycleLR", dict(max_lr=0.05, total_steps=60)),
-                                         ("StepLR", dict(step_size=4, gamma=0.5))])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("CosineAnnealingLR", dict(T_max=30, eta_min=1e-4)),
+        ("OneCycleLR", dict(max_lr=0.05, total_steps=60)),
+        ("StepLR", dict(step_size=4, gamma=0.5)),
+    ],
+)
 @pytest.mark.parametrize("direction", ["torch_to_lrfused", "lrfused_to_torch"])
 def test_scheduler_checkpoints_move_between_torch_and_lrfused(name, kwargs, direction):
     torch.manual_seed(0)
@@ -1071,11 +1163,13 @@ ACCEPTED_SCHEDULERS = {
     "StepLR step_size -3": lambda M, o: M.StepLR(o, step_size=-3),
     "CosineAnnealingLR T_max -4": lambda M, o: M.CosineAnnealingLR(o, T_max=-4),
     "CosineAnnealingWarmRestarts T_mult 2": lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2),
-    "CyclicLR exp_range": lambda M, o: M.CyclicLR(o, 1e-3, 1e-2, step_size_up=3, mode="exp_range", gamma=0.9,
-                                                  cycle_momentum=False),
+    "CyclicLR exp_range": lambda M, o: M.CyclicLR(
+        o, 1e-3, 1e-2, step_size_up=3, mode="exp_range", gamma=0.9, cycle_momentum=False
+    ),
     "OneCycleLR epochs": lambda M, o: M.OneCycleLR(o, 0.05, epochs=2, steps_per_epoch=5),
-    "OneCycleLR linear three-phase": lambda M, o: M.OneCycleLR(o, 0.05, total_steps=12, anneal_strategy="linear",
-                                                               three_phase=True),
+    "OneCycleLR linear three-phase": lambda M, o: M.OneCycleLR(
+        o, 0.05, total_steps=12, anneal_strategy="linear", three_phase=True
+    ),
     "LambdaLR negative factor": lambda M, o: M.LambdaLR(o, lambda e: 1.0 - 0.3 * e),
 }
 
@@ -1093,7 +1187,11 @@ def test_arguments_torch_accepts_are_accepted_and_followed(case, epochs):
         s_theirs = ACCEPTED_SCHEDULERS[case](T, opt_theirs)
         for k in range(8):
             step_both(ours, theirs, opt_ours, opt_theirs, 1, seed=k)
-            epoch = None if epochs == "steps" or case.startswith(("OneCycleLR", "CyclicLR")) else [1, 2, 5, 3, 3, 0, 7, 2][k]
+            epoch = (
+                None
+                if epochs == "steps" or case.startswith(("OneCycleLR", "CyclicLR"))
+                else [1, 2, 5, 3, 3, 0, 7, 2][k]
+            )
             error_theirs = raised(lambda: s_theirs.step(epoch))
             error_ours = raised(lambda: s_ours.step(epoch))
             same_outcome(error_ours, error_theirs)
@@ -1109,9 +1207,13 @@ def test_arguments_torch_accepts_are_accepted_and_followed(case, epochs):
 @pytest.mark.parametrize("epoch", [-1, -3, 0])
 @pytest.mark.parametrize("make", ["StepLR", "CosineAnnealingLR", "ExponentialLR", "LambdaLR", "MultiStepLR"])
 def test_explicit_negative_epochs_follow_torch(epoch, make):
-    build = {"StepLR": lambda M, o: M.StepLR(o, 2, 0.5), "CosineAnnealingLR": lambda M, o: M.CosineAnnealingLR(o, 6),
-             "ExponentialLR": lambda M, o: M.ExponentialLR(o, 0.7), "LambdaLR": lambda M, o: M.LambdaLR(o, lambda e: e + 2),
-             "MultiStepLR": lambda M, o: M.MultiStepLR(o, [1, 2])}[make]
+    build = {
+        "StepLR": lambda M, o: M.StepLR(o, 2, 0.5),
+        "CosineAnnealingLR": lambda M, o: M.CosineAnnealingLR(o, 6),
+        "ExponentialLR": lambda M, o: M.ExponentialLR(o, 0.7),
+        "LambdaLR": lambda M, o: M.LambdaLR(o, lambda e: e + 2),
+        "MultiStepLR": lambda M, o: M.MultiStepLR(o, [1, 2]),
+    }[make]
     opt_ours = lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)], lr=0.1)
     opt_theirs = torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=0.1)
     s_ours, s_theirs = build(L, opt_ours), build(T, opt_theirs)
@@ -1127,18 +1229,21 @@ def test_explicit_negative_epochs_follow_torch(epoch, make):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("build, names", [
-    (lambda M, o: M.StepLR(o, step_size=0), "step_size"),
-    (lambda M, o: M.CosineAnnealingLR(o, T_max=0), "T_max"),
-    (lambda M, o: M.CosineAnnealingLR(o, T_max=0.0), "T_max"),
-    (lambda M, o: M.CosineAnnealingLR(o, T_max=10, eta_min=float("nan")), "eta_min"),
-    (lambda M, o: M.ExponentialLR(o, gamma=-0.5), "gamma"),
-    (lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=0), "T_0"),
-    (lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=1.5), "T_mult"),
-    (lambda M, o: M.MultiStepLR(o, milestones=[2, 3.5]), "milestones"),
-    (lambda M, o: M.OneCycleLR(o, max_lr=0.1, total_steps=0), "total_steps"),
-    (lambda M, o: M.LambdaLR(o, lambda e: 1.0, horizon=0), "horizon"),
-])
+@pytest.mark.parametrize(
+    "build, names",
+    [
+        (lambda M, o: M.StepLR(o, step_size=0), "step_size"),
+        (lambda M, o: M.CosineAnnealingLR(o, T_max=0), "T_max"),
+        (lambda M, o: M.CosineAnnealingLR(o, T_max=0.0), "T_max"),
+        (lambda M, o: M.CosineAnnealingLR(o, T_max=10, eta_min=float("nan")), "eta_min"),
+        (lambda M, o: M.ExponentialLR(o, gamma=-0.5), "gamma"),
+        (lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=0), "T_0"),
+        (lambda M, o: M.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=1.5), "T_mult"),
+        (lambda M, o: M.MultiStepLR(o, milestones=[2, 3.5]), "milestones"),
+        (lambda M, o: M.OneCycleLR(o, max_lr=0.1, total_steps=0), "total_steps"),
+        (lambda M, o: M.LambdaLR(o, lambda e: 1.0, horizon=0), "horizon"),
+    ],
+)
 def test_errors_name_torch_arguments(build, names):
     opt = lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)], lr=0.1)
     error = raised(lambda: build(L, opt))
@@ -1149,14 +1254,22 @@ def test_errors_name_torch_arguments(build, names):
 
 NON_FINITE_SCHEDULERS = {
     "CyclicLR max_lr": (lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=float("nan")), r"CyclicLR: invalid max_lr: nan"),
-    "CyclicLR base_lr list": (lambda o: L.CyclicLR(o, base_lr=[1e-3, float("inf")], max_lr=1e-2),
-                              r"CyclicLR: invalid base_lr: inf \(param_groups\[1\]\)"),
-    "CyclicLR scale_fn": (lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, scale_fn=lambda x: float("nan")),
-                          r"CyclicLR.step\(\) computed lr=nan for param_groups\[0\] \(from scale_fn\(1\) = nan\)"),
-    "OneCycleLR max_lr": (lambda o: L.OneCycleLR(o, max_lr=float("nan"), total_steps=10),
-                          r"OneCycleLR: invalid max_lr: nan"),
-    "LambdaLR": (lambda o: L.LambdaLR(o, lambda t: float("nan")),
-                 r"LambdaLR.step\(\) computed lr=nan for param_groups\[0\]"),
+    "CyclicLR base_lr list": (
+        lambda o: L.CyclicLR(o, base_lr=[1e-3, float("inf")], max_lr=1e-2),
+        r"CyclicLR: invalid base_lr: inf \(param_groups\[1\]\)",
+    ),
+    "CyclicLR scale_fn": (
+        lambda o: L.CyclicLR(o, base_lr=1e-3, max_lr=1e-2, scale_fn=lambda x: float("nan")),
+        r"CyclicLR.step\(\) computed lr=nan for param_groups\[0\] \(from scale_fn\(1\) = nan\)",
+    ),
+    "OneCycleLR max_lr": (
+        lambda o: L.OneCycleLR(o, max_lr=float("nan"), total_steps=10),
+        r"OneCycleLR: invalid max_lr: nan",
+    ),
+    "LambdaLR": (
+        lambda o: L.LambdaLR(o, lambda t: float("nan")),
+        r"LambdaLR.step\(\) computed lr=nan for param_groups\[0\]",
+    ),
 }
 
 
@@ -1164,12 +1277,16 @@ NON_FINITE_SCHEDULERS = {
 @pytest.mark.parametrize("name", list(NON_FINITE_SCHEDULERS))
 def test_a_scheduler_argument_that_is_not_finite_is_named(name):
     build, message = NON_FINITE_SCHEDULERS[name]
-    opt = lrfused.FusedScheduledAdam([{"params": [torch.zeros(2, requires_grad=True)]},
-                                      {"params": [torch.zeros(3, requires_grad=True)]}])
+    opt = lrfused.FusedScheduledAdam(
+        [{"params": [torch.zeros(2, requires_grad=True)]}, {"params": [torch.zeros(3, requires_grad=True)]}]
+    )
     before = snapshot(opt)
     with pytest.raises(ValueError, match=message):
         build(opt)
     assert_unchanged(opt, before)
     # torch takes these and trains with a NaN lr; on a torch optimizer lrfused's class is torch's.
-    build(torch.optim.Adam([{"params": [torch.zeros(2, requires_grad=True)]},
-                            {"params": [torch.zeros(3, requires_grad=True)]}]))
+    build(
+        torch.optim.Adam(
+            [{"params": [torch.zeros(2, requires_grad=True)]}, {"params": [torch.zeros(3, requires_grad=True)]}]
+        )
+    )

@@ -40,14 +40,27 @@ def test_adam_step_of_one_bucket_with_its_own_program(device, amsgrad, extras):
     params = [torch.randn(5, device=device), torch.randn(3, 2, device=device)]
     flags = P.FLAG_DECOUPLED | (P.FLAG_AMSGRAD if amsgrad else 0)
     rows = torch.tensor([[0, 2, 0, 0, -1, 0.9, 0.999, 1e-8, 0.01, flags]], dtype=torch.float64)
-    args = (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
-            [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params] if amsgrad else [],
-            [torch.tensor(3, device=device)], rows, program(device), [], [],
-            torch.zeros((), dtype=torch.int64, device=device), torch.zeros(1, dtype=torch.int64))
+    args = (
+        params,
+        [torch.randn_like(p) for p in params],
+        [torch.zeros_like(p) for p in params],
+        [torch.zeros_like(p) for p in params],
+        [torch.zeros_like(p) for p in params] if amsgrad else [],
+        [torch.tensor(3, device=device)],
+        rows,
+        program(device),
+        [],
+        [],
+        torch.zeros((), dtype=torch.int64, device=device),
+        torch.zeros(1, dtype=torch.int64),
+    )
     kwargs = {}
     if extras == "scaler":
-        kwargs.update(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device),
-                      invalid_steps=torch.zeros((), dtype=torch.int64, device=device))
+        kwargs.update(
+            grad_scale=torch.tensor(8.0, device=device),
+            found_inf=torch.tensor(0.0, device=device),
+            invalid_steps=torch.zeros((), dtype=torch.int64, device=device),
+        )
     elif extras == "handle":
         kwargs.update(handle=torch.ops.lrfused.new_handle())
     torch.library.opcheck(torch.ops.lrfused.adam_step_.default, args, kwargs)
@@ -56,8 +69,11 @@ def test_adam_step_of_one_bucket_with_its_own_program(device, amsgrad, extras):
 @pytest.mark.parametrize("epoch", [None, 7])
 def test_advance_lr_(device, epoch):
     groups = torch.tensor(_rules.held(0.1) + _rules.held(0.01, 0.9), dtype=torch.float64, device=device)
-    rules = torch.tensor(_rules.chain(schedules.Exponential(1.0, 0.5))
-                         + _rules.set_(schedules.Cosine(0.01, 10)), dtype=torch.float64, device=device)
+    rules = torch.tensor(
+        _rules.chain(schedules.Exponential(1.0, 0.5)) + _rules.set_(schedules.Cosine(0.01, 10)),
+        dtype=torch.float64,
+        device=device,
+    )
     clock = torch.tensor(2, dtype=torch.int64, device=device)
     torch.library.opcheck(torch.ops.lrfused.advance_lr_.default, (groups, clock, rules, epoch))
 
@@ -76,9 +92,12 @@ def test_new_handle():
 def test_evaluate_schedule(device):
     # It returns the program's value as Python floats read on the host: a host utility (the
     # tests' C++ evaluator, the check of a program's structure), which no trace can hold.
-    torch.library.opcheck(torch.ops.lrfused.evaluate_schedule.default, (program(device), 5),
-                          test_utils=("test_schema", "test_autograd_registration"))
-    assert torch.ops.lrfused.evaluate_schedule(program(device), 5)[0] == 1e-2 * 0.5 ** 2
+    torch.library.opcheck(
+        torch.ops.lrfused.evaluate_schedule.default,
+        (program(device), 5),
+        test_utils=("test_schema", "test_autograd_registration"),
+    )
+    assert torch.ops.lrfused.evaluate_schedule(program(device), 5)[0] == 1e-2 * 0.5**2
 
 
 def test_validate_rules(device):
@@ -100,19 +119,47 @@ def step_arguments(device, deferred: bool):
     from lrfused import _step_plan as P
 
     torch.manual_seed(0)
-    params = [torch.randn(5, device=device), torch.randn(3, 2, device=device),
-              torch.randn(4, device=device, dtype=torch.bfloat16)]
+    params = [
+        torch.randn(5, device=device),
+        torch.randn(3, 2, device=device),
+        torch.randn(4, device=device, dtype=torch.bfloat16),
+    ]
     words = torch.tensor(_rules.held(0.1) + _rules.held(0.01, 0.9), dtype=torch.float64, device=device)
-    rows = torch.tensor([[0, 2, 0, 0, 0, 0.9, 0.999, 1e-8, 0.01, P.FLAG_AMSGRAD | P.FLAG_DECOUPLED],
-                         [2, 3, 0, 4, 1, 0.9, 0.999, 1e-8, 0.0, P.FLAG_MAXIMIZE]], dtype=torch.float64)
-    rules = [torch.tensor(_rules.indexed(_rules.chain(schedules.Exponential(1.0, 0.5))
-                                         + _rules.set_(schedules.Cosine(0.01, 10)), 2), dtype=torch.float64,
-                          device=device)] if deferred else []
+    rows = torch.tensor(
+        [
+            [0, 2, 0, 0, 0, 0.9, 0.999, 1e-8, 0.01, P.FLAG_AMSGRAD | P.FLAG_DECOUPLED],
+            [2, 3, 0, 4, 1, 0.9, 0.999, 1e-8, 0.0, P.FLAG_MAXIMIZE],
+        ],
+        dtype=torch.float64,
+    )
+    rules = (
+        [
+            torch.tensor(
+                _rules.indexed(
+                    _rules.chain(schedules.Exponential(1.0, 0.5)) + _rules.set_(schedules.Cosine(0.01, 10)), 2
+                ),
+                dtype=torch.float64,
+                device=device,
+            )
+        ]
+        if deferred
+        else []
+    )
     clocks = [torch.tensor(2, dtype=torch.int64, device=device)] if deferred else []
-    return (params, [torch.randn_like(p) for p in params], [torch.zeros_like(p) for p in params],
-            [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params[:2]],
-            [torch.tensor(0, device=device), torch.tensor(4, device=device)], rows, words, clocks, rules,
-            torch.zeros((), dtype=torch.int64, device=device), torch.tensor([0, 0], dtype=torch.int64))
+    return (
+        params,
+        [torch.randn_like(p) for p in params],
+        [torch.zeros_like(p) for p in params],
+        [torch.zeros_like(p) for p in params],
+        [torch.zeros_like(p) for p in params[:2]],
+        [torch.tensor(0, device=device), torch.tensor(4, device=device)],
+        rows,
+        words,
+        clocks,
+        rules,
+        torch.zeros((), dtype=torch.int64, device=device),
+        torch.tensor([0, 0], dtype=torch.int64),
+    )
 
 
 @pytest.mark.parametrize("deferred", [False, True])
@@ -120,8 +167,11 @@ def step_arguments(device, deferred: bool):
 def test_adam_step_(device, deferred, extras):
     kwargs = {}
     if extras == "scaler":
-        kwargs.update(grad_scale=torch.tensor(8.0, device=device), found_inf=torch.tensor(0.0, device=device),
-                      invalid_steps=torch.zeros((), dtype=torch.int64, device=device))
+        kwargs.update(
+            grad_scale=torch.tensor(8.0, device=device),
+            found_inf=torch.tensor(0.0, device=device),
+            invalid_steps=torch.zeros((), dtype=torch.int64, device=device),
+        )
     torch.library.opcheck(torch.ops.lrfused.adam_step_.default, step_arguments(device, deferred), kwargs)
 
 
@@ -132,17 +182,23 @@ EAGER_ONLY = ("test_schema", "test_autograd_registration")
 
 
 def test_table_step_(device):
-    params, grads, exp_avgs, exp_avg_sqs, maxes, steps, rows, words, clocks, rules, applied, pending = (
-        step_arguments(device, True))
+    params, grads, exp_avgs, exp_avg_sqs, maxes, steps, rows, words, clocks, rules, applied, pending = step_arguments(
+        device, True
+    )
     sources = [p.clone().requires_grad_() for p in params]
     for source, grad in zip(sources, grads):
         source.grad = grad
     table = torch.ops.lrfused.new_handle()
-    torch.library.opcheck(torch.ops.lrfused.set_step_table.default,
-                          (table, sources, [s.detach() for s in sources], exp_avgs, exp_avg_sqs, maxes, []),
-                          test_utils=EAGER_ONLY)
-    torch.library.opcheck(torch.ops.lrfused.table_step_.default,
-                          (table, rows, steps, words, clocks, rules, applied, pending), test_utils=EAGER_ONLY)
+    torch.library.opcheck(
+        torch.ops.lrfused.set_step_table.default,
+        (table, sources, [s.detach() for s in sources], exp_avgs, exp_avg_sqs, maxes, []),
+        test_utils=EAGER_ONLY,
+    )
+    torch.library.opcheck(
+        torch.ops.lrfused.table_step_.default,
+        (table, rows, steps, words, clocks, rules, applied, pending),
+        test_utils=EAGER_ONLY,
+    )
     # opcheck calls the ops on copies: the table is set again from these very sources.
     torch.ops.lrfused.set_step_table(table, sources, [s.detach() for s in sources], exp_avgs, exp_avg_sqs, maxes, [])
     assert torch.ops.lrfused.table_step_(table, rows, steps, words, clocks, rules, applied, pending)
@@ -153,8 +209,6 @@ def test_table_step_(device):
 
 
 # --- the kernels against the reference ---------------------------------------------------------------
-
-
 
 
 @pytest.mark.parametrize("amsgrad,maximize,weight_decay,decoupled", FLAGS)
@@ -172,9 +226,23 @@ def test_compiled_op_matches_reference(amsgrad, maximize, weight_decay, decouple
         ms, vs, xs = clone(states[0]), clone(states[1]), clone(states[2])
         step = torch.tensor(4, dtype=torch.int64)
         for _ in range(3):
-            adam_step_one_bucket(op, ps, gs, ms, vs, xs if amsgrad else [], step, program, beta1=0.9, beta2=0.99,
-                                 eps=1e-8, weight_decay=weight_decay, decoupled_weight_decay=decoupled,
-                                 amsgrad=amsgrad, maximize=maximize)
+            adam_step_one_bucket(
+                op,
+                ps,
+                gs,
+                ms,
+                vs,
+                xs if amsgrad else [],
+                step,
+                program,
+                beta1=0.9,
+                beta2=0.99,
+                eps=1e-8,
+                weight_decay=weight_decay,
+                decoupled_weight_decay=decoupled,
+                amsgrad=amsgrad,
+                maximize=maximize,
+            )
         return ps + ms + vs + (xs if amsgrad else []) + [step]
 
     clone = lambda ts: [t.clone() for t in ts]  # noqa: E731
@@ -198,11 +266,13 @@ def test_grad_scale_and_found_inf(op_kwargs):
     program = torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64)
     ps, gs, m, v, step = [p.clone()], [g.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
     op = torch.ops.lrfused.adam_step_
-    adam_step_one_bucket(op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0),
-                         found_inf=torch.tensor(1.0), **op_kwargs)
+    adam_step_one_bucket(
+        op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(1.0), **op_kwargs
+    )
     assert torch.equal(ps[0], p) and torch.equal(gs[0], g) and int(step) == 0, "an overflow step changes nothing"
-    adam_step_one_bucket(op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0),
-                         found_inf=torch.tensor(0.0), **op_kwargs)
+    adam_step_one_bucket(
+        op, ps, gs, m, v, [], step, program, grad_scale=torch.tensor(1024.0), found_inf=torch.tensor(0.0), **op_kwargs
+    )
     assert int(step) == 1
     torch.testing.assert_close(gs[0], g / 1024, rtol=0, atol=0)  # the unscaled grad is written back
     ps2, m2, v2, step2 = [p.clone()], [torch.zeros(100)], [torch.zeros(100)], torch.tensor(0)
@@ -216,12 +286,30 @@ def test_bad_op_arguments_change_nothing(op_kwargs):
     params, step = [p.clone(), torch.randn(3)], torch.tensor(0)
     op = torch.ops.lrfused.adam_step_
     with pytest.raises(RuntimeError, match=r"grads\[1\] is Float \[4\] on cpu but params\[1\] is Float \[3\]"):
-        adam_step_one_bucket(op, params, [torch.randn(10), torch.randn(4)], [torch.zeros(10), torch.zeros(3)],
-                             [torch.zeros(10), torch.zeros(3)], [], step, program, **op_kwargs)
+        adam_step_one_bucket(
+            op,
+            params,
+            [torch.randn(10), torch.randn(4)],
+            [torch.zeros(10), torch.zeros(3)],
+            [torch.zeros(10), torch.zeros(3)],
+            [],
+            step,
+            program,
+            **op_kwargs,
+        )
     assert torch.equal(params[0], p) and int(step) == 0
     with pytest.raises(RuntimeError, match="malformed program"):
-        adam_step_one_bucket(op, [params[0]], [torch.randn(10)], [torch.zeros(10)], [torch.zeros(10)], [], step,
-                             torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64), **op_kwargs)
+        adam_step_one_bucket(
+            op,
+            [params[0]],
+            [torch.randn(10)],
+            [torch.zeros(10)],
+            [torch.zeros(10)],
+            [],
+            step,
+            torch.tensor([99.0, 3.0, 1.0], dtype=torch.float64),
+            **op_kwargs,
+        )
     assert torch.equal(params[0], p) and int(step) == 0
 
 
@@ -232,8 +320,12 @@ def layouts():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(layouts(), min_size=1, max_size=4), st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
-       st.booleans(), st.integers(0, 2 ** 40))
+@given(
+    st.lists(layouts(), min_size=1, max_size=4),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    st.booleans(),
+    st.integers(0, 2**40),
+)
 def test_compiled_op_equals_reference_on_any_layout(shapes, dtype, amsgrad, clock):
     # `clock`: the step count the bucket's schedule and bias corrections are read at.
     torch.manual_seed(0)
@@ -256,13 +348,27 @@ def test_compiled_op_equals_reference_on_any_layout(shapes, dtype, amsgrad, cloc
         states = [[torch.zeros_like(p) for p in params] for _ in range(3)]
         return params, grads, states
 
-    program = torch.tensor(schedules.warmup_cosine(10, 10 ** 6, peak_value=1e-2).encode(), dtype=torch.float64)
+    program = torch.tensor(schedules.warmup_cosine(10, 10**6, peak_value=1e-2).encode(), dtype=torch.float64)
     results = []
     for op in (torch.ops.lrfused.adam_step_, _reference.adam_step_):
         params, grads, (m, v, x) = build()
         step = torch.tensor(clock)
-        adam_step_one_bucket(op, params, grads, m, v, x if amsgrad else [], step, program, beta1=0.9, beta2=0.99,
-                             eps=1e-8, weight_decay=0.01, decoupled_weight_decay=True, amsgrad=amsgrad)
+        adam_step_one_bucket(
+            op,
+            params,
+            grads,
+            m,
+            v,
+            x if amsgrad else [],
+            step,
+            program,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            weight_decay=0.01,
+            decoupled_weight_decay=True,
+            amsgrad=amsgrad,
+        )
         results.append(params + m + v + [step])
     ours, reference = results
     # In float32 the two differ only by the order of operations (a few ulps, as before). In bf16 and
@@ -279,7 +385,7 @@ def test_compiled_op_equals_reference_on_any_layout(shapes, dtype, amsgrad, cloc
         else:
             assert torch.equal(a, b)
     _, grads, _ = build()
-    for moment, grad in zip(ours[len(shapes):2 * len(shapes)], grads):
+    for moment, grad in zip(ours[len(shapes) : 2 * len(shapes)], grads):
         assert torch.equal(moment != 0, grad != 0), "every exp_avg element with a gradient was written"
 
 
@@ -317,9 +423,17 @@ def test_mixed_dtypes_in_one_op_call_are_refused(op_kwargs):
     params = [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)]
     step = torch.tensor(0)
     with pytest.raises(RuntimeError, match=r"params\[1\] has dtype BFloat16 but its bucket's first param has another"):
-        adam_step_one_bucket(torch.ops.lrfused.adam_step_, params, [torch.ones(3), torch.ones(3, dtype=torch.bfloat16)],
-                             [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)],
-                             [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)], [], step, program, **op_kwargs)
+        adam_step_one_bucket(
+            torch.ops.lrfused.adam_step_,
+            params,
+            [torch.ones(3), torch.ones(3, dtype=torch.bfloat16)],
+            [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)],
+            [torch.zeros(3), torch.zeros(3, dtype=torch.bfloat16)],
+            [],
+            step,
+            program,
+            **op_kwargs,
+        )
     assert torch.equal(params[0], torch.zeros(3)) and int(step) == 0
 
 
@@ -327,8 +441,12 @@ def test_a_replayed_call_applies_its_deferred_steps_once():
     """What a CUDA graph replay does to a captured call: the same arguments again. The deferred
     steps it carries apply the first time only; the optimizer update applies each time."""
     words = torch.tensor(_rules.held(0.1) + _rules.held(0.2), dtype=torch.float64)
-    rules = torch.tensor(_rules.indexed(_rules.chain(schedules.Exponential(0.1, 0.5))
-                                        + _rules.chain(schedules.Exponential(0.2, 0.5)), 2), dtype=torch.float64)
+    rules = torch.tensor(
+        _rules.indexed(
+            _rules.chain(schedules.Exponential(0.1, 0.5)) + _rules.chain(schedules.Exponential(0.2, 0.5)), 2
+        ),
+        dtype=torch.float64,
+    )
     clock = torch.zeros((), dtype=torch.int64)
     applied = torch.zeros((), dtype=torch.int64)
     pending = torch.tensor([0, 0], dtype=torch.int64)  # the first step's sequence number, its clock slot
@@ -346,8 +464,11 @@ def test_the_op_matches_its_reference_with_deferred_steps(seed):
     rng = random.Random(seed)
     groups = rng.randint(1, 3)
     words = torch.tensor([w for g in range(groups) for w in _rules.held(rng.uniform(0.01, 0.1))], dtype=torch.float64)
-    kinds = [lambda: schedules.Exponential(1.0, 0.9), lambda: schedules.Step(1.0, 2, 0.5),
-             lambda: schedules.Cosine(1.0, 10, 0.01)]
+    kinds = [
+        lambda: schedules.Exponential(1.0, 0.9),
+        lambda: schedules.Step(1.0, 2, 0.5),
+        lambda: schedules.Cosine(1.0, 10, 0.01),
+    ]
     rule_lists = []
     for _ in range(rng.randint(1, 4)):
         nodes = [w for _ in range(groups) for w in rng.choice([_rules.chain, _rules.set_])(rng.choice(kinds)())]
@@ -358,16 +479,36 @@ def test_the_op_matches_its_reference_with_deferred_steps(seed):
     shapes = [(rng.randint(1, 50),) for _ in range(groups)]
     params = [torch.randn(s) for s in shapes]
     grads = [torch.randn(s) for s in shapes]
-    rows = torch.tensor([[g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED]
-                         for g in range(groups)], dtype=torch.float64)
+    rows = torch.tensor(
+        [[g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED] for g in range(groups)],
+        dtype=torch.float64,
+    )
 
     def run(op):
-        state = dict(p=[x.clone() for x in params], m=[torch.zeros(s) for s in shapes],
-                     v=[torch.zeros(s) for s in shapes], steps=[torch.zeros((), dtype=torch.int64) for _ in shapes],
-                     words=words.clone(), clocks=[torch.tensor(3), torch.tensor(5)][:clock_count], applied=torch.tensor(2))
+        state = dict(
+            p=[x.clone() for x in params],
+            m=[torch.zeros(s) for s in shapes],
+            v=[torch.zeros(s) for s in shapes],
+            steps=[torch.zeros((), dtype=torch.int64) for _ in shapes],
+            words=words.clone(),
+            clocks=[torch.tensor(3), torch.tensor(5)][:clock_count],
+            applied=torch.tensor(2),
+        )
         pending = torch.tensor([2] + slots, dtype=torch.int64)
-        op(state["p"], [x.clone() for x in grads], state["m"], state["v"], [], state["steps"], rows, state["words"],
-           state["clocks"], rule_lists, state["applied"], pending)
+        op(
+            state["p"],
+            [x.clone() for x in grads],
+            state["m"],
+            state["v"],
+            [],
+            state["steps"],
+            rows,
+            state["words"],
+            state["clocks"],
+            rule_lists,
+            state["applied"],
+            pending,
+        )
         return state
 
     ours, reference = run(torch.ops.lrfused.adam_step_), run(lrfused._reference.adam_step_)
@@ -384,10 +525,16 @@ def test_the_op_matches_its_reference_with_deferred_steps(seed):
 
 
 def _op_args(op_kwargs):
-    return dict(params=[torch.zeros(3), torch.zeros(2)], grads=[torch.ones(3), torch.ones(2)],
-                exp_avgs=[torch.zeros(3), torch.zeros(2)], exp_avg_sqs=[torch.zeros(3), torch.zeros(2)],
-                max_exp_avg_sqs=[], step=torch.tensor(0),
-                program=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64), **op_kwargs)
+    return dict(
+        params=[torch.zeros(3), torch.zeros(2)],
+        grads=[torch.ones(3), torch.ones(2)],
+        exp_avgs=[torch.zeros(3), torch.zeros(2)],
+        exp_avg_sqs=[torch.zeros(3), torch.zeros(2)],
+        max_exp_avg_sqs=[],
+        step=torch.tensor(0),
+        program=torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64),
+        **op_kwargs,
+    )
 
 
 BAD_OP_ARGS = {
@@ -414,8 +561,9 @@ BAD_OP_ARGS = {
 
 
 def _call_one_bucket(op, args):
-    positional = [args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step",
-                                        "program")]
+    positional = [
+        args.pop(k) for k in ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "step", "program")
+    ]
     adam_step_one_bucket(op, *positional, **args)
     return positional
 
@@ -451,8 +599,7 @@ def test_the_reference_matches_the_kernels_on_a_good_call(op_kwargs):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("library, fragment", [(None, "no compiled extension"),
-                                               (b"not a library", "failed to load: ")])
+@pytest.mark.parametrize("library, fragment", [(None, "no compiled extension"), (b"not a library", "failed to load: ")])
 def test_the_fallback_warning_names_the_cause(tmp_path, library, fragment):
     # A copy of the package without its library (an install that never built it), or with a
     # broken one; Python's own message would say "partially initialized module" for both. (Under
@@ -464,13 +611,15 @@ def test_the_fallback_warning_names_the_cause(tmp_path, library, fragment):
     shutil.copytree(source, copy_dir, ignore=shutil.ignore_patterns("_C*", "__pycache__"))
     if library is not None:
         (copy_dir / "_C.abi3.so").write_bytes(library)
-    code = ("import sys, warnings\n"
-            f"sys.path.insert(0, {str(tmp_path)!r})\n"
-            "with warnings.catch_warnings(record=True) as caught:\n"
-            "    warnings.simplefilter('always')\n"
-            "    import lrfused_copy\n"
-            "assert not lrfused_copy.has_kernels()\n"
-            "print('|'.join(str(w.message) for w in caught))\n")
+    code = (
+        "import sys, warnings\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lrfused_copy\n"
+        "assert not lrfused_copy.has_kernels()\n"
+        "print('|'.join(str(w.message) for w in caught))\n"
+    )
     env = dict(os.environ, LRFUSED_REQUIRE_KERNELS="0")  # CI's CUDA check sets it to 1
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -48,8 +48,7 @@ PARITY = {torch.float32: 1e-6, torch.float64: 1e-12, torch.complex128: 1e-12}
 @pytest.mark.parametrize("amsgrad,maximize,weight_decay,decoupled", FLAGS)
 def test_matches_torch_adam(device, dtype, amsgrad, maximize, weight_decay, decoupled, twin_params):
     ours, theirs = twin_params(device, dtype=dtype)
-    kw = dict(lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
-              decoupled_weight_decay=decoupled)
+    kw = dict(lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled)
     opt_ours = lrfused.FusedScheduledAdam(ours, **kw)
     opt_theirs = torch.optim.Adam(theirs, **kw)
     run_pair(ours, theirs, opt_ours, opt_theirs, 200)
@@ -98,7 +97,7 @@ def test_grad_scaler_with_optimizer(device, twin_params):
     ours, theirs = twin_params(device)
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2)
-    scalers = [torch.amp.GradScaler(device, init_scale=2.0 ** 10), torch.amp.GradScaler(device, init_scale=2.0 ** 10)]
+    scalers = [torch.amp.GradScaler(device, init_scale=2.0**10), torch.amp.GradScaler(device, init_scale=2.0**10)]
     for step in range(20):
         for params, opt, scaler in ((ours, opt_ours, scalers[0]), (theirs, opt_theirs, scalers[1])):
             torch.manual_seed(step)
@@ -192,8 +191,13 @@ def test_closure_and_zero_grad():
 def test_state_dict_round_trip_and_weights_only(device, twin_params):
     ours, _ = twin_params(device)
     opt = lrfused.FusedScheduledAdam(ours, lr=1e-2, amsgrad=True, schedule=schedules.exponential_decay(0.9))
-    run_pair(ours, [p.detach().clone().requires_grad_() for p in ours], opt,
-             torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0), 5)
+    run_pair(
+        ours,
+        [p.detach().clone().requires_grad_() for p in ours],
+        opt,
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0),
+        5,
+    )
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
@@ -230,14 +234,17 @@ def test_checkpoints_move_between_torch_and_lrfused(device, direction, twin_para
         assert max_relative_error(a, b) < 1e-6
 
 
-@pytest.mark.parametrize("kwargs,fragment", [
-    (dict(lr=-1.0), "learning rate: -1.0"),
-    (dict(lr=float("nan")), "learning rate: nan"),
-    (dict(eps=-1e-8), "epsilon value: -1e-08"),
-    (dict(betas=(1.0, 0.999)), "index 0: 1.0"),
-    (dict(betas=(0.9, float("inf"))), "index 1: inf"),
-    (dict(weight_decay=-0.1), "weight_decay value: -0.1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(lr=-1.0), "learning rate: -1.0"),
+        (dict(lr=float("nan")), "learning rate: nan"),
+        (dict(eps=-1e-8), "epsilon value: -1e-08"),
+        (dict(betas=(1.0, 0.999)), "index 0: 1.0"),
+        (dict(betas=(0.9, float("inf"))), "index 1: inf"),
+        (dict(weight_decay=-0.1), "weight_decay value: -0.1"),
+    ],
+)
 def test_invalid_hyperparameters_are_refused(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         lrfused.FusedScheduledAdam([torch.zeros(2, requires_grad=True)], **kwargs)
@@ -380,7 +387,10 @@ def test_a_tabulated_function_needs_a_horizon():
 NEWER_KEYS = ["maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay"]
 
 
-PAIRS = {"Adam": (lrfused.FusedScheduledAdam, torch.optim.Adam), "AdamW": (lrfused.FusedScheduledAdamW, torch.optim.AdamW)}
+PAIRS = {
+    "Adam": (lrfused.FusedScheduledAdam, torch.optim.Adam),
+    "AdamW": (lrfused.FusedScheduledAdamW, torch.optim.AdamW),
+}
 
 
 def _stepped(cls, params, steps=3):
@@ -411,8 +421,9 @@ def test_a_checkpoint_without_newer_group_keys_loads_with_torchs_defaults(pair, 
     ours.load_state_dict(copy.deepcopy(checkpoint))
     theirs.load_state_dict(copy.deepcopy(checkpoint))
     for ours_group, theirs_group in zip(ours.param_groups, theirs.param_groups):
-        assert {k: v for k, v in ours_group.items() if k != "params"} == \
-               {k: v for k, v in theirs_group.items() if k != "params"}
+        assert {k: v for k, v in ours_group.items() if k != "params"} == {
+            k: v for k, v in theirs_group.items() if k != "params"
+        }
     for _ in range(3):
         for a, b in zip(ours_params, theirs_params):
             a.grad = torch.randn_like(a)
@@ -520,14 +531,14 @@ def test_counters_do_not_stop_at_two_to_the_24():
     opt = lrfused.FusedScheduledAdam([w], lr=1e-3, schedule=schedules.exponential_decay(1 - 1e-7))
     w.grad = torch.ones(4)
     opt.step()
-    start = 2 ** 24 + 3
+    start = 2**24 + 3
     opt.state[w]["step"].fill_(start)
     for _ in range(3):
         opt.step()
     assert int(opt.state[w]["step"]) == start + 3
     # The schedule is evaluated at the exact clock, in float64.
     program = torch.tensor(schedules.exponential_decay(1 - 1e-7).encode(), dtype=torch.float64)
-    for t in (2 ** 24 + 1, 10 ** 6, 2 ** 40 + 7):
+    for t in (2**24 + 1, 10**6, 2**40 + 7):
         lr, _ = lrfused._ops.evaluate_schedule(program, t)
         assert lr == (1 - 1e-7) ** float(t)
 
@@ -560,7 +571,7 @@ def overflow_run(optimizer_factory, scheduler_factory, steps=8, overflow_at=(3,)
     w = torch.randn(16, requires_grad=True)
     opt = optimizer_factory([w])
     sched = scheduler_factory(opt) if scheduler_factory else None
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     lrs = []
     for step in range(steps):
         opt.zero_grad()
@@ -579,10 +590,12 @@ def overflow_run(optimizer_factory, scheduler_factory, steps=8, overflow_at=(3,)
 def test_amp_overflow_pauses_the_optimizer_counter_not_a_scheduler_clock():
     # With a scheduler object, its clock counts scheduler.step() calls, as torch's last_epoch does:
     # an overflow step does not pause it. The optimizer's step counter (bias correction) pauses.
-    w, opt, lrs = overflow_run(lambda ps: lrfused.FusedScheduledAdam(ps, lr=0.1),
-                               lambda o: L.StepLR(o, step_size=2, gamma=0.5))
-    _, torch_opt, torch_lrs = overflow_run(lambda ps: torch.optim.Adam(ps, lr=0.1),
-                                           lambda o: T.StepLR(o, step_size=2, gamma=0.5))
+    w, opt, lrs = overflow_run(
+        lambda ps: lrfused.FusedScheduledAdam(ps, lr=0.1), lambda o: L.StepLR(o, step_size=2, gamma=0.5)
+    )
+    _, torch_opt, torch_lrs = overflow_run(
+        lambda ps: torch.optim.Adam(ps, lr=0.1), lambda o: T.StepLR(o, step_size=2, gamma=0.5)
+    )
     assert lrs == torch_lrs
     assert int(opt.state[w]["step"]) == 7 == int(torch_opt.state[torch_opt.param_groups[0]["params"][0]]["step"])
 
@@ -590,8 +603,9 @@ def test_amp_overflow_pauses_the_optimizer_counter_not_a_scheduler_clock():
 def test_amp_overflow_pauses_a_schedule_given_to_the_optimizer():
     # With schedule=, the schedule reads the optimizer's own counter: an overflow pauses both.
     schedule = schedules.step_decay(2, 0.5)
-    w, opt, _ = overflow_run(lambda ps: lrfused.FusedScheduledAdam(ps, lr=0.1, schedule=schedule), None,
-                             steps=6, overflow_at=(1,))
+    w, opt, _ = overflow_run(
+        lambda ps: lrfused.FusedScheduledAdam(ps, lr=0.1, schedule=schedule), None, steps=6, overflow_at=(1,)
+    )
     torch.manual_seed(0)  # the same run in torch, without the skipped step
     reference = torch.randn(16, requires_grad=True)
     reference_opt = torch.optim.Adam([reference], lr=0.1)
@@ -621,11 +635,13 @@ def _group_forms():
         "generator": lambda m: m.parameters(),
         "list": lambda m: list(m.parameters()),
         "tuple": lambda m: tuple(m.parameters()),
-        "group with a generator": lambda m: [{"params": m[0].parameters(), "lr": 1e-2},
-                                             {"params": m[2].parameters()}],
+        "group with a generator": lambda m: [{"params": m[0].parameters(), "lr": 1e-2}, {"params": m[2].parameters()}],
         "group with a tuple": lambda m: [{"params": tuple(m[0].parameters())}, {"params": m[2].parameters()}],
-        "group with one tensor": lambda m: [{"params": m[0].weight}, {"params": [m[0].bias]},
-                                            {"params": m[2].parameters(), "weight_decay": 0.1}],
+        "group with one tensor": lambda m: [
+            {"params": m[0].weight},
+            {"params": [m[0].bias]},
+            {"params": m[2].parameters(), "weight_decay": 0.1},
+        ],
         "named generator": lambda m: [p for _, p in m.named_parameters()],
         "map object": lambda m: map(lambda p: p, m.parameters()),
         "filter generator": lambda m: (p for p in m.parameters() if p.dim() == 2),
@@ -659,14 +675,17 @@ def test_param_groups_in_every_form_train_as_torch(form, adamw):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("bad, error", [
-    (lambda m: [{"params": set(m.parameters())}], TypeError),
-    (lambda m: [], ValueError),
-    (lambda m: [{"params": [m[0].weight]}, {"params": [m[0].weight]}], ValueError),
-    (lambda m: [m[0].weight * 2], ValueError),  # not a leaf
-    (lambda m: [{"lr": 0.1}], KeyError),
-    (lambda m: ["a string"], TypeError),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda m: [{"params": set(m.parameters())}], TypeError),
+        (lambda m: [], ValueError),
+        (lambda m: [{"params": [m[0].weight]}, {"params": [m[0].weight]}], ValueError),
+        (lambda m: [m[0].weight * 2], ValueError),  # not a leaf
+        (lambda m: [{"lr": 0.1}], KeyError),
+        (lambda m: ["a string"], TypeError),
+    ],
+)
 def test_malformed_param_groups_are_refused_as_torch_refuses(bad, error):
     model = _modules()[0]
     theirs = raised(lambda: torch.optim.Adam(bad(model)))
@@ -679,9 +698,13 @@ def test_add_param_group_refusal_changes_nothing():
     model = _modules()[0]
     opt = lrfused.FusedScheduledAdam([model[0].weight])
     before = snapshot(opt)
-    for bad in ({"params": [model[0].weight]}, {"params": {model[2].weight}}, {"params": [model[2].weight], "lr": -1},
-                {"params": [torch.zeros(2, dtype=torch.int64)]},
-                {"params": [model[2].weight], "betas": (1.0, 0.9)}):
+    for bad in (
+        {"params": [model[0].weight]},
+        {"params": {model[2].weight}},
+        {"params": [model[2].weight], "lr": -1},
+        {"params": [torch.zeros(2, dtype=torch.int64)]},
+        {"params": [model[2].weight], "betas": (1.0, 0.9)},
+    ):
         with pytest.raises((ValueError, TypeError)):
             opt.add_param_group(bad)
         assert_unchanged(opt, before)
@@ -708,8 +731,12 @@ def test_a_group_of_mixed_dtypes_counts_each_step_once(mix, amsgrad):
     # torch keeps a step per param, so one torch optimizer per param is the same optimizer: its
     # fused CPU Adam (float32 opmath, as lrfused's kernels) for reduced precision, its for-loop for
     # complex params, which the fused one refuses.
-    per_param = [torch.optim.AdamW([b], lr=1e-2, amsgrad=amsgrad, fused=not b.is_complex(),
-                                   foreach=False if b.is_complex() else None) for b in theirs]
+    per_param = [
+        torch.optim.AdamW(
+            [b], lr=1e-2, amsgrad=amsgrad, fused=not b.is_complex(), foreach=False if b.is_complex() else None
+        )
+        for b in theirs
+    ]
     opt_theirs = EachOptimizer(per_param)
     step_both(ours, theirs, opt_ours, opt_theirs, 5)
     for a, b, start, one in zip(ours, theirs, base, per_param):
@@ -729,10 +756,12 @@ def test_a_param_listed_twice_steps_as_torch_for_loop(listing, decoupled):
     ours, theirs = twin_leaves([(7,), (3, 4)], seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own "duplicate parameters" warning, raised for both
-        opt_ours = lrfused.FusedScheduledAdam([ours[i] for i in listing], lr=1e-2, weight_decay=0.1,
-                                              decoupled_weight_decay=decoupled)
-        opt_theirs = torch.optim.Adam([theirs[i] for i in listing], lr=1e-2, weight_decay=0.1,
-                                      decoupled_weight_decay=decoupled, foreach=False)
+        opt_ours = lrfused.FusedScheduledAdam(
+            [ours[i] for i in listing], lr=1e-2, weight_decay=0.1, decoupled_weight_decay=decoupled
+        )
+        opt_theirs = torch.optim.Adam(
+            [theirs[i] for i in listing], lr=1e-2, weight_decay=0.1, decoupled_weight_decay=decoupled, foreach=False
+        )
     step_both(ours, theirs, opt_ours, opt_theirs, 4)
     for i in set(listing):
         assert int(opt_ours.state[ours[i]]["step"]) == int(opt_theirs.state[theirs[i]]["step"]) == 4 * listing.count(i)
@@ -754,11 +783,24 @@ def test_mixed_dtypes_after_a_checkpoint_keep_their_own_counts():
 
 
 BAD_HYPERPARAMETERS = [
-    dict(lr=-1.0), dict(lr=float("nan")), dict(lr=torch.tensor(-1.0)), dict(lr=torch.tensor(float("nan"))),
-    dict(lr=torch.tensor([1e-3, 1e-3])), dict(lr="0.1"), dict(lr=None),
-    dict(betas=(1.0, 0.999)), dict(betas=(-0.1, 0.999)), dict(betas=(0.9, 1.0)), dict(betas=(0.9, -1e-9)),
-    dict(betas=(float("nan"), 0.999)), dict(betas=(torch.tensor(1.5), 0.999)), dict(betas=(0.9,)),
-    dict(eps=-1e-8), dict(eps=float("nan")), dict(weight_decay=-0.1), dict(weight_decay=float("nan")),
+    dict(lr=-1.0),
+    dict(lr=float("nan")),
+    dict(lr=torch.tensor(-1.0)),
+    dict(lr=torch.tensor(float("nan"))),
+    dict(lr=torch.tensor([1e-3, 1e-3])),
+    dict(lr="0.1"),
+    dict(lr=None),
+    dict(betas=(1.0, 0.999)),
+    dict(betas=(-0.1, 0.999)),
+    dict(betas=(0.9, 1.0)),
+    dict(betas=(0.9, -1e-9)),
+    dict(betas=(float("nan"), 0.999)),
+    dict(betas=(torch.tensor(1.5), 0.999)),
+    dict(betas=(0.9,)),
+    dict(eps=-1e-8),
+    dict(eps=float("nan")),
+    dict(weight_decay=-0.1),
+    dict(weight_decay=float("nan")),
 ]
 
 
@@ -778,9 +820,13 @@ def test_hyperparameters_torch_refuses_are_refused(kwargs, where):
     theirs = raised(lambda: torch.optim.Adam([torch.zeros(3, requires_grad=True)], **kwargs))
     ours = raised(lambda: build(lrfused.FusedScheduledAdam))
     assert theirs is not None
-    (name, value), = kwargs.items()
-    words = {"lr": ("learning rate", "Tensor lr"), "betas": ("beta",), "eps": ("epsilon",),
-             "weight_decay": ("weight_decay",)}[name]
+    ((name, value),) = kwargs.items()
+    words = {
+        "lr": ("learning rate", "Tensor lr"),
+        "betas": ("beta",),
+        "eps": ("epsilon",),
+        "weight_decay": ("weight_decay",),
+    }[name]
     assert isinstance(ours, (ValueError, TypeError)) and any(w in str(ours) for w in words), ours
     if "1-element" in str(theirs):
         # torch's own tests match this message ("Tensor lr must be 1-element"): it is kept word for word.
@@ -788,11 +834,19 @@ def test_hyperparameters_torch_refuses_are_refused(kwargs, where):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("kwargs", [dict(lr=float("inf")), dict(eps=float("inf")), dict(weight_decay=float("inf")),
-                                    dict(lr=torch.tensor(float("inf")))], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=float("inf")),
+        dict(eps=float("inf")),
+        dict(weight_decay=float("inf")),
+        dict(lr=torch.tensor(float("inf"))),
+    ],
+    ids=repr,
+)
 def test_non_finite_hyperparameters_torch_takes_are_refused_by_name(kwargs):
     # torch accepts these and trains to infinities or NaNs; lrfused refuses them, naming them.
-    (name, value), = kwargs.items()
+    ((name, value),) = kwargs.items()
     with pytest.raises(ValueError, match="inf"):
         lrfused.FusedScheduledAdam([torch.zeros(3, requires_grad=True)], **kwargs)
 
@@ -824,6 +878,7 @@ def _edit(change):
     def edit(saved):
         change(saved["state"][0])
         return saved
+
     return edit
 
 
@@ -862,8 +917,9 @@ def test_a_bad_checkpoint_is_refused_before_anything_changes(case):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("step", [torch.tensor(3.0), torch.tensor(3), 3, 3.0, torch.tensor(3.0, dtype=torch.float64)],
-                         ids=repr)
+@pytest.mark.parametrize(
+    "step", [torch.tensor(3.0), torch.tensor(3), 3, 3.0, torch.tensor(3.0, dtype=torch.float64)], ids=repr
+)
 def test_whole_steps_in_any_form_torch_saves_are_loaded(step):
     ours, theirs = twin_leaves([(6,)])
     opt_theirs = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
@@ -919,14 +975,18 @@ def test_a_model_converted_to_channels_last_trains_as_torch(when, amsgrad):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("make", [
-    lambda: torch.randn(6, 4).t(),                    # dense, transposed
-    lambda: torch.randn(12)[::2],                     # not dense: a strided view
-    lambda: torch.randn(4, 6)[:, 1:5],                # not dense: a slice
-    lambda: torch.randn(2, 3, 4, 5).permute(0, 2, 3, 1),
-    lambda: torch.randn(0, 3),                        # empty
-    lambda: torch.randn(()),                          # zero-dim
-], ids=["transposed", "strided", "sliced", "permuted", "empty", "scalar"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(6, 4).t(),  # dense, transposed
+        lambda: torch.randn(12)[::2],  # not dense: a strided view
+        lambda: torch.randn(4, 6)[:, 1:5],  # not dense: a slice
+        lambda: torch.randn(2, 3, 4, 5).permute(0, 2, 3, 1),
+        lambda: torch.randn(0, 3),  # empty
+        lambda: torch.randn(()),  # zero-dim
+    ],
+    ids=["transposed", "strided", "sliced", "permuted", "empty", "scalar"],
+)
 def test_params_of_any_layout_train_as_torch(make):
     torch.manual_seed(5)
     base = make()
@@ -1012,8 +1072,11 @@ def test_a_bad_value_in_a_later_group_changes_no_group(case, groups, bad_group):
     before = snapshot(opt)
     with pytest.raises((ValueError, TypeError)) as error:
         opt.step()
-    assert f"{bad_group}" in str(error.value) or key.split("_")[0] in str(error.value).lower() or "beta" in str(
-        error.value)
+    assert (
+        f"{bad_group}" in str(error.value)
+        or key.split("_")[0] in str(error.value).lower()
+        or "beta" in str(error.value)
+    )
     assert_unchanged(opt, before)
     opt.param_groups[bad_group][key] = good
     opt.step()  # a retry steps every group once
@@ -1022,8 +1085,11 @@ def test_a_bad_value_in_a_later_group_changes_no_group(case, groups, bad_group):
 
 @pytest.mark.hostile
 @pytest.mark.parametrize("copier", [copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))], ids=["deepcopy", "pickle"])
-@pytest.mark.parametrize("kwargs", [dict(), dict(schedule=schedules.cosine_decay(20)), dict(check_finite=True),
-                                    dict(amsgrad=True, weight_decay=0.1)], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(schedule=schedules.cosine_decay(20)), dict(check_finite=True), dict(amsgrad=True, weight_decay=0.1)],
+    ids=repr,
+)
 def test_a_copied_optimizer_steps_as_the_original(copier, kwargs):
     params = [torch.randn(5, requires_grad=True), torch.randn(2, 2, requires_grad=True)]
     opt = lrfused.FusedScheduledAdamW(params, lr=1e-2, **kwargs)
@@ -1063,9 +1129,18 @@ def test_params_whose_grads_come_and_go_count_as_torch(pattern):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("kwargs", [dict(lr=0.0), dict(maximize=True, amsgrad=True), dict(betas=(0.0, 0.0)),
-                                    dict(betas=(0.0, 0.5), eps=0.0), dict(weight_decay=1.0, amsgrad=True),
-                                    dict(eps=1.0, maximize=True)], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=0.0),
+        dict(maximize=True, amsgrad=True),
+        dict(betas=(0.0, 0.0)),
+        dict(betas=(0.0, 0.5), eps=0.0),
+        dict(weight_decay=1.0, amsgrad=True),
+        dict(eps=1.0, maximize=True),
+    ],
+    ids=repr,
+)
 @pytest.mark.parametrize("adamw", [False, True])
 def test_edge_hyperparameters_train_as_torch(kwargs, adamw):
     ours, theirs = twin_leaves([(9,), (3, 3)], seed=10)
@@ -1076,9 +1151,17 @@ def test_edge_hyperparameters_train_as_torch(kwargs, adamw):
 
 
 @pytest.mark.hostile
-@pytest.mark.parametrize("grad", [lambda s: torch.zeros(s), lambda s: torch.full(s, 1e30), lambda s: torch.full(s, 1e-30),
-                                  lambda s: torch.full(s, float("nan")), lambda s: torch.full(s, float("inf"))],
-                         ids=["zeros", "huge", "tiny", "nan", "inf"])
+@pytest.mark.parametrize(
+    "grad",
+    [
+        lambda s: torch.zeros(s),
+        lambda s: torch.full(s, 1e30),
+        lambda s: torch.full(s, 1e-30),
+        lambda s: torch.full(s, float("nan")),
+        lambda s: torch.full(s, float("inf")),
+    ],
+    ids=["zeros", "huge", "tiny", "nan", "inf"],
+)
 def test_extreme_gradients_give_torch_results(grad):
     ours, theirs = twin_leaves([(6,)], seed=11)
     opt_ours = lrfused.FusedScheduledAdam(ours, lr=1e-2)

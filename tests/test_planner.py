@@ -31,8 +31,12 @@ class CountLrfusedOps(TorchDispatchMode):
 def mixed_groups(device, seed):
     """Two groups, each with a float32 and a bfloat16 param, twins for torch."""
     torch.manual_seed(seed)
-    base = [(torch.randn(33, 4, device=device), torch.float32), (torch.randn(7, device=device), torch.bfloat16),
-            (torch.randn(129, device=device), torch.float32), (torch.randn(5, 3, device=device), torch.bfloat16)]
+    base = [
+        (torch.randn(33, 4, device=device), torch.float32),
+        (torch.randn(7, device=device), torch.bfloat16),
+        (torch.randn(129, device=device), torch.float32),
+        (torch.randn(5, 3, device=device), torch.bfloat16),
+    ]
     ours = [b.to(dtype).requires_grad_() for b, dtype in base]
     theirs = [b.to(dtype).requires_grad_() for b, dtype in base]
 
@@ -76,10 +80,15 @@ class RecordEveryOp(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("make", [lambda opt: L.CosineAnnealingLR(opt, T_max=100),
-                                  lambda opt: L.OneCycleLR(opt, max_lr=1e-2, total_steps=100),
-                                  lambda opt: L.LambdaLR(opt, lambda t: 0.9 ** t, horizon=1000)],
-                         ids=["cosine", "one_cycle", "lambda_horizon"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda opt: L.CosineAnnealingLR(opt, T_max=100),
+        lambda opt: L.OneCycleLR(opt, max_lr=1e-2, total_steps=100),
+        lambda opt: L.LambdaLR(opt, lambda t: 0.9**t, horizon=1000),
+    ],
+    ids=["cosine", "one_cycle", "lambda_horizon"],
+)
 def test_a_steady_optimizer_and_scheduler_step_calls_the_dispatcher_once(make):
     # The scheduler step's deferral is written without tensor ops; the optimizer's step is its op.
     ours, _, groups = mixed_groups("cpu", 0)
@@ -105,8 +114,10 @@ def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
     the lr, in a random order: the params and lrs are torch's."""
     rng = random.Random(seed)
     ours, theirs, groups = mixed_groups(device, seed)
-    ours, theirs = [p.detach().float().requires_grad_() for p in ours], [p.detach().float().requires_grad_()
-                                                                          for p in theirs]
+    ours, theirs = (
+        [p.detach().float().requires_grad_() for p in ours],
+        [p.detach().float().requires_grad_() for p in theirs],
+    )
     opt_ours = lrfused.FusedScheduledAdam(groups(ours), lr=1e-2, check_finite=True)
     opt_theirs = torch.optim.Adam(groups(theirs), lr=1e-2)
     sched_ours = [L.LinearLR(opt_ours, start_factor=0.5, total_iters=7), L.ExponentialLR(opt_ours, gamma=0.93)]
@@ -141,8 +152,9 @@ def test_deferred_scheduler_steps_follow_torchs_last_epoch(device, seed):
                     b.step()
     for a, b in zip(opt_ours.param_groups, opt_theirs.param_groups):
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-12)
-    assert binding_of(opt_ours).lr_words().tolist() == pytest.approx([g["lr"] for g in opt_theirs.param_groups],
-                                                                  rel=1e-12)
+    assert binding_of(opt_ours).lr_words().tolist() == pytest.approx(
+        [g["lr"] for g in opt_theirs.param_groups], rel=1e-12
+    )
     for a, b in zip(ours, theirs):
         assert max_relative_error(a, b) < 1e-5
 

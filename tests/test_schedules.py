@@ -14,7 +14,7 @@ from lrfused import schedules as S
 from lrfused._schedule_encoding import encoding_rows
 
 finite = dict(allow_nan=False, allow_infinity=False)
-clocks = st.one_of(st.integers(0, 300), st.integers(0, 2 ** 40))
+clocks = st.one_of(st.integers(0, 300), st.integers(0, 2**40))
 
 
 def leaf_schedules():
@@ -28,18 +28,33 @@ def leaf_schedules():
         st.builds(S.Linear, pos, fraction, fraction, st.integers(1, 1000)),
         st.builds(S.Exponential, pos, st.floats(0.5, 1.0, **finite)),
         st.builds(S.Polynomial, pos, st.integers(1, 1000), st.floats(0.1, 4.0, **finite), st.floats(0, 1e-3, **finite)),
-        st.builds(S.Cosine, pos, st.integers(1, 10 ** 6), st.floats(0, 1e-3, **finite), st.booleans()),
+        st.builds(S.Cosine, pos, st.integers(1, 10**6), st.floats(0, 1e-3, **finite), st.booleans()),
         st.builds(S.WarmRestarts, pos, st.integers(1, 50), st.integers(1, 3), st.floats(0, 1e-3, **finite)),
-        st.builds(lambda b, m, total, ratio, mode, gamma, cm: S.Cyclic(b, b + m, total, ratio, mode=mode, gamma=gamma,
-                                                                        cycle_momentum=cm),
-                  pos, pos, st.integers(2, 4000).map(float), st.floats(0.05, 1.0, **finite), st.integers(0, 2),
-                  st.floats(0.9, 1.0, **finite), st.booleans()),
-        st.builds(lambda i, n, pct, three, cos, cm: S.OneCycle(i / 25, i, i / 25e4, n, pct_start=pct, three_phase=three,
-                                                              anneal_cos=cos, cycle_momentum=cm),
-                  pos, st.integers(100, 10 ** 6), st.floats(0.05, 0.45, **finite), st.booleans(), st.booleans(),
-                  st.booleans()),
+        st.builds(
+            lambda b, m, total, ratio, mode, gamma, cm: S.Cyclic(
+                b, b + m, total, ratio, mode=mode, gamma=gamma, cycle_momentum=cm
+            ),
+            pos,
+            pos,
+            st.integers(2, 4000).map(float),
+            st.floats(0.05, 1.0, **finite),
+            st.integers(0, 2),
+            st.floats(0.9, 1.0, **finite),
+            st.booleans(),
+        ),
+        st.builds(
+            lambda i, n, pct, three, cos, cm: S.OneCycle(
+                i / 25, i, i / 25e4, n, pct_start=pct, three_phase=three, anneal_cos=cos, cycle_momentum=cm
+            ),
+            pos,
+            st.integers(100, 10**6),
+            st.floats(0.05, 0.45, **finite),
+            st.booleans(),
+            st.booleans(),
+            st.booleans(),
+        ),
         st.builds(S.InverseSqrt, pos, st.floats(1.0, 1e4, **finite), st.floats(1.0, 1e4, **finite)),
-        st.builds(S.OneMinusSqrt, pos, st.floats(0, 1e-3, **finite), st.integers(1, 10 ** 5)),
+        st.builds(S.OneMinusSqrt, pos, st.floats(0, 1e-3, **finite), st.integers(1, 10**5)),
         st.builds(S.ExpRamp, st.floats(1e-7, 1e-3, **finite), st.floats(1e-2, 10, **finite), st.integers(2, 1000)),
         st.builds(S.LinearRamp, st.floats(1e-7, 1e-3, **finite), st.floats(1e-2, 10, **finite), st.integers(2, 1000)),
     )
@@ -95,12 +110,27 @@ def test_decode_inverts_encode(schedule, t):
 
 
 def one_of_each_kind():
-    return [S.Constant(2.0), S.Tabulated(lambda t: 3.0 + t, horizon=6), S.Step(1.0, 2), S.MultiStep(1.0, [1, 4, 4]),
-            S.ConstantFactor(1.0, 0.5, 3), S.Linear(1.0, 0.5, 1.0, 4), S.Exponential(1.0, 0.9), S.Polynomial(1.0, 10),
-            S.Cosine(1.0, 10), S.WarmRestarts(1.0, 3), S.Cyclic(1.0, 2.0, 4.0, 0.5),
-            S.OneCycle(0.1, 1.0, 1e-4, 100), S.join([S.Constant(1.0), S.Constant(2.0), S.Step(1.0, 2)], [3, 5]),
-            S.product(S.Constant(2.0), S.Exponential(1.0, 0.5)), S.InverseSqrt(1.0, 10.0, 10.0),
-            S.OneMinusSqrt(1.0, 0.0, 10), S.ExpRamp(1e-3, 1.0, 10), S.LinearRamp(1e-3, 1.0, 10), E.Held(0.25, 0.85)]
+    return [
+        S.Constant(2.0),
+        S.Tabulated(lambda t: 3.0 + t, horizon=6),
+        S.Step(1.0, 2),
+        S.MultiStep(1.0, [1, 4, 4]),
+        S.ConstantFactor(1.0, 0.5, 3),
+        S.Linear(1.0, 0.5, 1.0, 4),
+        S.Exponential(1.0, 0.9),
+        S.Polynomial(1.0, 10),
+        S.Cosine(1.0, 10),
+        S.WarmRestarts(1.0, 3),
+        S.Cyclic(1.0, 2.0, 4.0, 0.5),
+        S.OneCycle(0.1, 1.0, 1e-4, 100),
+        S.join([S.Constant(1.0), S.Constant(2.0), S.Step(1.0, 2)], [3, 5]),
+        S.product(S.Constant(2.0), S.Exponential(1.0, 0.5)),
+        S.InverseSqrt(1.0, 10.0, 10.0),
+        S.OneMinusSqrt(1.0, 0.0, 10),
+        S.ExpRamp(1e-3, 1.0, 10),
+        S.LinearRamp(1e-3, 1.0, 10),
+        E.Held(0.25, 0.85),
+    ]
 
 
 def test_every_kind_is_evaluated_by_cpp():
@@ -117,13 +147,18 @@ def test_cpp_encoding_matches_the_table():
     assert _ops.schedule_encoding() == encoding_rows()
 
 
-@pytest.mark.parametrize("schedule", one_of_each_kind() + [
-    S.Cyclic(0.1, 1.0, 6.0, 0.5, mode=E.CYCLIC_TABLE_BY_CYCLE, scale_table=S.Tabulated(lambda c: 0.5 ** c, horizon=9))],
-    ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize(
+    "schedule",
+    one_of_each_kind()
+    + [
+        S.Cyclic(0.1, 1.0, 6.0, 0.5, mode=E.CYCLIC_TABLE_BY_CYCLE, scale_table=S.Tabulated(lambda c: 0.5**c, horizon=9))
+    ],
+    ids=lambda s: type(s).__name__,
+)
 def test_each_node_is_laid_out_as_the_table_says(schedule):
     layout = E.LAYOUTS[schedule.kind]
     words = schedule.encode()
-    params = words[2:2 + schedule.param_count()]
+    params = words[2 : 2 + schedule.param_count()]
     assert layout.param_count(params) == len(params) == len(schedule.params())
     assert layout.child_count(params) == len(schedule.children)
     # each fixed word is the attribute the table names it after
@@ -170,16 +205,19 @@ def test_factories_follow_their_formulas():
     assert S.one_cycle(100, max_value=1.0)(29) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("factory,kwargs,fragment", [
-    (S.step_decay, dict(step_size=0), "Invalid step_size: 0"),
-    (S.cosine_decay, dict(decay_steps=0), "Invalid period: 0"),
-    (S.exponential_decay, dict(gamma=float("nan")), "Invalid gamma: nan"),
-    (S.one_cycle, dict(total_steps=0), "Invalid total_steps: 0"),
-    (S.one_cycle, dict(total_steps=10, pct_start=1.5), "pct_start, but got 1.5"),
-    (S.polynomial_decay, dict(total_steps=-3), "Invalid total_iters: -3"),
-    (S.lr_range_exp, dict(start_lr=0.0, end_lr=1.0, num_iter=10), "start_lr > 0"),
-    (S.cyclic, dict(base_value=0.1, max_value=1.0, mode="sawtooth"), "mode is invalid"),
-])
+@pytest.mark.parametrize(
+    "factory,kwargs,fragment",
+    [
+        (S.step_decay, dict(step_size=0), "Invalid step_size: 0"),
+        (S.cosine_decay, dict(decay_steps=0), "Invalid period: 0"),
+        (S.exponential_decay, dict(gamma=float("nan")), "Invalid gamma: nan"),
+        (S.one_cycle, dict(total_steps=0), "Invalid total_steps: 0"),
+        (S.one_cycle, dict(total_steps=10, pct_start=1.5), "pct_start, but got 1.5"),
+        (S.polynomial_decay, dict(total_steps=-3), "Invalid total_iters: -3"),
+        (S.lr_range_exp, dict(start_lr=0.0, end_lr=1.0, num_iter=10), "start_lr > 0"),
+        (S.cyclic, dict(base_value=0.1, max_value=1.0, mode="sawtooth"), "mode is invalid"),
+    ],
+)
 def test_bad_factory_arguments(factory, kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         factory(**kwargs)
@@ -218,7 +256,7 @@ def test_one_cycle_is_torchs_then_holds_its_final_value(anneal_strategy, three_p
             opt.step()
             sched.step()
     final = 2.0 / 10.0 / 100.0
-    for t in (total_steps - 1, total_steps, total_steps + 1, 10 * total_steps, 2 ** 40):
+    for t in (total_steps - 1, total_steps, total_steps + 1, 10 * total_steps, 2**40):
         assert schedule(t) == pytest.approx(final, rel=1e-12), t
         assert cpp_value(schedule, t)[0] == pytest.approx(final, rel=1e-12), t
 
@@ -230,8 +268,13 @@ def test_warmup_stable_decay_is_hugging_faces_including_no_warmup(decay, hf_deca
     decay_steps = 7
     schedule = S.warmup_stable_decay(warmup_steps, stable_steps, decay_steps, decay=decay)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    hf = transformers.get_wsd_schedule(opt, num_warmup_steps=warmup_steps, num_stable_steps=stable_steps,
-                                       num_decay_steps=decay_steps, decay_type=hf_decay)
+    hf = transformers.get_wsd_schedule(
+        opt,
+        num_warmup_steps=warmup_steps,
+        num_stable_steps=stable_steps,
+        num_decay_steps=decay_steps,
+        decay_type=hf_decay,
+    )
     for t in range(warmup_steps + stable_steps + decay_steps + 4):
         expected = hf.lr_lambdas[0](t)
         assert schedule(t) == pytest.approx(expected, rel=1e-12, abs=1e-15), t
@@ -265,6 +308,7 @@ def optax_cosine_decay(init_value, decay_steps, alpha=0.0):
     def value(t):
         cosine = 0.5 * (1 + math.cos(math.pi * min(t, decay_steps) / decay_steps))
         return init_value * ((1 - alpha) * cosine + alpha)
+
     return value
 
 
@@ -278,6 +322,7 @@ def optax_exponential(init_value, transition_steps, decay_rate, staircase=False)
     def value(t):
         exponent = t / transition_steps
         return init_value * decay_rate ** (math.floor(exponent) if staircase else exponent)
+
     return value
 
 
@@ -289,20 +334,27 @@ def optax_join(schedules, boundaries):
     def value(t):
         index = sum(1 for b in boundaries if t >= b)
         return schedules[index](t - (boundaries[index - 1] if index else 0))
+
     return value
 
 
 OPTAX_ROWS = {
-    "warmup_cosine": (S.warmup_cosine(5, 20, peak_value=2.0, end_value=0.1, start_value=0.3),
-                      optax_warmup_cosine(0.3, 2.0, 5, 25, 0.1)),
+    "warmup_cosine": (
+        S.warmup_cosine(5, 20, peak_value=2.0, end_value=0.1, start_value=0.3),
+        optax_warmup_cosine(0.3, 2.0, 5, 25, 0.1),
+    ),
     "exponential_decay": (S.exponential_decay(0.9, init_value=2.0), optax_exponential(2.0, 1, 0.9)),
     "step_decay": (S.step_decay(4, gamma=0.5, init_value=3.0), optax_exponential(3.0, 4, 0.5, staircase=True)),
     "cosine_decay": (S.cosine_decay(12, alpha=0.2, init_value=1.5), optax_cosine_decay(1.5, 12, 0.2)),
-    "polynomial_decay": (S.polynomial_decay(10, power=2.0, init_value=1.0, end_value=0.1),
-                         optax_polynomial(1.0, 0.1, 2.0, 10)),
+    "polynomial_decay": (
+        S.polynomial_decay(10, power=2.0, init_value=1.0, end_value=0.1),
+        optax_polynomial(1.0, 0.1, 2.0, 10),
+    ),
     "linear": (S.linear(0.2, 1.0, 8), optax_linear(0.2, 1.0, 8)),
-    "join": (S.join([S.linear(0.0, 1.0, 3), S.cosine_decay(6)], [3]),
-             optax_join([optax_linear(0.0, 1.0, 3), optax_cosine_decay(1.0, 6)], [3])),
+    "join": (
+        S.join([S.linear(0.0, 1.0, 3), S.cosine_decay(6)], [3]),
+        optax_join([optax_linear(0.0, 1.0, 3), optax_cosine_decay(1.0, 6)], [3]),
+    ),
 }
 
 

@@ -14,8 +14,9 @@ from lrfused import _torch_compat as compat
 
 
 def sgd(groups=1):
-    return torch.optim.SGD([{"params": [torch.zeros(2, requires_grad=True)]} for _ in range(groups)], lr=0.1,
-                           momentum=0.9)
+    return torch.optim.SGD(
+        [{"params": [torch.zeros(2, requires_grad=True)]} for _ in range(groups)], lr=0.1, momentum=0.9
+    )
 
 
 def test_every_hook_is_present_on_this_torch():
@@ -52,7 +53,7 @@ def test_is_initial_is_true_only_during_the_constructors_step():
             seen.append(compat.in_constructor_step(self))
             return super().get_lr()
 
-    scheduler = Watching(sgd(), lambda t: 0.5 ** t)
+    scheduler = Watching(sgd(), lambda t: 0.5**t)
     scheduler.step()
     assert seen == [True, False] and not compat.in_constructor_step(scheduler)
 
@@ -75,8 +76,9 @@ def test_cyclic_scale_fn_is_the_users_function_or_none():
 @pytest.mark.parametrize("three_phase", [False, True])
 @pytest.mark.parametrize("anneal", ["cos", "linear"])
 def test_one_cycle_phases_and_annealing(three_phase, anneal):
-    scheduler = T.OneCycleLR(sgd(), 0.1, total_steps=100, pct_start=0.3, three_phase=three_phase,
-                             anneal_strategy=anneal)
+    scheduler = T.OneCycleLR(
+        sgd(), 0.1, total_steps=100, pct_start=0.3, three_phase=three_phase, anneal_strategy=anneal
+    )
     phases = compat.one_cycle_phases(scheduler)
     assert len(phases) == (3 if three_phase else 2)
     assert phases[0]["end_step"] == 0.3 * 100 - 1 and phases[-1]["end_step"] == 99

@@ -9,8 +9,9 @@ host from the current ``group["lr"]`` (so ``get_last_lr()``, ``param_groups[i]["
 2. torch's step runs on the host;
 3. the same step runs on the device from the scheduler's own int64 clock: deferred to the next
    optimizer step, whose op applies it first (note [One op per step]: no launch of its own, no
-   sync), or at once where it cannot wait (``advance_lr_``); or, where the step has no device form (a Python ``lr_lambda`` without
-   ``horizon=``, a fractional epoch), the host's values are written to the device;
+   sync), or at once where it cannot wait (``advance_lr_``); or, where the step has no device
+   form (a Python ``lr_lambda`` without ``horizon=``, a fractional epoch), the host's values are
+   written to the device;
 4. the binding notes the host's values as what the device holds.
 
 A step with a device form is what a CUDA graph can capture: its replays advance the clock and
@@ -85,8 +86,14 @@ def unwrap_optimizer(optimizer: Any, name: str) -> Any:
     # optimizer's own class, with a copy of its __dict__, so isinstance alone would stop at it.
     inner = optimizer
     for _ in range(8):
-        wrapped = next((w for w in (getattr(inner, "optimizer", None), getattr(inner, "_optimizer", None))
-                        if isinstance(w, torch.optim.Optimizer) and w is not inner), None)
+        wrapped = next(
+            (
+                w
+                for w in (getattr(inner, "optimizer", None), getattr(inner, "_optimizer", None))
+                if isinstance(w, torch.optim.Optimizer) and w is not inner
+            ),
+            None,
+        )
         if wrapped is None:
             break
         inner = wrapped
@@ -108,8 +115,9 @@ def unchanged_if_refused(optimizer: Any) -> Iterator[None]:
         return
     saved_groups = [dict(group) for group in groups]
     # A tensor lr (or momentum) is updated in place by torch's step: its value is saved too.
-    saved_values = [{key: value.detach().clone() for key, value in group.items() if isinstance(value, Tensor)}
-                    for group in groups]
+    saved_values = [
+        {key: value.detach().clone() for key, value in group.items() if isinstance(value, Tensor)} for group in groups
+    ]
     binding = binding_of(optimizer) if isinstance(optimizer, FusedScheduledAdam) else None
     saved_words = (binding.snapshot(), binding.driven) if binding is not None else None
     try:
@@ -148,8 +156,10 @@ def check_finite_arguments(scheduler_name: str, optimizer: Any, **arguments: Any
                 continue  # torch's own checks name what is not a number
             if not math.isfinite(number):
                 where = f" (param_groups[{index}])" if isinstance(value, (list, tuple)) else ""
-                raise ValueError(f"{scheduler_name}: invalid {name}: {number}{where}; lrfused refuses a learning rate "
-                                 "that is not finite")
+                raise ValueError(
+                    f"{scheduler_name}: invalid {name}: {number}{where}; lrfused refuses a learning rate "
+                    "that is not finite"
+                )
 
 
 class OnDevice:
@@ -215,7 +225,8 @@ class OnDevice:
             raise RuntimeError(
                 f"{type(self).__name__}.step() is being captured in a CUDA graph, but {why}, so the host computes "
                 "this step and a graph replay cannot: capture only steps that run on the device (see "
-                "lrfused.lr_scheduler's documentation)")
+                "lrfused.lr_scheduler's documentation)"
+            )
 
     def _run_step(self, host_step: Callable[[], None], epoch: Any) -> None:
         optimizer = self.optimizer
@@ -238,8 +249,9 @@ class OnDevice:
         clock = side.clock
         if on_device and self._device_form_after():
             if clock is None:
-                clock = side.clock = torch.full((), max(self.last_epoch - 1, 0), dtype=torch.int64,
-                                                 device=binding.primary)
+                clock = side.clock = torch.full(
+                    (), max(self.last_epoch - 1, 0), dtype=torch.int64, device=binding.primary
+                )
             beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
             binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
         else:
@@ -250,8 +262,9 @@ class OnDevice:
             if rules is not None:
                 # The next device step starts from here.
                 if clock is None:
-                    side.clock = torch.full((), max(int(math.floor(self.last_epoch)), 0), dtype=torch.int64,
-                                             device=binding.primary)
+                    side.clock = torch.full(
+                        (), max(int(math.floor(self.last_epoch)), 0), dtype=torch.int64, device=binding.primary
+                    )
                 else:
                     clock.fill_(max(int(math.floor(self.last_epoch)), 0))
         binding.record(groups)
@@ -264,7 +277,8 @@ class OnDevice:
             if isinstance(lr, float) and not math.isfinite(lr):
                 raise ValueError(
                     f"{type(self).__name__}.step() computed lr={lr} for param_groups[{index}]"
-                    f"{self._non_finite_source(index)}; lrfused refuses a learning rate that is not finite")
+                    f"{self._non_finite_source(index)}; lrfused refuses a learning rate that is not finite"
+                )
 
     def _non_finite_source(self, index: int) -> str:
         """What a class's non-finite lr came from, for its error message (`` (from ...)``)."""

@@ -251,17 +251,45 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
 
     _horizon: int | None = None
 
-    def __init__(self, optimizer, base_lr, max_lr, step_size_up=2000, step_size_down=None, mode="triangular",
-                 gamma=1.0, scale_fn=None, scale_mode="cycle", cycle_momentum=True, base_momentum=0.8,
-                 max_momentum=0.9, last_epoch=-1, *, horizon: int | None = None):
+    def __init__(
+        self,
+        optimizer,
+        base_lr,
+        max_lr,
+        step_size_up=2000,
+        step_size_down=None,
+        mode="triangular",
+        gamma=1.0,
+        scale_fn=None,
+        scale_mode="cycle",
+        cycle_momentum=True,
+        base_momentum=0.8,
+        max_momentum=0.9,
+        last_epoch=-1,
+        *,
+        horizon: int | None = None,
+    ):
         optimizer = unwrap_optimizer(optimizer, "CyclicLR")
         check_finite_arguments("CyclicLR", optimizer, base_lr=base_lr, max_lr=max_lr)
         if horizon is not None:  # only then an attribute: without it, the instance is torch's exactly
             self._horizon = _horizon(horizon)
         with unchanged_if_refused(optimizer):
-            torch_schedulers.CyclicLR.__init__(self, optimizer, base_lr, max_lr, step_size_up, step_size_down, mode,
-                                               gamma, scale_fn, scale_mode, cycle_momentum, base_momentum, max_momentum,
-                                               last_epoch)
+            torch_schedulers.CyclicLR.__init__(
+                self,
+                optimizer,
+                base_lr,
+                max_lr,
+                step_size_up,
+                step_size_down,
+                mode,
+                gamma,
+                scale_fn,
+                scale_mode,
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+                last_epoch,
+            )
 
     @property
     def _cycles_beta1(self) -> bool:
@@ -278,8 +306,11 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
     def _leaf_rule(self, index):
         if index >= len(self.base_lrs):
             return _rules.keep()
-        mode = {"triangular": E.CYCLIC_TRIANGULAR, "triangular2": E.CYCLIC_TRIANGULAR2,
-                "exp_range": E.CYCLIC_EXP_RANGE}.get(self.mode)
+        mode = {
+            "triangular": E.CYCLIC_TRIANGULAR,
+            "triangular2": E.CYCLIC_TRIANGULAR2,
+            "exp_range": E.CYCLIC_EXP_RANGE,
+        }.get(self.mode)
         table = None
         if _torch_compat.cyclic_scale_fn(self) is not None:
             if self._horizon is None:
@@ -289,11 +320,20 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
             horizon = math.floor(1 + (self._horizon - 1) / self.total_size) + 1 if by_cycle else self._horizon
             table = S.Tabulated(lambda x: float(_torch_compat.cyclic_scale_fn(self)(x)), horizon=horizon)
         cycle_momentum = bool(self.cycle_momentum)
-        return _rules.set_(S.Cyclic(
-            float(self.base_lrs[index]), float(self.max_lrs[index]), self.total_size, self.step_ratio, mode=mode,
-            gamma=self.gamma, cycle_momentum=cycle_momentum,
-            base_momentum=float(self.base_momentums[index]) if cycle_momentum else 0.0,
-            max_momentum=float(self.max_momentums[index]) if cycle_momentum else 0.0, scale_table=table))
+        return _rules.set_(
+            S.Cyclic(
+                float(self.base_lrs[index]),
+                float(self.max_lrs[index]),
+                self.total_size,
+                self.step_ratio,
+                mode=mode,
+                gamma=self.gamma,
+                cycle_momentum=cycle_momentum,
+                base_momentum=float(self.base_momentums[index]) if cycle_momentum else 0.0,
+                max_momentum=float(self.max_momentums[index]) if cycle_momentum else 0.0,
+                scale_table=table,
+            )
+        )
 
     def _device_form_at(self, epoch):
         if not super()._device_form_at(epoch):
@@ -306,15 +346,43 @@ class CyclicLR(OnDevice, torch_schedulers.CyclicLR):
 class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
     """torch's OneCycleLR (two or three phases, cos or linear) with beta1 cycling on the device."""
 
-    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None, pct_start=0.3,
-                 anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85, max_momentum=0.95,
-                 div_factor=25.0, final_div_factor=1e4, three_phase=False, last_epoch=-1):
+    def __init__(
+        self,
+        optimizer,
+        max_lr,
+        total_steps=None,
+        epochs=None,
+        steps_per_epoch=None,
+        pct_start=0.3,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=0.85,
+        max_momentum=0.95,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        three_phase=False,
+        last_epoch=-1,
+    ):
         optimizer = unwrap_optimizer(optimizer, "OneCycleLR")
         check_finite_arguments("OneCycleLR", optimizer, max_lr=max_lr)
         with unchanged_if_refused(optimizer):
-            torch_schedulers.OneCycleLR.__init__(self, optimizer, max_lr, total_steps, epochs, steps_per_epoch, pct_start,
-                                                 anneal_strategy, cycle_momentum, base_momentum, max_momentum,
-                                                 div_factor, final_div_factor, three_phase, last_epoch)
+            torch_schedulers.OneCycleLR.__init__(
+                self,
+                optimizer,
+                max_lr,
+                total_steps,
+                epochs,
+                steps_per_epoch,
+                pct_start,
+                anneal_strategy,
+                cycle_momentum,
+                base_momentum,
+                max_momentum,
+                div_factor,
+                final_div_factor,
+                three_phase,
+                last_epoch,
+            )
 
     @property
     def _cycles_beta1(self) -> bool:
@@ -326,14 +394,20 @@ class OneCycleLR(OnDevice, torch_schedulers.OneCycleLR):
             return _rules.keep()
         group = groups[index]
         cycle_momentum = bool(self.cycle_momentum)
-        return _rules.set_(S.OneCycle(
-            float(group["initial_lr"]), float(group["max_lr"]), float(group["min_lr"]), self.total_steps,
-            pct_start=(_torch_compat.one_cycle_phases(self)[0]["end_step"] + 1) / self.total_steps,
-            three_phase=len(_torch_compat.one_cycle_phases(self)) == 3,
-            anneal_cos=_torch_compat.one_cycle_anneal(self) == "cos",
-            cycle_momentum=cycle_momentum,
-            base_momentum=float(group["base_momentum"]) if cycle_momentum else 0.0,
-            max_momentum=float(group["max_momentum"]) if cycle_momentum else 0.0))
+        return _rules.set_(
+            S.OneCycle(
+                float(group["initial_lr"]),
+                float(group["max_lr"]),
+                float(group["min_lr"]),
+                self.total_steps,
+                pct_start=(_torch_compat.one_cycle_phases(self)[0]["end_step"] + 1) / self.total_steps,
+                three_phase=len(_torch_compat.one_cycle_phases(self)) == 3,
+                anneal_cos=_torch_compat.one_cycle_anneal(self) == "cos",
+                cycle_momentum=cycle_momentum,
+                base_momentum=float(group["base_momentum"]) if cycle_momentum else 0.0,
+                max_momentum=float(group["max_momentum"]) if cycle_momentum else 0.0,
+            )
+        )
 
     def load_state_dict(self, state_dict):
         state = dict(state_dict)

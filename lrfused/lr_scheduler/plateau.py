@@ -41,16 +41,29 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
 
     _sync_free: bool | None = None
 
-    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel",
-                 cooldown=0, min_lr=0, eps=1e-8, *, sync_free: bool | None = None):
+    def __init__(
+        self,
+        optimizer,
+        mode="min",
+        factor=0.1,
+        patience=10,
+        threshold=1e-4,
+        threshold_mode="rel",
+        cooldown=0,
+        min_lr=0,
+        eps=1e-8,
+        *,
+        sync_free: bool | None = None,
+    ):
         if sync_free is not None:  # only then an attribute: without it, the instance is torch's exactly
             if not isinstance(sync_free, bool):
                 raise TypeError(f"sync_free must be None, True or False, got {sync_free!r}")
             self._sync_free = sync_free
         optimizer = unwrap_optimizer(optimizer, "ReduceLROnPlateau")
         with unchanged_if_refused(optimizer):
-            torch_schedulers.ReduceLROnPlateau.__init__(self, optimizer, mode, factor, patience, threshold,
-                                                        threshold_mode, cooldown, min_lr, eps)
+            torch_schedulers.ReduceLROnPlateau.__init__(
+                self, optimizer, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
+            )
 
     @property
     def _on_device(self) -> bool:
@@ -69,8 +82,9 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         for index, group in enumerate(groups):
             if is_published(group["lr"]):
                 group["lr"] = float(group["lr"])
-        _torch_compat.set_last_lr(self, [float(lr) if isinstance(lr, torch.Tensor) else lr
-                                         for lr in _torch_compat.last_lr(self)])
+        _torch_compat.set_last_lr(
+            self, [float(lr) if isinstance(lr, torch.Tensor) else lr for lr in _torch_compat.last_lr(self)]
+        )
 
     def _to_device(self, device: torch.device) -> None:
         # Host numbers to device tensors: a copy from the host, no sync.
@@ -94,7 +108,8 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
                     f"The number of param groups in the `optimizer` ({group_count}) differs from when "
                     f"`ReduceLROnPlateau` was initialized ({len(self.min_lrs)}), usually due to a new param group "
                     "being added to the optimizer. Please modify the `min_lrs` field to match the length of the "
-                    "`optimizer` param groups.")
+                    "`optimizer` param groups."
+                )
             self.min_lrs = [self.default_min_lr] * group_count
         side = device_side(self)
         key = (tuple(float(m) for m in self.min_lrs), device)
@@ -148,8 +163,9 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
         for index in range(len(groups)):
             binding.publish(groups, index, published[index])
         binding.record(groups)
-        _torch_compat.set_last_lr(self, [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
-                                         for group in groups])
+        _torch_compat.set_last_lr(
+            self, [group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"] for group in groups]
+        )
 
     @property
     def in_cooldown(self):

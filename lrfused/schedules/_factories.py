@@ -181,8 +181,14 @@ def cosine_warm_restarts(T_0: int, T_mult: int = 1, init_value: float = 1.0, flo
     return nodes.WarmRestarts(init_value, T_0, T_mult, floor)
 
 
-def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_size_down: int | None = None,
-           mode: str = "triangular", gamma: float = 1.0) -> Schedule:
+def cyclic(
+    base_value: float,
+    max_value: float,
+    step_size_up: int = 2000,
+    step_size_down: int | None = None,
+    mode: str = "triangular",
+    gamma: float = 1.0,
+) -> Schedule:
     r"""torch's CyclicLR (without beta1): a triangle between ``base_value`` and ``max_value``.
 
     .. math:: v(t) = v_b + (v_m - v_b) \, f(x) \, s
@@ -214,8 +220,15 @@ def cyclic(base_value: float, max_value: float, step_size_up: int = 2000, step_s
     return nodes.Cyclic(base_value, max_value, total, up / total, mode=modes[mode], gamma=gamma)
 
 
-def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, anneal_strategy: str = "cos",
-              div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False) -> Schedule:
+def one_cycle(
+    total_steps: int,
+    max_value: float = 1.0,
+    pct_start: float = 0.3,
+    anneal_strategy: str = "cos",
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+    three_phase: bool = False,
+) -> Schedule:
     r"""torch's OneCycleLR (the lr only): up from ``max_value / div_factor`` to ``max_value``, then
     down to ``max_value / div_factor / final_div_factor``.
 
@@ -246,8 +259,15 @@ def one_cycle(total_steps: int, max_value: float = 1.0, pct_start: float = 0.3, 
         raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}")
     initial = max_value / div_factor
     final = initial / final_div_factor
-    cycle = nodes.OneCycle(initial, max_value, final, total_steps, pct_start=pct_start, three_phase=three_phase,
-                           anneal_cos=anneal_strategy == "cos")
+    cycle = nodes.OneCycle(
+        initial,
+        max_value,
+        final,
+        total_steps,
+        pct_start=pct_start,
+        three_phase=three_phase,
+        anneal_cos=anneal_strategy == "cos",
+    )
     # The node follows torch's OneCycleLR, which at step total_steps extrapolates its last phase.
     return nodes.Sequential([cycle, nodes.Constant(final)], [total_steps])
 
@@ -312,8 +332,9 @@ def warmup(schedule: Schedule, warmup_steps: int, start_value: float = 0.0) -> S
     return nodes.Sequential([nodes.Linear(1.0, start_value, schedule(0), warmup_steps), schedule], [warmup_steps])
 
 
-def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, end_value: float = 0.0,
-                  start_value: float = 0.0) -> Schedule:
+def warmup_cosine(
+    warmup_steps: int, decay_steps: int, peak_value: float = 1.0, end_value: float = 0.0, start_value: float = 0.0
+) -> Schedule:
     r"""A linear warm-up to ``peak_value``, then a cosine to ``end_value`` over ``decay_steps``,
     held there (optax's warmup_cosine_decay_schedule, with ``decay_steps`` counted after the warm-up).
 
@@ -335,8 +356,15 @@ def warmup_cosine(warmup_steps: int, decay_steps: int, peak_value: float = 1.0, 
     return warmup(cosine, warmup_steps, start_value)
 
 
-def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, peak_value: float = 1.0,
-                        end_value: float = 0.0, decay: str = "linear", start_value: float = 0.0) -> Schedule:
+def warmup_stable_decay(
+    warmup_steps: int,
+    stable_steps: int,
+    decay_steps: int,
+    peak_value: float = 1.0,
+    end_value: float = 0.0,
+    decay: str = "linear",
+    start_value: float = 0.0,
+) -> Schedule:
     r"""Warmup-stable-decay (WSD): a linear warm-up, a plateau at ``peak_value``, then a decay to
     ``end_value``, held there.
 
@@ -378,7 +406,7 @@ def warmup_stable_decay(warmup_steps: int, stable_steps: int, decay_steps: int, 
         phases.append(nodes.Constant(peak_value))
         boundaries.append(warmup_steps + stable_steps)
     phases.append(decays[decay]())
-    return phases[0] if len(phases) == 1 else nodes.Sequential(phases, boundaries[:len(phases) - 1])
+    return phases[0] if len(phases) == 1 else nodes.Sequential(phases, boundaries[: len(phases) - 1])
 
 
 def inverse_sqrt(warmup_steps: int = 0, timescale: int | None = None, peak_value: float = 1.0) -> Schedule:

@@ -42,8 +42,14 @@ class NodeLayout:
 
     def as_row(self) -> list[int]:
         """The row the C++ side reports for this kind (see ``schedule_encoding`` in csrc/ops.cpp)."""
-        return [self.kind, len(self.fields), self.tail_count_word, self.tail_adjust, self.child_word,
-                self.child_if_at_least]
+        return [
+            self.kind,
+            len(self.fields),
+            self.tail_count_word,
+            self.tail_adjust,
+            self.child_word,
+            self.child_if_at_least,
+        ]
 
 
 # CyclicLR modes (enum CyclicMode): the two table modes evaluate a child TABLE at the cycle or at t.
@@ -91,11 +97,37 @@ LAYOUTS: tuple[NodeLayout, ...] = (
     NodeLayout(KIND_COSINE, ("init", "floor", "period:int", "clamp:bool")),
     NodeLayout(KIND_WARM_RESTARTS, ("init", "floor", "T_0:int", "T_mult:int")),
     # + one TABLE child in the two table modes (word 4 is the mode)
-    NodeLayout(KIND_CYCLIC, ("base", "peak", "total_size", "step_ratio", "mode:int", "gamma", "base_momentum",
-                              "max_momentum", "cycle_momentum:bool"),
-               child_word=4, child_if_at_least=CYCLIC_TABLE_BY_CYCLE),
-    NodeLayout(KIND_ONE_CYCLE, ("initial", "peak", "minimum", "total_steps:int", "pct_start", "three_phase:bool",
-                                 "anneal_cos:bool", "cycle_momentum:bool", "base_momentum", "max_momentum")),
+    NodeLayout(
+        KIND_CYCLIC,
+        (
+            "base",
+            "peak",
+            "total_size",
+            "step_ratio",
+            "mode:int",
+            "gamma",
+            "base_momentum",
+            "max_momentum",
+            "cycle_momentum:bool",
+        ),
+        child_word=4,
+        child_if_at_least=CYCLIC_TABLE_BY_CYCLE,
+    ),
+    NodeLayout(
+        KIND_ONE_CYCLE,
+        (
+            "initial",
+            "peak",
+            "minimum",
+            "total_steps:int",
+            "pct_start",
+            "three_phase:bool",
+            "anneal_cos:bool",
+            "cycle_momentum:bool",
+            "base_momentum",
+            "max_momentum",
+        ),
+    ),
     # + child_count - 1 boundaries, then child_count children
     NodeLayout(KIND_SEQUENTIAL, ("child_count:int",), tail_count_word=0, tail_adjust=-1, child_word=0),
     NodeLayout(KIND_PRODUCT, ("init", "child_count:int"), child_word=1),  # + child_count children

@@ -60,7 +60,7 @@ class Schedule:
         """The node that :meth:`params` (and its children) encode."""
         fixed = cls.layout().fields
         fields = {field_name(field): field_type(field)(word) for field, word in zip(fixed, words)}
-        return cls._from_fields(fields, words[len(fixed):], children)
+        return cls._from_fields(fields, words[len(fixed) :], children)
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any], tail: Sequence[float], children: Sequence[Schedule]) -> Schedule:
@@ -355,9 +355,20 @@ class Cyclic(Schedule):
 
     kind = _layout.KIND_CYCLIC
 
-    def __init__(self, base: float, peak: float, total_size: float, step_ratio: float, *,
-                 mode: int = _layout.CYCLIC_TRIANGULAR, gamma: float = 1.0, cycle_momentum: bool = False,
-                 base_momentum: float = 0.8, max_momentum: float = 0.9, scale_table: Tabulated | None = None):
+    def __init__(
+        self,
+        base: float,
+        peak: float,
+        total_size: float,
+        step_ratio: float,
+        *,
+        mode: int = _layout.CYCLIC_TRIANGULAR,
+        gamma: float = 1.0,
+        cycle_momentum: bool = False,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
+        scale_table: Tabulated | None = None,
+    ):
         self.base = finite("base_lr", base)
         self.peak = finite("max_lr", peak)
         self.total_size = finite("total_size", total_size)
@@ -416,9 +427,20 @@ class OneCycle(Schedule):
 
     kind = _layout.KIND_ONE_CYCLE
 
-    def __init__(self, initial: float, peak: float, minimum: float, total_steps: int, *, pct_start: float = 0.3,
-                 three_phase: bool = False, anneal_cos: bool = True, cycle_momentum: bool = False,
-                 base_momentum: float = 0.85, max_momentum: float = 0.95):
+    def __init__(
+        self,
+        initial: float,
+        peak: float,
+        minimum: float,
+        total_steps: int,
+        *,
+        pct_start: float = 0.3,
+        three_phase: bool = False,
+        anneal_cos: bool = True,
+        cycle_momentum: bool = False,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+    ):
         self.initial = finite("initial_lr", initial)
         self.peak = finite("max_lr", peak)
         self.minimum = finite("min_lr", minimum)
@@ -436,7 +458,8 @@ class OneCycle(Schedule):
             # torch divides by zero (0 / 0) when it reaches a phase that starts where it ends.
             raise ValueError(
                 f"OneCycle has an empty phase (phase ends {ends}) for "
-                f"pct_start={pct_start}, total_steps={total_steps}, three_phase={three_phase}")
+                f"pct_start={pct_start}, total_steps={total_steps}, three_phase={three_phase}"
+            )
 
     @property
     def cycles_beta1(self):
@@ -488,7 +511,8 @@ class Sequential(Schedule):
         boundaries = [non_negative_int("boundaries", b) for b in boundaries]
         if len(boundaries) != len(schedules) - 1:
             raise ValueError(
-                f"Expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {len(boundaries)}")
+                f"Expected {len(schedules) - 1} boundaries for {len(schedules)} schedules, got {len(boundaries)}"
+            )
         if boundaries != sorted(boundaries):
             raise ValueError(f"boundaries must be non-decreasing, got {boundaries}")
         self.children = schedules
@@ -625,7 +649,7 @@ def decode(words: Sequence[float]) -> Schedule:
         kind, length = int(words[offset]), int(words[offset + 1])
         if kind not in NODE_CLASSES:
             raise ValueError(f"unknown schedule kind {kind}")
-        body = words[offset + 2: offset + length]
+        body = words[offset + 2 : offset + length]
         layout = LAYOUTS[kind]
         params = layout.param_count(body)
         children, cursor = [], offset + 2 + params
@@ -639,8 +663,27 @@ def decode(words: Sequence[float]) -> Schedule:
 
 
 NODE_CLASSES: dict[int, type[Schedule]] = {
-    cls.kind: cls for cls in (Constant, Tabulated, Step, MultiStep, ConstantFactor, Linear, Exponential, Polynomial,
-                              Cosine, WarmRestarts, Cyclic, OneCycle, Sequential, Product, InverseSqrt, OneMinusSqrt,
-                              ExpRamp, LinearRamp, Held)
+    cls.kind: cls
+    for cls in (
+        Constant,
+        Tabulated,
+        Step,
+        MultiStep,
+        ConstantFactor,
+        Linear,
+        Exponential,
+        Polynomial,
+        Cosine,
+        WarmRestarts,
+        Cyclic,
+        OneCycle,
+        Sequential,
+        Product,
+        InverseSqrt,
+        OneMinusSqrt,
+        ExpRamp,
+        LinearRamp,
+        Held,
+    )
 }
 assert sorted(NODE_CLASSES) == [layout.kind for layout in LAYOUTS], "a class for every kind in the table"
