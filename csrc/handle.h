@@ -23,7 +23,8 @@ std::shared_ptr<void> handle_state(const at::Tensor& handle, const std::function
 
 template <typename T>
 std::shared_ptr<T> handle_state(const at::Tensor& handle) {
-  return std::static_pointer_cast<T>(handle_state(handle, [] { return std::static_pointer_cast<void>(std::make_shared<T>()); }));
+  return std::static_pointer_cast<T>(
+      handle_state(handle, [] { return std::static_pointer_cast<void>(std::make_shared<T>()); }));
 }
 
 }  // namespace lrfused

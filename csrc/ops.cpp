@@ -157,23 +157,22 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
     expected_begin = static_cast<int64_t>(r[kBucketTensorEnd]);
     // Any finite beta1, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
     TORCH_CHECK(std::isfinite(r[kBucketBeta1]), "adam_step_: bucket ", b, ": invalid beta1: ", r[kBucketBeta1]);
-    TORCH_CHECK(r[kBucketBeta2] >= 0.0 && r[kBucketBeta2] < 1.0, "adam_step_: bucket ", b, ": invalid beta2: ",
-                r[kBucketBeta2]);
+    TORCH_CHECK(r[kBucketBeta2] >= 0.0 && r[kBucketBeta2] < 1.0, "adam_step_: bucket ", b,
+                ": invalid beta2: ", r[kBucketBeta2]);
     TORCH_CHECK(r[kBucketEps] >= 0.0 && std::isfinite(r[kBucketEps]), "adam_step_: bucket ", b,
                 ": invalid eps: ", r[kBucketEps]);
     TORCH_CHECK(r[kBucketWeightDecay] >= 0.0 && std::isfinite(r[kBucketWeightDecay]), "adam_step_: bucket ", b,
                 ": invalid weight_decay: ", r[kBucketWeightDecay]);
-    TORCH_CHECK(whole_in(r[kBucketFlags], 0, kFlagAmsgrad | kFlagDecoupled | kFlagMaximize),
-                "adam_step_: bucket ", b, ": invalid flags: ", r[kBucketFlags]);
+    TORCH_CHECK(whole_in(r[kBucketFlags], 0, kFlagAmsgrad | kFlagDecoupled | kFlagMaximize), "adam_step_: bucket ", b,
+                ": invalid flags: ", r[kBucketFlags]);
     const double group = r[kBucketGroup];
     TORCH_CHECK(group == -1.0 || whole_in(group, 0, static_cast<double>(word_count / kHeldWords - 1)),
                 "adam_step_: bucket ", b, ": invalid group: ", group);
     TORCH_CHECK(whole_in(r[kBucketProgram], 0, static_cast<double>(word_count - 2)), "adam_step_: bucket ", b,
                 ": program offset ", r[kBucketProgram], " is outside the ", word_count, " words");
     const int64_t program = static_cast<int64_t>(r[kBucketProgram]);
-    TORCH_CHECK(group < 0 || program == static_cast<int64_t>(group) * kHeldWords, "adam_step_: bucket ", b,
-                ": group ", group, "'s HELD node is at ", static_cast<int64_t>(group) * kHeldWords, ", not ",
-                program);
+    TORCH_CHECK(group < 0 || program == static_cast<int64_t>(group) * kHeldWords, "adam_step_: bucket ", b, ": group ",
+                group, "'s HELD node is at ", static_cast<int64_t>(group) * kHeldWords, ", not ", program);
     BucketSpec spec{};
     spec.step = step.data_ptr<int64_t>();
     spec.program = base + program;
@@ -185,9 +184,10 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
     spec.flags = static_cast<int32_t>(r[kBucketFlags]);
     // The tensors are gathered first: the bucket's dtype is its first tensor's.
     const int64_t begin = static_cast<int64_t>(r[kBucketTensorBegin]);
-    spec.element_type = static_cast<int32_t>(element_type_of(
-        begin < expected_begin && static_cast<size_t>(begin) < call.tensors.size()
-            ? call.tensors.params[begin]->scalar_type() : at::kFloat));
+    spec.element_type =
+        static_cast<int32_t>(element_type_of(begin < expected_begin && static_cast<size_t>(begin) < call.tensors.size()
+                                                 ? call.tensors.params[begin]->scalar_type()
+                                                 : at::kFloat));
     call.buckets.push_back(spec);
     for (int64_t i = static_cast<int64_t>(r[kBucketTensorBegin]); i < expected_begin; ++i) {
       call.tensor_bucket.push_back(static_cast<int32_t>(b));
@@ -212,17 +212,17 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
 void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
                      const at::Tensor& pending, StepCall& call) {
   const int64_t count = static_cast<int64_t>(rules.size());
-  TORCH_CHECK(count <= kMaxDeferredSteps && static_cast<int64_t>(clocks.size()) <= count,
-              "adam_step_: at most ", kMaxDeferredSteps, " deferred steps and one clock per step, got ", count,
-              " rules and ", clocks.size(), " clocks");
+  TORCH_CHECK(count <= kMaxDeferredSteps && static_cast<int64_t>(clocks.size()) <= count, "adam_step_: at most ",
+              kMaxDeferredSteps, " deferred steps and one clock per step, got ", count, " rules and ", clocks.size(),
+              " clocks");
   TORCH_CHECK(applied.scalar_type() == at::kLong && applied.numel() == 1 && applied.device() == words.device(),
               "adam_step_: applied must be a one-element int64 tensor on ", words.device(), ", got ",
               applied.scalar_type(), " with ", applied.numel(), " elements on ", applied.device());
   TORCH_CHECK(pending.device().is_cpu() && pending.scalar_type() == at::kLong && pending.dim() == 1 &&
                   pending.is_contiguous() && pending.numel() >= 1 + count,
               "adam_step_: pending must be a contiguous CPU int64 tensor of at least ", 1 + count,
-              " words (the first sequence number, then each step's clock), got ", pending.scalar_type(),
-              " of shape ", pending.sizes(), " on ", pending.device());
+              " words (the first sequence number, then each step's clock), got ", pending.scalar_type(), " of shape ",
+              pending.sizes(), " on ", pending.device());
   const int64_t group_count = words.numel() / kHeldWords;
   DeferredSteps& d = call.deferred;
   d.count = static_cast<int32_t>(count);
@@ -240,15 +240,15 @@ void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorL
   }
   for (int64_t i = 0; i < count; ++i) {
     const at::Tensor& r = rules[i];
-    TORCH_CHECK(r.scalar_type() == at::kDouble && r.dim() == 1 && r.is_contiguous() &&
-                    r.device() == words.device() && r.numel() > group_count,
+    TORCH_CHECK(r.scalar_type() == at::kDouble && r.dim() == 1 && r.is_contiguous() && r.device() == words.device() &&
+                    r.numel() > group_count,
                 "adam_step_: rules[", i, "] must be indexed rules (", group_count,
                 " offsets, then the nodes) in a contiguous float64 tensor on ", words.device(), ", got ",
                 r.scalar_type(), " of shape ", r.sizes(), " on ", r.device());
     TORCH_CHECK(words.numel() % kHeldWords == 0, "adam_step_: deferred steps need words of HELD nodes");
     const int64_t slot = header[1 + i];
-    TORCH_CHECK(slot >= 0 && slot < static_cast<int64_t>(clocks.size()), "adam_step_: step ", i,
-                " names clock ", slot, " of ", clocks.size());
+    TORCH_CHECK(slot >= 0 && slot < static_cast<int64_t>(clocks.size()), "adam_step_: step ", i, " names clock ", slot,
+                " of ", clocks.size());
     d.rules[i] = r.data_ptr<double>();
     d.clock_slot[i] = static_cast<int32_t>(slot);
     if (r.device().is_cpu()) {
@@ -269,8 +269,8 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble, op,
               ": params must be float32, float16, bfloat16 or float64, got ", dtype, " for params[", i, "]");
   TORCH_CHECK(!p.is_sparse(), op, ": sparse tensors are not supported (params[", i, "])");
-  TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ",
-              p.device(), " but the words are on ", call.words->device());
+  TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ", p.device(),
+              " but the words are on ", call.words->device());
   check(*call.tensors.grads[i], "grads");
   check(*call.tensors.exp_avgs[i], "exp_avgs");
   check(*call.tensors.exp_avg_sqs[i], "exp_avg_sqs");
@@ -280,8 +280,8 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
                 "] is in an AMSGrad bucket but has no max_exp_avg_sq");
     check(*call.tensors.max_exp_avg_sqs[i], "max_exp_avg_sqs");
   }
-  TORCH_CHECK(bucket.element_type == static_cast<int32_t>(element_type_of(dtype)), op, ": params[", i,
-              "] has dtype ", dtype, " but its bucket's first param has another");
+  TORCH_CHECK(bucket.element_type == static_cast<int32_t>(element_type_of(dtype)), op, ": params[", i, "] has dtype ",
+              dtype, " but its bucket's first param has another");
 }
 
 void check_schedule_program(const at::Tensor& schedule) {
@@ -302,8 +302,8 @@ int64_t check_advance_lr_args(const at::Tensor& groups, const at::Tensor& clock,
               "advance_lr_: rules must be a contiguous 1-d float64 tensor, got ", rules.scalar_type(), " of shape ",
               rules.sizes());
   TORCH_CHECK(clock.device() == groups.device() && rules.device() == groups.device(),
-              "advance_lr_: groups, clock and rules must be on one device, got ", groups.device(), ", ",
-              clock.device(), " and ", rules.device());
+              "advance_lr_: groups, clock and rules must be on one device, got ", groups.device(), ", ", clock.device(),
+              " and ", rules.device());
   return groups.numel() / kHeldWords;
 }
 
@@ -364,17 +364,28 @@ std::vector<int64_t> schedule_encoding_op() {
 // for the host; tests/test_encoding.py compares the two by name.
 std::string step_encoding_op() {
   const std::pair<const char*, int64_t> entries[] = {
-      {"bucket.tensor_begin", kBucketTensorBegin}, {"bucket.tensor_end", kBucketTensorEnd},
-      {"bucket.max_begin", kBucketMaxBegin},       {"bucket.program", kBucketProgram},
-      {"bucket.group", kBucketGroup},              {"bucket.beta1", kBucketBeta1},
-      {"bucket.beta2", kBucketBeta2},              {"bucket.eps", kBucketEps},
-      {"bucket.weight_decay", kBucketWeightDecay}, {"bucket.flags", kBucketFlags},
-      {"bucket.words", kBucketWords},              {"flag.amsgrad", kFlagAmsgrad},
-      {"flag.decoupled", kFlagDecoupled},          {"flag.maximize", kFlagMaximize},
-      {"max_deferred_steps", kMaxDeferredSteps},   {"held.words", kHeldWords},
-      {"held.lr", kHeldLr},                        {"held.beta1", kHeldBeta1},
-      {"rule.keep", kRuleKeep},                    {"rule.set", kRuleSet},
-      {"rule.chain", kRuleChain},                  {"rule.sequential", kRuleSequential},
+      {"bucket.tensor_begin", kBucketTensorBegin},
+      {"bucket.tensor_end", kBucketTensorEnd},
+      {"bucket.max_begin", kBucketMaxBegin},
+      {"bucket.program", kBucketProgram},
+      {"bucket.group", kBucketGroup},
+      {"bucket.beta1", kBucketBeta1},
+      {"bucket.beta2", kBucketBeta2},
+      {"bucket.eps", kBucketEps},
+      {"bucket.weight_decay", kBucketWeightDecay},
+      {"bucket.flags", kBucketFlags},
+      {"bucket.words", kBucketWords},
+      {"flag.amsgrad", kFlagAmsgrad},
+      {"flag.decoupled", kFlagDecoupled},
+      {"flag.maximize", kFlagMaximize},
+      {"max_deferred_steps", kMaxDeferredSteps},
+      {"held.words", kHeldWords},
+      {"held.lr", kHeldLr},
+      {"held.beta1", kHeldBeta1},
+      {"rule.keep", kRuleKeep},
+      {"rule.set", kRuleSet},
+      {"rule.chain", kRuleChain},
+      {"rule.sequential", kRuleSequential},
       {"rule.count", kNumStepRules},
       {"element.float32", static_cast<int64_t>(ElementType::kFloat32)},
       {"element.float16", static_cast<int64_t>(ElementType::kFloat16)},

@@ -83,9 +83,8 @@ void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList ex
   run_step(call, state ? &state->backend : nullptr);
 }
 
-void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::TensorList params,
-                       at::TensorList exp_avgs, at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
-                       at::TensorList watched) {
+void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::TensorList params, at::TensorList exp_avgs,
+                       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList watched) {
   const size_t n = params.size();
   TORCH_CHECK(sources.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               "set_step_table: sources, params, exp_avgs and exp_avg_sqs must have the same length, got ",
@@ -117,7 +116,8 @@ void* still_at(const at::Tensor& t, const TensorMeta::Place& place) {
   const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
   const c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
   return storage == place.storage && impl->storage_offset() == place.offset && storage->data() == place.base
-             ? place.data : nullptr;
+             ? place.data
+             : nullptr;
 }
 
 bool same_dims(at::IntArrayRef a, const c10::DimVector& b) {
@@ -158,8 +158,7 @@ Gathered gather_noted(StepTable& t) {
     void* param_data = still_at(param, m.param);
     if (!(m.dense && param_data != nullptr && param.scalar_type() == m.dtype && grad.scalar_type() == m.dtype &&
           p->device() == m.device && g->device() == m.device && same_dims(p->sizes(), m.sizes) &&
-          same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) &&
-          same_dims(g->strides(), m.strides))) {
+          same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) && same_dims(g->strides(), m.strides))) {
       return Gathered::kChecked;
     }
     call.raw.push_back({param_data, first_element(g), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0, 0});
@@ -212,13 +211,13 @@ void note_checked(StepTable& t) {
   for (size_t i = 0; i < t.params.size(); ++i) {
     const at::Tensor& p = t.params[i];
     bool dense = p.is_non_overlapping_and_dense();
-    for (const at::Tensor* other : {call.tensors.exp_avgs[i], call.tensors.exp_avg_sqs[i],
-                                    call.tensors.max_exp_avg_sqs[i]}) {
+    for (const at::Tensor* other :
+         {call.tensors.exp_avgs[i], call.tensors.exp_avg_sqs[i], call.tensors.max_exp_avg_sqs[i]}) {
       dense = dense && (other == nullptr || other->strides() == p.strides());
     }
     t.meta.push_back({place_of(&p), place_of(call.tensors.exp_avgs[i]), place_of(call.tensors.exp_avg_sqs[i]),
-                      place_of(call.tensors.max_exp_avg_sqs[i]), p.scalar_type(), p.device(),
-                      c10::DimVector(p.sizes()), c10::DimVector(p.strides()), p.numel(), dense});
+                      place_of(call.tensors.max_exp_avg_sqs[i]), p.scalar_type(), p.device(), c10::DimVector(p.sizes()),
+                      c10::DimVector(p.strides()), p.numel(), dense});
   }
   t.checked = true;
 }

@@ -57,8 +57,8 @@ struct TensorMeta {
 };
 
 struct StepTable {
-  std::vector<at::Tensor> sources;          // per tensor: the param whose grad is read
-  std::vector<bool> complex_sources;        // read as view_as_real(grad)
+  std::vector<at::Tensor> sources;    // per tensor: the param whose grad is read
+  std::vector<bool> complex_sources;  // read as view_as_real(grad)
   std::vector<at::Tensor> params, exp_avgs, exp_avg_sqs;
   std::vector<at::Tensor> max_exp_avg_sqs;  // indexed by the buckets' kBucketMaxBegin
   std::vector<at::Tensor> watched;          // params with no grad when the plan was made

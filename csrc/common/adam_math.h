@@ -35,8 +35,8 @@ struct AdamScalars {
   opmath_t bias_correction2_sqrt;  // sqrt(1 - beta2^step)
 };
 
-LRFUSED_HOST_DEVICE AdamScalars<double> make_adam_scalars(
-    double lr, double beta1, double beta2, double eps, double weight_decay, int64_t step) {
+LRFUSED_HOST_DEVICE AdamScalars<double> make_adam_scalars(double lr, double beta1, double beta2, double eps,
+                                                          double weight_decay, int64_t step) {
   const double steps = static_cast<double>(step);
   AdamScalars<double> s;
   s.beta2 = beta2;
@@ -97,9 +97,8 @@ LRFUSED_HOST_DEVICE T lerp(T from, T to, S weight) {
 // Updates one element (or one vector of elements) in place, in the opmath type S (T is S or a
 // vector of S). `grad` is already unscaled.
 template <typename T, typename S, bool kAmsgrad, bool kDecoupled>
-LRFUSED_HOST_DEVICE void adam_update(
-    T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
-    const AdamScalars<S>& s, bool maximize, bool has_weight_decay) {
+LRFUSED_HOST_DEVICE void adam_update(T& param, T grad, T& exp_avg, T& exp_avg_sq, T& max_exp_avg_sq,
+                                     const AdamScalars<S>& s, bool maximize, bool has_weight_decay) {
   if (maximize) {
     grad = T(S(0)) - grad;
   }

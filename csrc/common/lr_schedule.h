@@ -77,13 +77,9 @@ struct ScheduleValue {
   double beta1;
 };
 
-LRFUSED_HOST_DEVICE double schedule_nan() {
-  return __builtin_nan("");
-}
+LRFUSED_HOST_DEVICE double schedule_nan() { return __builtin_nan(""); }
 
-LRFUSED_HOST_DEVICE bool schedule_is_nan(double x) {
-  return x != x;
-}
+LRFUSED_HOST_DEVICE bool schedule_is_nan(double x) { return x != x; }
 
 // Where a node's words are: `fixed_words` parameters; then, when `tail_count_word` >= 0,
 // `params[tail_count_word] + tail_adjust` more; then the children: none when `child_word` < 0,
@@ -99,27 +95,27 @@ struct NodeLayout {
 
 // Indexed by ScheduleKind; the words of each kind named as in lrfused/schedules/_layout.py.
 constexpr NodeLayout kNodeLayouts[kNumScheduleKinds] = {
-    {1, -1, 0, -1, 0},                   // kConstant: value
-    {2, 1, 0, -1, 0},                    // kTable: first_t, count, + count values
-    {3, -1, 0, -1, 0},                   // kStep: init, step_size, gamma
-    {3, 2, 0, -1, 0},                    // kMultiStep: init, gamma, count, + count sorted milestones
-    {3, -1, 0, -1, 0},                   // kConstantFactor: init, factor, total_iters
-    {4, -1, 0, -1, 0},                   // kLinear: init, start_factor, end_factor, total_iters
-    {2, -1, 0, -1, 0},                   // kExponential: init, gamma
-    {4, -1, 0, -1, 0},                   // kPolynomial: init, end, total_iters, power
-    {4, -1, 0, -1, 0},                   // kCosine: init, floor, period, clamp
-    {4, -1, 0, -1, 0},                   // kWarmRestarts: init, floor, T_0, T_mult
-    {9, -1, 0, 4, kScaleTableByCycle},   // kCyclic: base, max, total, up_ratio, mode, gamma, base_m,
-                                         //   max_m, cycle_momentum, + a TABLE child in the table modes
-    {10, -1, 0, -1, 0},                  // kOneCycle: initial, max, min, total, pct_start, three_phase,
-                                         //   cos, cycle_momentum, base_m, max_m
-    {1, 0, -1, 0, 0},                    // kSequential: count, + count - 1 boundaries, + count children
-    {2, -1, 0, 1, 0},                    // kProduct: init, count, + count children
-    {3, -1, 0, -1, 0},                   // kInverseSqrt: init, timescale, shift
-    {3, -1, 0, -1, 0},                   // kOneMinusSqrt: init, end, total_iters
-    {3, -1, 0, -1, 0},                   // kExpRamp: start, end, num_iter
-    {3, -1, 0, -1, 0},                   // kLinearRamp: start, end, num_iter
-    {2, -1, 0, -1, 0},                   // kHeld: lr, beta1 (NaN: the optimizer's beta1)
+    {1, -1, 0, -1, 0},                  // kConstant: value
+    {2, 1, 0, -1, 0},                   // kTable: first_t, count, + count values
+    {3, -1, 0, -1, 0},                  // kStep: init, step_size, gamma
+    {3, 2, 0, -1, 0},                   // kMultiStep: init, gamma, count, + count sorted milestones
+    {3, -1, 0, -1, 0},                  // kConstantFactor: init, factor, total_iters
+    {4, -1, 0, -1, 0},                  // kLinear: init, start_factor, end_factor, total_iters
+    {2, -1, 0, -1, 0},                  // kExponential: init, gamma
+    {4, -1, 0, -1, 0},                  // kPolynomial: init, end, total_iters, power
+    {4, -1, 0, -1, 0},                  // kCosine: init, floor, period, clamp
+    {4, -1, 0, -1, 0},                  // kWarmRestarts: init, floor, T_0, T_mult
+    {9, -1, 0, 4, kScaleTableByCycle},  // kCyclic: base, max, total, up_ratio, mode, gamma, base_m,
+                                        //   max_m, cycle_momentum, + a TABLE child in the table modes
+    {10, -1, 0, -1, 0},                 // kOneCycle: initial, max, min, total, pct_start, three_phase,
+                                        //   cos, cycle_momentum, base_m, max_m
+    {1, 0, -1, 0, 0},                   // kSequential: count, + count - 1 boundaries, + count children
+    {2, -1, 0, 1, 0},                   // kProduct: init, count, + count children
+    {3, -1, 0, -1, 0},                  // kInverseSqrt: init, timescale, shift
+    {3, -1, 0, -1, 0},                  // kOneMinusSqrt: init, end, total_iters
+    {3, -1, 0, -1, 0},                  // kExpRamp: start, end, num_iter
+    {3, -1, 0, -1, 0},                  // kLinearRamp: start, end, num_iter
+    {2, -1, 0, -1, 0},                  // kHeld: lr, beta1 (NaN: the optimizer's beta1)
 };
 
 // Number of parameter words a node of `kind` has before its children, given the `available`
@@ -155,7 +151,8 @@ LRFUSED_HOST_DEVICE double table_value(const double* p, int64_t t) {
   const int64_t first = static_cast<int64_t>(p[0]);
   const int64_t count = static_cast<int64_t>(p[1]);
   if (t < first || t >= first + count) {
-    return schedule_nan();  // past the tabulated steps: the update is skipped and counted (note [Unusable schedule values])
+    return schedule_nan();  // past the tabulated steps: the update is skipped and counted (note [Unusable schedule
+                            // values])
   }
   return p[2 + (t - first)];
 }
@@ -198,13 +195,33 @@ LRFUSED_HOST_DEVICE ScheduleValue one_cycle(const double* p, int64_t step) {
   int phases;
   if (three_phase) {
     phases = 3;
-    ends[0] = pct_start * total - 1.0; lr_from[0] = initial; lr_to[0] = peak; m_from[0] = max_m; m_to[0] = base_m;
-    ends[1] = 2.0 * pct_start * total - 2.0; lr_from[1] = peak; lr_to[1] = initial; m_from[1] = base_m; m_to[1] = max_m;
-    ends[2] = total - 1.0; lr_from[2] = initial; lr_to[2] = minimum; m_from[2] = max_m; m_to[2] = max_m;
+    ends[0] = pct_start * total - 1.0;
+    lr_from[0] = initial;
+    lr_to[0] = peak;
+    m_from[0] = max_m;
+    m_to[0] = base_m;
+    ends[1] = 2.0 * pct_start * total - 2.0;
+    lr_from[1] = peak;
+    lr_to[1] = initial;
+    m_from[1] = base_m;
+    m_to[1] = max_m;
+    ends[2] = total - 1.0;
+    lr_from[2] = initial;
+    lr_to[2] = minimum;
+    m_from[2] = max_m;
+    m_to[2] = max_m;
   } else {
     phases = 2;
-    ends[0] = pct_start * total - 1.0; lr_from[0] = initial; lr_to[0] = peak; m_from[0] = max_m; m_to[0] = base_m;
-    ends[1] = total - 1.0; lr_from[1] = peak; lr_to[1] = minimum; m_from[1] = base_m; m_to[1] = max_m;
+    ends[0] = pct_start * total - 1.0;
+    lr_from[0] = initial;
+    lr_to[0] = peak;
+    m_from[0] = max_m;
+    m_to[0] = base_m;
+    ends[1] = total - 1.0;
+    lr_from[1] = peak;
+    lr_to[1] = minimum;
+    m_from[1] = base_m;
+    m_to[1] = max_m;
   }
   double start = 0.0;
   for (int i = 0; i < phases; ++i) {
@@ -213,7 +230,8 @@ LRFUSED_HOST_DEVICE ScheduleValue one_cycle(const double* p, int64_t step) {
       ScheduleValue v;
       v.lr = use_cos ? cosine_anneal(lr_from[i], lr_to[i], fraction) : linear_anneal(lr_from[i], lr_to[i], fraction);
       v.beta1 = !cycle_momentum ? schedule_nan()
-          : use_cos ? cosine_anneal(m_from[i], m_to[i], fraction) : linear_anneal(m_from[i], m_to[i], fraction);
+                : use_cos       ? cosine_anneal(m_from[i], m_to[i], fraction)
+                                : linear_anneal(m_from[i], m_to[i], fraction);
       return v;
     }
     start = ends[i];
@@ -242,12 +260,8 @@ LRFUSED_HOST_DEVICE ScheduleValue cyclic(const double* p, int64_t step) {
     case kTriangular: scale = 1.0; break;
     case kTriangular2: scale = ::pow(2.0, 1.0 - cycle); break;  // torch: 1 / 2 ** (cycle - 1), exact either way
     case kExpRange: scale = ::pow(gamma, t); break;
-    case kScaleTableByCycle:
-      scale = evaluate_node<Depth - 1>(p + 9, static_cast<int64_t>(cycle)).lr;
-      break;
-    default:
-      scale = evaluate_node<Depth - 1>(p + 9, step).lr;
-      break;
+    case kScaleTableByCycle: scale = evaluate_node<Depth - 1>(p + 9, static_cast<int64_t>(cycle)).lr; break;
+    default: scale = evaluate_node<Depth - 1>(p + 9, step).lr; break;
   }
   ScheduleValue v;
   v.lr = base + (peak - base) * factor * scale;
@@ -265,16 +279,11 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
     const double nan = schedule_nan();
     const double td = static_cast<double>(t);
     switch (kind) {
-      case kConstant:
-        return {p[0], nan};
-      case kTable:
-        return {table_value(p, t), nan};
-      case kStep:
-        return {p[0] * ::pow(p[2], ::floor(td / p[1])), nan};
-      case kMultiStep:
-        return {multi_step(p, t), nan};
-      case kConstantFactor:
-        return {p[0] * (td < p[2] ? p[1] : 1.0), nan};
+      case kConstant: return {p[0], nan};
+      case kTable: return {table_value(p, t), nan};
+      case kStep: return {p[0] * ::pow(p[2], ::floor(td / p[1])), nan};
+      case kMultiStep: return {multi_step(p, t), nan};
+      case kConstantFactor: return {p[0] * (td < p[2] ? p[1] : 1.0), nan};
       case kLinear: {
         const double done = td < p[3] ? td : p[3];
         double factor = p[1] + (p[2] - p[1]) * done / p[3];
@@ -284,8 +293,7 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         factor = factor < low ? low : (factor > high ? high : factor);
         return {p[0] * factor, nan};
       }
-      case kExponential:
-        return {p[0] * ::pow(p[1], td), nan};
+      case kExponential: return {p[0] * ::pow(p[1], td), nan};
       case kPolynomial: {
         const double progress = (td < p[2] ? td : p[2]) / p[2];
         return {p[1] + (p[0] - p[1]) * ::pow(1.0 - progress, p[3]), nan};
@@ -296,12 +304,9 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         }
         return {p[1] + (p[0] - p[1]) * (1.0 + ::cos(kPi * td / p[2])) / 2.0, nan};
       }
-      case kWarmRestarts:
-        return {warm_restarts(p, t), nan};
-      case kCyclic:
-        return cyclic<Depth>(p, t);
-      case kOneCycle:
-        return one_cycle(p, t);
+      case kWarmRestarts: return {warm_restarts(p, t), nan};
+      case kCyclic: return cyclic<Depth>(p, t);
+      case kOneCycle: return one_cycle(p, t);
       case kSequential: {
         const int64_t count = static_cast<int64_t>(p[0]);
         const double* child = p + count;  // the boundaries take count - 1 words after p[0]
@@ -331,8 +336,7 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         }
         return v;
       }
-      case kInverseSqrt:
-        return {p[0] / ::sqrt((td + p[2]) / p[1]), nan};
+      case kInverseSqrt: return {p[0] / ::sqrt((td + p[2]) / p[1]), nan};
       case kOneMinusSqrt: {
         const double progress = (td < p[2] ? td : p[2]) / p[2];
         return {p[1] + (p[0] - p[1]) * (1.0 - ::sqrt(progress)), nan};
@@ -345,10 +349,8 @@ LRFUSED_HOST_DEVICE_OUTLINED ScheduleValue evaluate_node(const double* node, int
         const double last = p[2] - 1.0;
         return {p[0] + (td < last ? td : last) / last * (p[1] - p[0]), nan};
       }
-      case kHeld:
-        return {p[0], p[1]};
-      default:
-        return {nan, nan};
+      case kHeld: return {p[0], p[1]};
+      default: return {nan, nan};
     }
   }
 }

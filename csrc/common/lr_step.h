@@ -92,8 +92,7 @@ LRFUSED_HOST_DEVICE double chain_step(const double* node, int64_t t, double lr) 
     }
     case kTable:  // MultiplicativeLR: the table holds lr_lambda(t)
       return t > 0 ? lr * detail::table_value(p, t) : lr;
-    default:
-      return evaluate_schedule(node, t).lr;
+    default: return evaluate_schedule(node, t).lr;
   }
 }
 

@@ -48,9 +48,9 @@ constexpr int kMaxDeferredSteps = 8;
 enum BucketWord : int {
   kBucketTensorBegin = 0,  // the bucket's tensors are [begin, end) of the lists
   kBucketTensorEnd = 1,
-  kBucketMaxBegin = 2,     // its first max_exp_avg_sq (AMSGrad) in that list
-  kBucketProgram = 3,      // offset of its program in the words
-  kBucketGroup = 4,        // its HELD node's group index (deferred steps apply), or -1
+  kBucketMaxBegin = 2,  // its first max_exp_avg_sq (AMSGrad) in that list
+  kBucketProgram = 3,   // offset of its program in the words
+  kBucketGroup = 4,     // its HELD node's group index (deferred steps apply), or -1
   kBucketBeta1 = 5,
   kBucketBeta2 = 6,
   kBucketEps = 7,
@@ -60,9 +60,9 @@ enum BucketWord : int {
 };
 
 struct BucketSpec {
-  int64_t* step;           // the bucket's step counter
-  const double* program;   // its program: a HELD node or a schedule
-  int64_t group;           // >= 0: the program is group `group`'s HELD node, moved by deferred steps
+  int64_t* step;          // the bucket's step counter
+  const double* program;  // its program: a HELD node or a schedule
+  int64_t group;          // >= 0: the program is group `group`'s HELD node, moved by deferred steps
   double beta1;
   double beta2;
   double eps;
@@ -86,10 +86,10 @@ struct TensorEntry {
 struct DeferredSteps {
   int32_t count;
   int32_t clock_count;
-  int64_t first_sequence;     // the sequence number of step 0
-  int64_t group_count;        // groups in the words (each rules array has one node per group)
-  int64_t* applied;           // deferred steps applied so far (device counter)
-  double* words;              // the HELD words, kHeldWords per group
+  int64_t first_sequence;  // the sequence number of step 0
+  int64_t group_count;     // groups in the words (each rules array has one node per group)
+  int64_t* applied;        // deferred steps applied so far (device counter)
+  double* words;           // the HELD words, kHeldWords per group
   // Per step: its indexed rules ([offset of group g's node, for each g | the nodes]) and its clock.
   const double* rules[kMaxDeferredSteps];
   int32_t clock_slot[kMaxDeferredSteps];

@@ -27,7 +27,7 @@ namespace lrfused {
 
 struct StepScalars {
   AdamScalars<double> scalars;  // narrowed to each bucket's opmath type by the kernels
-  bool usable;  // false: skip the call (see the note above)
+  bool usable;                  // false: skip the call (see the note above)
 };
 
 // The scalars from a schedule value. `beta1` is the optimizer's; a value that cycles beta1

@@ -24,8 +24,6 @@ void advance_lr_cpu(const at::Tensor& groups, const at::Tensor& clock, const at:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lrfused, CPU, m) {
-  m.impl("advance_lr_", &advance_lr_cpu);
-}
+TORCH_LIBRARY_IMPL(lrfused, CPU, m) { m.impl("advance_lr_", &advance_lr_cpu); }
 
 }  // namespace lrfused

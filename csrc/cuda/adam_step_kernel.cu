@@ -23,13 +23,21 @@ __device__ __forceinline__ float to_opmath(__nv_bfloat16 x) { return __bfloat162
 template <typename T>
 __device__ __forceinline__ T from_opmath(OpmathOf<T> x);
 template <>
-__device__ __forceinline__ float from_opmath<float>(float x) { return x; }
+__device__ __forceinline__ float from_opmath<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ double from_opmath<double>(double x) { return x; }
+__device__ __forceinline__ double from_opmath<double>(double x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_opmath<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_opmath<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_opmath<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // kPackElements of scalar_t, moved as aligned accesses (16 bytes of float, 8 of a 16-bit type,
 // 32 of double: two 16-byte accesses).
@@ -54,9 +62,8 @@ struct BlockState {
 };
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-__device__ __forceinline__ void update_element(scalar_t& param, scalar_t& grad, scalar_t& exp_avg,
-                                               scalar_t& exp_avg_sq, scalar_t* max_exp_avg_sq,
-                                               const AdamScalars<OpmathOf<scalar_t>>& scalars,
+__device__ __forceinline__ void update_element(scalar_t& param, scalar_t& grad, scalar_t& exp_avg, scalar_t& exp_avg_sq,
+                                               scalar_t* max_exp_avg_sq, const AdamScalars<OpmathOf<scalar_t>>& scalars,
                                                OpmathOf<scalar_t> grad_scale, bool maximize, bool has_weight_decay,
                                                bool unscale) {
   using opmath_t = OpmathOf<scalar_t>;
@@ -77,8 +84,8 @@ __device__ __forceinline__ void update_element(scalar_t& param, scalar_t& grad, 
 }
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
-__device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t begin, int64_t end, const BlockState& state,
-                             bool maximize, bool has_weight_decay, bool unscale) {
+__device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t begin, int64_t end,
+                                          const BlockState& state, bool maximize, bool has_weight_decay, bool unscale) {
   auto* param = static_cast<scalar_t*>(tensor.param);
   auto* grad = static_cast<scalar_t*>(tensor.grad);
   auto* exp_avg = static_cast<scalar_t*>(tensor.exp_avg);
@@ -161,18 +168,14 @@ __device__ __forceinline__ void update_typed(const TensorEntry& tensor, int64_t 
                                              bool unscale) {
   const bool maximize = (flags & kFlagMaximize) != 0;
   switch (flags & (kFlagAmsgrad | kFlagDecoupled)) {
-    case 0:
-      update_chunk<scalar_t, false, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
-      break;
+    case 0: update_chunk<scalar_t, false, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale); break;
     case kFlagDecoupled:
       update_chunk<scalar_t, false, true>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
       break;
     case kFlagAmsgrad:
       update_chunk<scalar_t, true, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
       break;
-    default:
-      update_chunk<scalar_t, true, true>(tensor, begin, end, state, maximize, has_weight_decay, unscale);
-      break;
+    default: update_chunk<scalar_t, true, true>(tensor, begin, end, state, maximize, has_weight_decay, unscale); break;
   }
 }
 
@@ -194,9 +197,7 @@ __device__ __noinline__ void update_task(const LaunchArgs& args, int32_t task, c
     case ElementType::kFloat64:
       update_typed<double>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
       break;
-    default:
-      update_typed<float>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale);
-      break;
+    default: update_typed<float>(tensor, begin, end, state, state.flags, state.has_weight_decay, unscale); break;
   }
 }
 

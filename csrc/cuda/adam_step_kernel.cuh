@@ -43,7 +43,7 @@
 namespace lrfused {
 namespace cuda {
 
-constexpr int kChunkSize = 65536;    // elements of one tensor per task
+constexpr int kChunkSize = 65536;  // elements of one tensor per task
 // note [Block shape]
 // A bucket's schedule is evaluated by a call (the float64 evaluator is outlined, as it must be:
 // inlined it spills kilobytes), and so is the element loop of each dtype and flags (update_chunk,

@@ -28,8 +28,6 @@ void advance_lr_cuda(const at::Tensor& groups, const at::Tensor& clock, const at
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lrfused, CUDA, m) {
-  m.impl("advance_lr_", &advance_lr_cuda);
-}
+TORCH_LIBRARY_IMPL(lrfused, CUDA, m) { m.impl("advance_lr_", &advance_lr_cuda); }
 
 }  // namespace lrfused

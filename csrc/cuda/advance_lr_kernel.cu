@@ -19,8 +19,8 @@ __global__ void advance_lr_kernel(const double* rules, int64_t group_count, doub
 
 }  // namespace
 
-cudaError_t launch_advance_lr(const double* rules, int64_t group_count, double* groups, int64_t* clock,
-                              int64_t epoch, cudaStream_t stream) {
+cudaError_t launch_advance_lr(const double* rules, int64_t group_count, double* groups, int64_t* clock, int64_t epoch,
+                              cudaStream_t stream) {
   LRFUSED_LAUNCH(advance_lr_kernel, 1, 1, 0, stream, rules, group_count, groups, clock, epoch);
   return cudaGetLastError();
 }

@@ -11,8 +11,8 @@ namespace cuda {
 
 // One thread applies every group's rule (a handful of float64 operations per group) and moves the
 // clock; `epoch < 0` means "one step from the clock". The rules were validated on the host.
-cudaError_t launch_advance_lr(const double* rules, int64_t group_count, double* groups, int64_t* clock,
-                              int64_t epoch, cudaStream_t stream);
+cudaError_t launch_advance_lr(const double* rules, int64_t group_count, double* groups, int64_t* clock, int64_t epoch,
+                              cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace lrfused

@@ -149,8 +149,8 @@ std::vector<uintptr_t> table_key(const std::vector<BucketSpec>& buckets, const s
 }
 
 cudaError_t prepare_launch(TableSet& set, const std::vector<BucketSpec>& buckets,
-                           const std::vector<TensorEntry>& entries, cudaStream_t stream,
-                           const AllocateTable& allocate, LaunchTable* launch) {
+                           const std::vector<TensorEntry>& entries, cudaStream_t stream, const AllocateTable& allocate,
+                           LaunchTable* launch) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   unsigned long long capture_id = 0;
   cudaError_t error = cudaStreamGetCaptureInfo(stream, &status, &capture_id);

@@ -58,7 +58,7 @@ constexpr int kCounterSlots = 32;
 class TableMemory {
  public:
   virtual ~TableMemory() = default;
-  virtual uint8_t* host() = 0;    // pinned; the table is written here, then copied
+  virtual uint8_t* host() = 0;  // pinned; the table is written here, then copied
   virtual uint8_t* device() = 0;
   // Copies the table from host() to device() on `stream`, which is not capturing; host() must stay
   // untouched until that copy has run.
@@ -78,9 +78,9 @@ struct Table {
   size_t entries_offset = 0;
   size_t tasks_offset = 0;
   int32_t num_tasks = 0;
-  bool filled_in_capture = false;  // its content arrives with each replay: never used eagerly
-  unsigned long long capture = 0;  // the capture that filled it, when filled_in_capture
-  cudaEvent_t filled = nullptr;    // recorded after an eager fill
+  bool filled_in_capture = false;                   // its content arrives with each replay: never used eagerly
+  unsigned long long capture = 0;                   // the capture that filled it, when filled_in_capture
+  cudaEvent_t filled = nullptr;                     // recorded after an eager fill
   std::vector<unsigned long long> ordered_streams;  // stream ids whose later work follows the fill
   std::vector<std::pair<unsigned long long, int>> eager_slots;  // stream id, counter pair
   int slots_used = 0;
@@ -114,8 +114,8 @@ std::vector<uintptr_t> table_key(const std::vector<BucketSpec>& buckets, const s
 // replaced as note [Tensor tables] says, with whatever wait the stream needs enqueued on it. The
 // launch itself is the caller's, on the same stream, before the set is used again.
 cudaError_t prepare_launch(TableSet& set, const std::vector<BucketSpec>& buckets,
-                           const std::vector<TensorEntry>& entries, cudaStream_t stream,
-                           const AllocateTable& allocate, LaunchTable* launch);
+                           const std::vector<TensorEntry>& entries, cudaStream_t stream, const AllocateTable& allocate,
+                           LaunchTable* launch);
 
 // Frees the tables whose last graph was destroyed and that no set holds any more (prepare_launch
 // does it first), and says how many are waiting for it.

@@ -25,9 +25,7 @@ bool close(double a, double b, double rel = 1e-13) {
   return std::fabs(a - b) <= rel * std::fmax(std::fabs(a), std::fabs(b)) + 1e-300;
 }
 
-double lr_at(const std::vector<double>& program, int64_t t) {
-  return lrfused::evaluate_schedule(program.data(), t).lr;
-}
+double lr_at(const std::vector<double>& program, int64_t t) { return lrfused::evaluate_schedule(program.data(), t).lr; }
 
 void test_leaves() {
   using namespace lrfused;

@@ -41,31 +41,85 @@ template <typename T>
 using Op = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Host-side element conversions, the same roundings as the kernel's.
-template <typename T> Op<T> to_f(T x);
-template <> float to_f<float>(float x) { return x; }
-template <> double to_f<double>(double x) { return x; }
-template <> float to_f<__half>(__half x) { return __half2float(x); }
-template <> float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> T from_f(Op<T> x);
-template <> float from_f<float>(float x) { return x; }
-template <> double from_f<double>(double x) { return x; }
-template <> __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <> __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-template <typename T> ElementType type_of();
-template <> ElementType type_of<float>() { return ElementType::kFloat32; }
-template <> ElementType type_of<double>() { return ElementType::kFloat64; }
-template <> ElementType type_of<__half>() { return ElementType::kFloat16; }
-template <> ElementType type_of<__nv_bfloat16>() { return ElementType::kBFloat16; }
-
-template <typename T> const char* name_of();
-template <> const char* name_of<float>() { return "float32"; }
-template <> const char* name_of<double>() { return "float64"; }
-template <> const char* name_of<__half>() { return "float16"; }
-template <> const char* name_of<__nv_bfloat16>() { return "bfloat16"; }
+template <typename T>
+Op<T> to_f(T x);
+template <>
+float to_f<float>(float x) {
+  return x;
+}
+template <>
+double to_f<double>(double x) {
+  return x;
+}
+template <>
+float to_f<__half>(__half x) {
+  return __half2float(x);
+}
+template <>
+float to_f<__nv_bfloat16>(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+template <typename T>
+T from_f(Op<T> x);
+template <>
+float from_f<float>(float x) {
+  return x;
+}
+template <>
+double from_f<double>(double x) {
+  return x;
+}
+template <>
+__half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 template <typename T>
-bool same_bits(const T& a, const T& b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
+ElementType type_of();
+template <>
+ElementType type_of<float>() {
+  return ElementType::kFloat32;
+}
+template <>
+ElementType type_of<double>() {
+  return ElementType::kFloat64;
+}
+template <>
+ElementType type_of<__half>() {
+  return ElementType::kFloat16;
+}
+template <>
+ElementType type_of<__nv_bfloat16>() {
+  return ElementType::kBFloat16;
+}
+
+template <typename T>
+const char* name_of();
+template <>
+const char* name_of<float>() {
+  return "float32";
+}
+template <>
+const char* name_of<double>() {
+  return "float64";
+}
+template <>
+const char* name_of<__half>() {
+  return "float16";
+}
+template <>
+const char* name_of<__nv_bfloat16>() {
+  return "bfloat16";
+}
+
+template <typename T>
+bool same_bits(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
 
 // One tensor of the test on host and device; `offset` elements shift the device pointers, so that
 // an odd offset makes the tensor unaligned for the vector path.
@@ -73,8 +127,8 @@ template <typename T>
 struct TestTensor {
   int64_t numel;
   int offset;
-  std::vector<T> p, g, m, v, x;   // host reference
-  T *dp, *dg, *dm, *dv, *dx;      // device (allocations start `offset` elements earlier)
+  std::vector<T> p, g, m, v, x;  // host reference
+  T *dp, *dg, *dm, *dv, *dx;     // device (allocations start `offset` elements earlier)
 };
 
 template <typename T>
@@ -126,7 +180,8 @@ DeviceTable make_table(std::vector<TestTensor<T>>& tensors) {
                 reinterpret_cast<uintptr_t>(t.dm) % pack == 0 && reinterpret_cast<uintptr_t>(t.dv) % pack == 0 &&
                 (t.dx == nullptr || reinterpret_cast<uintptr_t>(t.dx) % pack == 0);
     entries.push_back(e);
-    for (int64_t c = 0; c * kChunkSize < t.numel; ++c) tasks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
+    for (int64_t c = 0; c * kChunkSize < t.numel; ++c)
+      tasks.push_back({static_cast<int32_t>(i), static_cast<int32_t>(c)});
   }
   DeviceTable table;
   table.tensors = device_copy(entries);
@@ -237,11 +292,15 @@ void reference_step(TestTensor<T>& t, const AdamScalars<double>& wide, const Opt
       t.g[i] = from_f<T>(g);
     }
     if (o.amsgrad) {
-      if (o.decoupled) adam_update<S, S, true, true>(p, g, m, v, x, scalars, o.maximize, wd);
-      else adam_update<S, S, true, false>(p, g, m, v, x, scalars, o.maximize, wd);
+      if (o.decoupled)
+        adam_update<S, S, true, true>(p, g, m, v, x, scalars, o.maximize, wd);
+      else
+        adam_update<S, S, true, false>(p, g, m, v, x, scalars, o.maximize, wd);
     } else {
-      if (o.decoupled) adam_update<S, S, false, true>(p, g, m, v, x, scalars, o.maximize, wd);
-      else adam_update<S, S, false, false>(p, g, m, v, x, scalars, o.maximize, wd);
+      if (o.decoupled)
+        adam_update<S, S, false, true>(p, g, m, v, x, scalars, o.maximize, wd);
+      else
+        adam_update<S, S, false, false>(p, g, m, v, x, scalars, o.maximize, wd);
     }
     t.p[i] = from_f<T>(p);
     t.m[i] = from_f<T>(m);
@@ -273,8 +332,8 @@ void check_agreement(const Options& o, int blocks, const char* label) {
   std::vector<TestTensor<T>> tensors;
   tensors.push_back(make_tensor<T>(3 * kChunkSize + 4093, 0, o.amsgrad));  // several chunks and a tail
   tensors.push_back(make_tensor<T>(1, 0, o.amsgrad));
-  tensors.push_back(make_tensor<T>(10001, 1, o.amsgrad));                  // unaligned: scalar path
-  tensors.push_back(make_tensor<T>(2048 * 5, 0, o.amsgrad));               // whole vector steps, no tail
+  tensors.push_back(make_tensor<T>(10001, 1, o.amsgrad));     // unaligned: scalar path
+  tensors.push_back(make_tensor<T>(2048 * 5, 0, o.amsgrad));  // whole vector steps, no tail
   DeviceTable table = make_table(tensors);
   // A cosine from 1e-2 to 1e-4 over 20 steps: [kCosine, 6, init, floor, period, clamp].
   const std::vector<double> program = {kCosine, 6, 1e-2, 1e-4, 20, 0};
@@ -292,8 +351,8 @@ void check_agreement(const Options& o, int blocks, const char* label) {
     // The grads change between steps, as they would in training.
     for (auto& tensor : tensors) {
       for (auto& e : tensor.g) e = from_f<T>(uniform() * (o.unscale ? grad_scale : 1.0f));
-      CHECK_CUDA(cudaMemcpy(tensor.dg - tensor.offset, tensor.g.data(), tensor.g.size() * sizeof(T),
-                            cudaMemcpyHostToDevice));
+      CHECK_CUDA(
+          cudaMemcpy(tensor.dg - tensor.offset, tensor.g.data(), tensor.g.size() * sizeof(T), cudaMemcpyHostToDevice));
     }
   }
   const LaunchCounters counters = read_value(table.counters);
@@ -314,8 +373,9 @@ void check_all_variants() {
       o.amsgrad = amsgrad;
       o.decoupled = decoupled;
       o.maximize = amsgrad && !decoupled;
-      check_agreement<T>(o, 264, o.amsgrad ? (o.decoupled ? "amsgrad adamw" : "amsgrad adam maximize")
-                                           : (o.decoupled ? "adamw" : "adam"));
+      check_agreement<T>(
+          o, 264,
+          o.amsgrad ? (o.decoupled ? "amsgrad adamw" : "amsgrad adam maximize") : (o.decoupled ? "adamw" : "adam"));
     }
   }
   Options o;
@@ -344,7 +404,10 @@ void check_skips() {
   expect(read_value(s.invalid) == 0, "found_inf: not counted as an unusable schedule value");
   free_scalars(s);
 
-  struct Case { std::vector<double> program; const char* what; };
+  struct Case {
+    std::vector<double> program;
+    const char* what;
+  };
   const double nan = std::nan("");
   const std::vector<Case> cases = {
       {{kConstant, 3, nan}, "a NaN lr"},

@@ -134,12 +134,17 @@ Model make_model() {
   m.found_inf_d = device_copy(std::vector<float>{0.0f});
   for (const auto& r : m.rules) m.rules_d.push_back(device_copy(r));
 
-  struct BucketCase { int group; ElementType type; int flags; double weight_decay; };
+  struct BucketCase {
+    int group;
+    ElementType type;
+    int flags;
+    double weight_decay;
+  };
   const BucketCase buckets[] = {
       {0, ElementType::kFloat32, kFlagDecoupled, 0.1},
       {1, ElementType::kFloat16, kFlagAmsgrad, 0.01},
       {2, ElementType::kBFloat16, kFlagDecoupled | kFlagMaximize, 0.1},
-      {-1, ElementType::kFloat32, 0, 0.0},  // its own cosine (schedule=), read at its step
+      {-1, ElementType::kFloat32, 0, 0.0},                             // its own cosine (schedule=), read at its step
       {0, ElementType::kFloat16, kFlagDecoupled | kFlagAmsgrad, 0.0},  // group 0 again
   };
   for (int b = 0; b < 5; ++b) {
@@ -161,10 +166,14 @@ Model make_model() {
     m.buckets_device.push_back(device);
   }
   // Sizes around the chunk and vector-step edges, several tensors a bucket, unaligned ones.
-  struct TensorCase { int bucket; int64_t numel; int offset; };
-  const TensorCase tensors[] = {{0, 2 * kChunkSize + 17, 0}, {0, 2048, 0}, {1, kChunkSize, 0}, {1, 3001, 1},
-                                {2, kChunkSize + 2048 * 3, 0}, {2, 999, 3}, {3, 1, 0}, {3, 5 * 2048 + 5, 0},
-                                {4, kChunkSize - 1, 0}, {4, 4, 2}, {0, 7, 1}};
+  struct TensorCase {
+    int bucket;
+    int64_t numel;
+    int offset;
+  };
+  const TensorCase tensors[] = {{0, 2 * kChunkSize + 17, 0},   {0, 2048, 0}, {1, kChunkSize, 0}, {1, 3001, 1},
+                                {2, kChunkSize + 2048 * 3, 0}, {2, 999, 3},  {3, 1, 0},          {3, 5 * 2048 + 5, 0},
+                                {4, kChunkSize - 1, 0},        {4, 4, 2},    {0, 7, 1}};
   for (const TensorCase& c : tensors) {
     Tensor t;
     t.bucket = c.bucket;
@@ -211,8 +220,14 @@ LaunchTable make_table(TableSet& set, const Model& m, bool with_tensors) {
   std::vector<TensorEntry> entries;
   if (with_tensors) {
     for (const Tensor& t : m.tensors) {
-      TensorEntry e{t.pointer(kParam), t.pointer(kGrad), t.pointer(kExpAvg), t.pointer(kExpAvgSq),
-                    t.pointer(kMaxExpAvgSq), t.numel, 1, t.bucket};
+      TensorEntry e{t.pointer(kParam),
+                    t.pointer(kGrad),
+                    t.pointer(kExpAvg),
+                    t.pointer(kExpAvgSq),
+                    t.pointer(kMaxExpAvgSq),
+                    t.numel,
+                    1,
+                    t.bucket};
       const uintptr_t pack = static_cast<uintptr_t>(kPackElements * element_bytes(t.type));
       for (int a = 0; a < kArrays; ++a) {
         if (t.pointer(a) != nullptr && reinterpret_cast<uintptr_t>(t.pointer(a)) % pack != 0) e.aligned = 0;
@@ -320,12 +335,12 @@ bool same_words(const std::vector<T>& host, const T* device) {
 struct Call {
   const char* what;
   int blocks;
-  int deferred;       // deferred steps the call carries
-  int64_t replayed;   // of which this many were applied already (their sequence numbers repeat)
-  bool amp;           // grad_scale and found_inf given
-  bool overflow;      // found_inf set: the step is skipped
-  bool flush;         // no tensors
-  bool unusable;      // group 2's lr is NaN from this call on
+  int deferred;      // deferred steps the call carries
+  int64_t replayed;  // of which this many were applied already (their sequence numbers repeat)
+  bool amp;          // grad_scale and found_inf given
+  bool overflow;     // found_inf set: the step is skipped
+  bool flush;        // no tensors
+  bool unusable;     // group 2's lr is NaN from this call on
 };
 
 }  // namespace
@@ -409,8 +424,8 @@ int main() {
     setenv("LRFUSED_EMU_SMS", std::to_string(std::atoi(std::getenv("LRFUSED_EMU_SMS")) * 3).c_str(), 1);
     expect(resident_blocks(0) == resident, "resident_blocks is cached per device, not asked at every step");
   }
-  expect(m.invalid == 3, "the NaN group's bucket counted once in each of the last three calls, got " +
-                             std::to_string(m.invalid));
+  expect(m.invalid == 3,
+         "the NaN group's bucket counted once in each of the last three calls, got " + std::to_string(m.invalid));
   if (failures != 0) {
     std::printf("%d check(s) failed\n", failures);
     return 1;

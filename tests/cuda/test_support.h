@@ -22,13 +22,13 @@ inline void expect(bool ok, const std::string& what) {
   }
 }
 
-#define CHECK_CUDA(call)                                                                               \
-  do {                                                                                                 \
-    cudaError_t error_ = (call);                                                                       \
-    if (error_ != cudaSuccess) {                                                                       \
+#define CHECK_CUDA(call)                                                                              \
+  do {                                                                                                \
+    cudaError_t error_ = (call);                                                                      \
+    if (error_ != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(error_)); \
-      std::exit(2);                                                                                    \
-    }                                                                                                  \
+      std::exit(2);                                                                                   \
+    }                                                                                                 \
   } while (0)
 
 // A linear congruential generator, so that every run draws the same inputs; each test seeds it.

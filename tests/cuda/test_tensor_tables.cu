@@ -397,8 +397,8 @@ void more_captures_than_counter_pairs() {
   CHECK_CUDA(cudaStreamSynchronize(capture));
   int right = 0;
   for (unsigned long long* out : outs) right += host_copy(out, kProbeWords) == expected(a) ? 1 : 0;
-  expect(right == kCaptures, "every replay reads its table (" + std::to_string(right) + " of " +
-                                 std::to_string(kCaptures) + ")");
+  expect(right == kCaptures,
+         "every replay reads its table (" + std::to_string(right) + " of " + std::to_string(kCaptures) + ")");
   for (cudaGraphExec_t exec : graphs) CHECK_CUDA(cudaGraphExecDestroy(exec));
   free_tables_released_by_graphs();
   CHECK_CUDA(cudaStreamDestroy(eager));

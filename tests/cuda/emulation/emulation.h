@@ -297,8 +297,8 @@ inline cudaError_t cudaStreamEndCapture(hipStream_t stream, cudaGraph_t* graph) 
 }
 
 inline cudaError_t cudaStreamIsCapturing(hipStream_t stream, cudaStreamCaptureStatus* status) {
-  *status = lrfused_emulation::capturing(stream) != nullptr ? cudaStreamCaptureStatusActive
-                                                            : cudaStreamCaptureStatusNone;
+  *status =
+      lrfused_emulation::capturing(stream) != nullptr ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
   return hipSuccess;
 }
 
@@ -407,7 +407,9 @@ inline cudaError_t cudaStreamCreate(hipStream_t* stream) {
   return hipSuccess;
 }
 
-inline cudaError_t cudaStreamCreateWithFlags(hipStream_t* stream, unsigned /*flags*/) { return cudaStreamCreate(stream); }
+inline cudaError_t cudaStreamCreateWithFlags(hipStream_t* stream, unsigned /*flags*/) {
+  return cudaStreamCreate(stream);
+}
 
 // Its queued work still runs, as on CUDA; the handle goes to the next stream created.
 inline cudaError_t cudaStreamDestroy(hipStream_t stream) {
