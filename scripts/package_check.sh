@@ -10,6 +10,19 @@ trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m pip install --quiet build
 "$PYTHON" -m build --no-isolation --outdir "$work/dist" . > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; exit 1; }
 ls "$work/dist"
+# The sdist carries what its scripts and tests read: the CUDA tests and their emulation headers,
+# the frameworks' requirements, the lint and path checks, the C++ notes.
+"$PYTHON" - "$work"/dist/*.tar.gz <<'CHECK'
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as archive:
+    names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+needed = ["tests/cuda/test_kernel.cu", "tests/cuda/test_step_launch.cu", "tests/cuda/test_tensor_tables.cu",
+          "tests/cuda/test_support.h", "tests/cuda/emulation/emulation.h", "tests/requirements-frameworks.txt",
+          "tests/helpers.py", "scripts/check_paths.py", "scripts/lint.sh", "csrc/README.md", ".clang-format"]
+missing = [name for name in needed if name not in names]
+assert not missing, f"the sdist lacks {missing}"
+print(f"the sdist carries the {len(needed)} files its scripts and tests read")
+CHECK
 # The wheel's Python tag and the metadata's Requires-Python must name the same oldest Python.
 "$PYTHON" - "$work"/dist/*.whl <<'CHECK'
 import re, sys, zipfile
