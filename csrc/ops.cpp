@@ -27,36 +27,27 @@ namespace lrfused {
 void StepTensors::clear() {
   params.clear();
   grads.clear();
-  exp_avgs.clear();
-  exp_avg_sqs.clear();
-  max_exp_avg_sqs.clear();
+  for (auto& column : states) column.clear();
 }
 
 void StepTensors::reserve(size_t n) {
   params.reserve(n);
   grads.reserve(n);
-  exp_avgs.reserve(n);
-  exp_avg_sqs.reserve(n);
-  max_exp_avg_sqs.reserve(n);
+  for (auto& column : states) column.reserve(n);
 }
 
-void StepTensors::add(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                      const at::Tensor& exp_avg_sq, const at::Tensor* max_exp_avg_sq) {
+void StepTensors::add(const at::Tensor& param, const at::Tensor& grad,
+                      std::initializer_list<const at::Tensor*> tensor_states) {
   params.push_back(&param);
   grads.push_back(&grad);
-  exp_avgs.push_back(&exp_avg);
-  exp_avg_sqs.push_back(&exp_avg_sq);
-  max_exp_avg_sqs.push_back(max_exp_avg_sq);
+  auto state = tensor_states.begin();
+  for (auto& column : states) column.push_back(state != tensor_states.end() ? *state++ : nullptr);
 }
 
 const std::vector<const at::Tensor*>& WorkingLayout::column(int c) const {
-  switch (c) {
-    case kParams: return tensors_.params;
-    case kGrads: return tensors_.grads;
-    case kExpAvgs: return tensors_.exp_avgs;
-    case kExpAvgSqs: return tensors_.exp_avg_sqs;
-    default: return tensors_.max_exp_avg_sqs;
-  }
+  if (c == kParams) return tensors_.params;
+  if (c == kGrads) return tensors_.grads;
+  return tensors_.states[c - kStates];
 }
 
 WorkingLayout::WorkingLayout(const StepTensors& tensors, bool grads_written)
@@ -64,7 +55,7 @@ WorkingLayout::WorkingLayout(const StepTensors& tensors, bool grads_written)
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& p = *tensors.params[i];
     const bool dense = p.is_non_overlapping_and_dense();
-    // The layout the five share: the param's, or contiguous when the param is not dense.
+    // The layout the arrays share: the param's, or contiguous when the param is not dense.
     const at::IntArrayRef sizes = p.sizes();
     c10::DimVector contiguous;
     if (!dense) {
@@ -106,10 +97,9 @@ const std::vector<TensorEntry>& raw_tensors(StepCall& call, std::unique_ptr<Work
   call.raw.clear();
   call.raw.reserve(call.tensors.size());
   for (size_t i = 0; i < call.tensors.size(); ++i) {
-    const int32_t b = call.tensor_bucket[i];
-    const bool amsgrad = (call.buckets[b].flags & kFlagAmsgrad) != 0;
-    call.raw.push_back({layout->param(i), layout->grad(i), layout->exp_avg(i), layout->exp_avg_sq(i),
-                        amsgrad ? layout->max_exp_avg_sq(i) : nullptr, call.tensors.params[i]->numel(), 0, b});
+    TensorEntry entry{layout->param(i), layout->grad(i), {}, call.tensors.params[i]->numel(), 0, call.tensor_bucket[i]};
+    for (int k = 0; k < kMaxStates; ++k) entry.state[k] = layout->state(k, i);
+    call.raw.push_back(entry);
   }
   return call.raw;
 }
@@ -272,13 +262,13 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
   TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ", p.device(),
               " but the words are on ", call.words->device());
   check(*call.tensors.grads[i], "grads");
-  check(*call.tensors.exp_avgs[i], "exp_avgs");
-  check(*call.tensors.exp_avg_sqs[i], "exp_avg_sqs");
+  check(*call.tensors.states[kAdamExpAvg][i], "exp_avgs");
+  check(*call.tensors.states[kAdamExpAvgSq][i], "exp_avg_sqs");
   const BucketSpec& bucket = call.buckets[call.tensor_bucket[i]];
   if (bucket.flags & kFlagAmsgrad) {
-    TORCH_CHECK(call.tensors.max_exp_avg_sqs[i] != nullptr, op, ": params[", i,
+    TORCH_CHECK(call.tensors.states[kAdamMaxExpAvgSq][i] != nullptr, op, ": params[", i,
                 "] is in an AMSGrad bucket but has no max_exp_avg_sq");
-    check(*call.tensors.max_exp_avg_sqs[i], "max_exp_avg_sqs");
+    check(*call.tensors.states[kAdamMaxExpAvgSq][i], "max_exp_avg_sqs");
   }
   TORCH_CHECK(bucket.element_type == static_cast<int32_t>(element_type_of(dtype)), op, ": params[", i, "] has dtype ",
               dtype, " but its bucket's first param has another");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -11,21 +12,23 @@
 
 namespace lrfused {
 
-// The tensors of one call by column: tensor i of the call is params[i], grads[i], ...;
-// max_exp_avg_sqs[i] is null when its bucket has no AMSGrad. Pointers, so that the eager table
+// The tensors of one call by column: tensor i of the call is params[i], grads[i] and states[k][i],
+// the update rule's states in its order (TensorEntry::state), null where the tensor has no such
+// state (Adam's max_exp_avg_sq outside an AMSGrad bucket). Pointers, so that the eager table
 // (step_table.h) lists the tensors it holds and the grads it reads without copying a handle.
 struct StepTensors {
-  std::vector<const at::Tensor*> params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs;
+  std::vector<const at::Tensor*> params, grads;
+  std::vector<const at::Tensor*> states[kMaxStates];
   size_t size() const { return params.size(); }
   void clear();
   void reserve(size_t n);
-  void add(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-           const at::Tensor* max_exp_avg_sq);
+  // `states`: the tensor's states in the rule's order; fewer than kMaxStates leave the rest null.
+  void add(const at::Tensor& param, const at::Tensor& grad, std::initializer_list<const at::Tensor*> states);
 };
 
 // note [Working layout]
-// The kernels walk the five tensors of a param (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq)
-// with one index, so the five must share one dense memory layout: the param's when the param is
+// The kernels walk the tensors of a param (param, grad, and the rule's states) with one index, so
+// they must share one dense memory layout: the param's when the param is
 // non-overlapping and dense, contiguous otherwise. A tensor in another layout (the grad of a
 // channels_last conv whose param is contiguous, a state made before the model was converted to
 // channels_last, a param that is a strided view) is copied into that layout for the call, and what
@@ -38,16 +41,14 @@ class WorkingLayout {
   // The pointers the kernels read for tensor i of each column: the argument's own, or its copy.
   void* param(size_t i) const { return pointer(kParams, i); }
   void* grad(size_t i) const { return pointer(kGrads, i); }
-  void* exp_avg(size_t i) const { return pointer(kExpAvgs, i); }
-  void* exp_avg_sq(size_t i) const { return pointer(kExpAvgSqs, i); }
-  void* max_exp_avg_sq(size_t i) const { return pointer(kMaxExpAvgSqs, i); }
+  void* state(int k, size_t i) const { return pointer(kStates + k, i); }
   // Copies back what the kernel wrote into the tensors that were copied.
   void write_back() const;
 
  private:
-  enum Column { kParams, kGrads, kExpAvgs, kExpAvgSqs, kMaxExpAvgSqs, kColumns };
+  enum Column { kParams, kGrads, kStates, kColumns = kStates + kMaxStates };
   const std::vector<const at::Tensor*>& column(int c) const;
-  void* pointer(Column c, size_t i) const {
+  void* pointer(int c, size_t i) const {
     const std::vector<at::Tensor>& copies = copies_[c];
     if (!copies.empty() && copies[i].defined()) return copies[i].data_ptr();
     const at::Tensor* t = column(c)[i];
@@ -64,7 +65,7 @@ class WorkingLayout {
 // tensors, the bucket of each, the buckets, the deferred scheduler steps and AMP's scalars.
 struct StepCall {
   StepTensors tensors;
-  // The tensors' pointers when every five of a tensor already share one layout (the eager table
+  // The tensors' pointers when all of a tensor's arrays already share one layout (the eager table
   // knows it without a WorkingLayout); empty: the runner lays the tensors out (note [Working layout]).
   std::vector<TensorEntry> raw;
   std::vector<int32_t> tensor_bucket;

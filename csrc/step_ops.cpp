@@ -54,7 +54,7 @@ void attach_max_states(const at::Tensor& rows, at::TensorList maxes, StepCall& c
                 op, ": bucket ", b, " (AMSGrad) needs max_exp_avg_sqs [", max_begin, ", ", max_begin + (end - begin),
                 "), but there are ", maxes.size());
     for (int64_t i = begin; i < end; ++i) {
-      call.tensors.max_exp_avg_sqs[i] = &maxes[static_cast<int64_t>(max_begin) + (i - begin)];
+      call.tensors.states[kAdamMaxExpAvgSq][i] = &maxes[static_cast<int64_t>(max_begin) + (i - begin)];
     }
   }
 }
@@ -72,7 +72,7 @@ void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList ex
   StepCall call;
   call.tensors.reserve(n);
   for (size_t i = 0; i < n; ++i) {
-    call.tensors.add(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], nullptr);
+    call.tensors.add(params[i], grads[i], {&exp_avgs[i], &exp_avg_sqs[i]});
   }
   gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
   attach_max_states(buckets, max_exp_avg_sqs, call, "adam_step_");
@@ -93,9 +93,9 @@ void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::Ten
   table->sources.assign(sources.begin(), sources.end());
   for (const at::Tensor& source : sources) table->complex_sources.push_back(source.is_complex());
   table->params.assign(params.begin(), params.end());
-  table->exp_avgs.assign(exp_avgs.begin(), exp_avgs.end());
-  table->exp_avg_sqs.assign(exp_avg_sqs.begin(), exp_avg_sqs.end());
-  table->max_exp_avg_sqs.assign(max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
+  table->states[kAdamExpAvg].assign(exp_avgs.begin(), exp_avgs.end());
+  table->states[kAdamExpAvgSq].assign(exp_avg_sqs.begin(), exp_avg_sqs.end());
+  table->states[kAdamMaxExpAvgSq].assign(max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
   table->watched.assign(watched.begin(), watched.end());
   table->real_grads.resize(n);
   table->call.tensors.reserve(n);
@@ -161,7 +161,8 @@ Gathered gather_noted(StepTable& t) {
           same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) && same_dims(g->strides(), m.strides))) {
       return Gathered::kChecked;
     }
-    call.raw.push_back({param_data, first_element(g), m.exp_avg.data, m.exp_avg_sq.data, nullptr, m.numel, 0, 0});
+    // The optional state is set by the caller, for the buckets that have it.
+    call.raw.push_back({param_data, first_element(g), {m.state[0].data, m.state[1].data, nullptr}, m.numel, 0, 0});
     call.tensors.params.push_back(&param);  // the buckets' dtypes and the count are read from it
   }
   return Gathered::kFast;
@@ -198,7 +199,7 @@ bool gather_table(StepTable& t, bool& fast) {
         read->device() != param.device()) {
       return false;
     }
-    call.tensors.add(param, *read, t.exp_avgs[i], t.exp_avg_sqs[i], nullptr);
+    call.tensors.add(param, *read, {&t.states[kAdamExpAvg][i], &t.states[kAdamExpAvgSq][i]});
   }
   return true;
 }
@@ -211,13 +212,16 @@ void note_checked(StepTable& t) {
   for (size_t i = 0; i < t.params.size(); ++i) {
     const at::Tensor& p = t.params[i];
     bool dense = p.is_non_overlapping_and_dense();
-    for (const at::Tensor* other :
-         {call.tensors.exp_avgs[i], call.tensors.exp_avg_sqs[i], call.tensors.max_exp_avg_sqs[i]}) {
-      dense = dense && (other == nullptr || other->strides() == p.strides());
+    TensorMeta meta{
+        place_of(&p), {},   p.scalar_type(), p.device(), c10::DimVector(p.sizes()), c10::DimVector(p.strides()),
+        p.numel(),    false};
+    for (int k = 0; k < kMaxStates; ++k) {
+      const at::Tensor* state = call.tensors.states[k][i];
+      dense = dense && (state == nullptr || state->strides() == p.strides());
+      meta.state[k] = place_of(state);
     }
-    t.meta.push_back({place_of(&p), place_of(call.tensors.exp_avgs[i]), place_of(call.tensors.exp_avg_sqs[i]),
-                      place_of(call.tensors.max_exp_avg_sqs[i]), p.scalar_type(), p.device(), c10::DimVector(p.sizes()),
-                      c10::DimVector(p.strides()), p.numel(), dense});
+    meta.dense = dense;
+    t.meta.push_back(std::move(meta));
   }
   t.checked = true;
 }
@@ -242,15 +246,15 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
     // AMSGrad's states from the note, as the other states.
     for (size_t i = 0; i < n; ++i) {
       if (!(call.buckets[call.tensor_bucket[i]].flags & kFlagAmsgrad)) continue;
-      call.raw[i].max_exp_avg_sq = t.meta[i].max_exp_avg_sq.data;
-      TORCH_CHECK(call.raw[i].max_exp_avg_sq != nullptr, "table_step_: tensor ", i,
+      call.raw[i].state[kAdamMaxExpAvgSq] = t.meta[i].state[kAdamMaxExpAvgSq].data;
+      TORCH_CHECK(call.raw[i].state[kAdamMaxExpAvgSq] != nullptr, "table_step_: tensor ", i,
                   " had no max_exp_avg_sq when its table was checked");
     }
   } else {
-    attach_max_states(buckets, t.max_exp_avg_sqs, call, "table_step_");
+    attach_max_states(buckets, t.states[kAdamMaxExpAvgSq], call, "table_step_");
   }
   if (fast) {
-    // Every five share the param's layout and are where the last full check saw them.
+    // The param, its grad and its states share its layout and are where the last full check saw them.
     for (size_t i = 0; i < n; ++i) call.raw[i].bucket = call.tensor_bucket[i];
   } else {
     call.raw.clear();

@@ -12,7 +12,7 @@
 //   checks every tensor as adam_step_ checks its lists and notes each param's dtype, device, sizes
 //   and strides; later steps compare the param and its grad with that note and the states' sizes
 //   and dtypes (field reads), run the full checks again when anything differs, and hand the kernel
-//   the pointers directly when the five tensors share the param's layout;
+//   the pointers directly when the param, its grad and its states share the param's layout;
 // * finds the pattern the table was made for: every source has a grad and no watched param has
 //   one. Otherwise (a param without a grad this step, a grad of another shape, a watched param
 //   that got one) it returns False before writing anything, and the optimizer makes a new plan
@@ -47,25 +47,28 @@ struct TensorMeta {
     const void* base;
     void* data;
   };
-  Place param, exp_avg, exp_avg_sq, max_exp_avg_sq;
+  Place param;
+  Place state[kMaxStates];  // the rule's states (null data: none)
   at::ScalarType dtype;
   at::Device device;
   c10::DimVector sizes;
   c10::DimVector strides;
   int64_t numel;
-  bool dense;  // non-overlapping and dense: the five tensors can share the param's layout
+  bool dense;  // non-overlapping and dense: the param, its grad and its states can share its layout
 };
 
 struct StepTable {
   std::vector<at::Tensor> sources;    // per tensor: the param whose grad is read
   std::vector<bool> complex_sources;  // read as view_as_real(grad)
-  std::vector<at::Tensor> params, exp_avgs, exp_avg_sqs;
-  std::vector<at::Tensor> max_exp_avg_sqs;  // indexed by the buckets' kBucketMaxBegin
-  std::vector<at::Tensor> watched;          // params with no grad when the plan was made
-  std::vector<at::Tensor> real_grads;       // scratch: the real views of complex grads
-  std::vector<TensorMeta> meta;             // per tensor, once the first step checked it
-  bool checked = false;                     // a step ran the full checks of adam_step_
-  StepCall call;                            // scratch, reused by every step
+  std::vector<at::Tensor> params;
+  // The states the op was given, per state of the rule: one per tensor, but the optional last
+  // (Adam's max_exp_avg_sq), listed for its buckets only and indexed by their kBucketMaxBegin.
+  std::vector<at::Tensor> states[kMaxStates];
+  std::vector<at::Tensor> watched;     // params with no grad when the plan was made
+  std::vector<at::Tensor> real_grads;  // scratch: the real views of complex grads
+  std::vector<TensorMeta> meta;        // per tensor, once the first step checked it
+  bool checked = false;                // a step ran the full checks of adam_step_
+  StepCall call;                       // scratch, reused by every step
 };
 
 // What a handle keeps: the eager table (when set_step_table filled one) and the backend's cache.

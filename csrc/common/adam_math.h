@@ -20,6 +20,9 @@
 
 namespace lrfused {
 
+// Adam's states, in the order of TensorEntry::state (max_exp_avg_sq: AMSGrad only).
+enum AdamState : int { kAdamExpAvg = 0, kAdamExpAvgSq = 1, kAdamMaxExpAvgSq = 2, kAdamStates = 3 };
+
 // The per-call scalars of one Adam step, computed once from the schedule's lr and beta1 and the
 // step count after its increment: in double, then narrowed to the opmath type by `scalars_as`.
 template <typename opmath_t>

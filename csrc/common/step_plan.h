@@ -71,13 +71,17 @@ struct BucketSpec {
   int32_t element_type;
 };
 
-// The pointers the kernels read for one tensor of a call (also the CUDA table's entry).
+// The most state tensors an update rule keeps per param (Adam: exp_avg, exp_avg_sq and, with
+// AMSGrad, max_exp_avg_sq). The rule's last state may be optional: a tensor without it holds null.
+constexpr int kMaxStates = 3;
+
+// The pointers the kernels read for one tensor of a call (also the CUDA table's entry). Nothing
+// here is a rule's own: the states are the rule's in its order (note [The seam of an update rule]
+// in csrc/README.md), named by the rule's math header (adam_math.h's AdamState).
 struct TensorEntry {
   void* param;
   void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // null without AMSGrad
+  void* state[kMaxStates];  // null: a state this tensor does not have
   int64_t numel;
   int32_t aligned;  // CUDA: every pointer aligned to a pack (kPackElements elements), the vector path applies
   int32_t bucket;   // its BucketSpec

@@ -96,7 +96,10 @@ void run_step_cpu(StepCall& call) {
     scratch.offsets.assign(1, 0);
     for (const TensorEntry& t : raw) {
       if (!scratch.usable[t.bucket] || t.numel == 0) continue;
-      scratch.segments.push_back({t.param, t.grad, t.exp_avg, t.exp_avg_sq, t.max_exp_avg_sq, scratch.updates[t.bucket],
+      scratch.segments.push_back({t.param,
+                                  t.grad,
+                                  {t.state[0], t.state[1], t.state[2]},
+                                  scratch.updates[t.bucket],
                                   &scratch.configs[t.bucket]});
       scratch.offsets.push_back(scratch.offsets.back() + t.numel);
     }

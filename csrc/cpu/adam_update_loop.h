@@ -133,9 +133,9 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
 
 template <typename scalar_t, bool kAmsgrad, bool kDecoupled>
 void update_segment(const CpuSegment& s, int64_t begin, int64_t end) {
-  const Segment<scalar_t> typed{static_cast<scalar_t*>(s.param), static_cast<scalar_t*>(s.grad),
-                                static_cast<scalar_t*>(s.exp_avg), static_cast<scalar_t*>(s.exp_avg_sq),
-                                static_cast<scalar_t*>(s.max_exp_avg_sq)};
+  const Segment<scalar_t> typed{
+      static_cast<scalar_t*>(s.param), static_cast<scalar_t*>(s.grad), static_cast<scalar_t*>(s.state[kAdamExpAvg]),
+      static_cast<scalar_t*>(s.state[kAdamExpAvgSq]), static_cast<scalar_t*>(s.state[kAdamMaxExpAvgSq])};
   update_range<scalar_t, kAmsgrad, kDecoupled>(typed, begin, end, *s.config);
 }
 

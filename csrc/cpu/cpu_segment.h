@@ -26,9 +26,7 @@ using RangeUpdate = void (*)(const CpuSegment& segment, int64_t begin, int64_t e
 struct CpuSegment {
   void* param;
   void* grad;
-  void* exp_avg;
-  void* exp_avg_sq;
-  void* max_exp_avg_sq;  // null without AMSGrad
+  void* state[kMaxStates];  // the rule's states (TensorEntry::state)
   RangeUpdate update;
   const StepConfig* config;
 };

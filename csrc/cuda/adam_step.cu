@@ -80,11 +80,11 @@ void run_step_cuda(StepCall& call, std::shared_ptr<void>* state) {
   for (const TensorEntry& t : raw) {
     if (t.numel == 0) continue;
     const BucketSpec& bucket = call.buckets[t.bucket];
-    const bool amsgrad = (bucket.flags & kFlagAmsgrad) != 0;
     const size_t pack = pack_bytes(static_cast<ElementType>(bucket.element_type));
     TensorEntry e = t;
-    e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack) && aligned_to(e.exp_avg, pack) &&
-                aligned_to(e.exp_avg_sq, pack) && (!amsgrad || aligned_to(e.max_exp_avg_sq, pack));
+    // Every array the kernel reads (a state the tensor does not have is null, and not read).
+    e.aligned = aligned_to(e.param, pack) && aligned_to(e.grad, pack);
+    for (void* state : e.state) e.aligned = e.aligned && (state == nullptr || aligned_to(state, pack));
     entries.push_back(e);
   }
 

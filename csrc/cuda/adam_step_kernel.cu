@@ -88,9 +88,9 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
                                           const BlockState& state, bool maximize, bool has_weight_decay, bool unscale) {
   auto* param = static_cast<scalar_t*>(tensor.param);
   auto* grad = static_cast<scalar_t*>(tensor.grad);
-  auto* exp_avg = static_cast<scalar_t*>(tensor.exp_avg);
-  auto* exp_avg_sq = static_cast<scalar_t*>(tensor.exp_avg_sq);
-  auto* max_exp_avg_sq = static_cast<scalar_t*>(tensor.max_exp_avg_sq);
+  auto* exp_avg = static_cast<scalar_t*>(tensor.state[kAdamExpAvg]);
+  auto* exp_avg_sq = static_cast<scalar_t*>(tensor.state[kAdamExpAvgSq]);
+  auto* max_exp_avg_sq = static_cast<scalar_t*>(tensor.state[kAdamMaxExpAvgSq]);
   using opmath_t = OpmathOf<scalar_t>;
   const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(state.scalars);
   const opmath_t grad_scale = static_cast<opmath_t>(state.grad_scale);

@@ -140,10 +140,9 @@ std::vector<uintptr_t> table_key(const std::vector<BucketSpec>& buckets, const s
     key.insert(key.end(), std::begin(words), std::end(words));
   }
   for (const TensorEntry& e : entries) {
-    key.insert(key.end(), {reinterpret_cast<uintptr_t>(e.param), reinterpret_cast<uintptr_t>(e.grad),
-                           reinterpret_cast<uintptr_t>(e.exp_avg), reinterpret_cast<uintptr_t>(e.exp_avg_sq),
-                           reinterpret_cast<uintptr_t>(e.max_exp_avg_sq),
-                           static_cast<uintptr_t>(e.numel) ^ (static_cast<uintptr_t>(e.bucket) << 48)});
+    key.insert(key.end(), {reinterpret_cast<uintptr_t>(e.param), reinterpret_cast<uintptr_t>(e.grad)});
+    for (void* state : e.state) key.push_back(reinterpret_cast<uintptr_t>(state));
+    key.push_back(static_cast<uintptr_t>(e.numel) ^ (static_cast<uintptr_t>(e.bucket) << 48));
   }
   return key;
 }
