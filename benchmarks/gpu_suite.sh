@@ -104,7 +104,7 @@ PY
     exit "${PIPESTATUS[0]}"
     ;;
   cuda-tests)
-    LRFUSED_REQUIRE_KERNELS=1 python3 -m pytest -q -p no:cacheprovider -ra tests/test_cuda.py tests/test_optimizer.py \
+    LRFUSED_REQUIRE_KERNELS=1 python3 -m pytest -q -p no:cacheprovider -ra tests/test_cuda.py tests/test_optimizer.py tests/test_planner.py \
       tests/test_compile.py tests/test_finder.py "$@" 2>&1 | log
     exit "${PIPESTATUS[0]}"
     ;;
