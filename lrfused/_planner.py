@@ -96,7 +96,7 @@ class StepPlanner:
         all_grads = None
         if table is None or non_finite is not None:
             all_grads = _grads_of(groups)
-            calls = self._plan_calls(groups, state, all_grads)
+            self._plan_calls(groups, state, all_grads)
             if not compiling:
                 table = self._table_call(binding, try_new=True, groups=groups)
         calls = self._calls
