@@ -30,6 +30,15 @@ def twin_leaves(shapes, dtype=torch.float32, seed=0, device="cpu") -> tuple[list
     return [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base]
 
 
+def step_twins(ours, theirs, opt_ours, opt_theirs, grad_fn=torch.randn_like) -> None:
+    """One step of both optimizers, each param's grad the same fresh ``grad_fn(param)`` on both sides."""
+    for a, b in zip(ours, theirs):
+        g = grad_fn(a)
+        a.grad, b.grad = g.clone(), g.clone()
+    opt_ours.step()
+    opt_theirs.step()
+
+
 def assert_same_params(ours, theirs, tolerance: float = 1e-5) -> None:
     """Params (tensors, or modules compared by their named parameters) equal within ``tolerance``,
     relative to each tensor's scale; a mismatch names the param."""

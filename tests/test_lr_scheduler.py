@@ -25,6 +25,7 @@ from helpers import (
     same_outcome,
     snapshot,
     step_both,
+    step_twins,
     twin_leaves,
 )
 from lrfused import lr_scheduler as L
@@ -109,11 +110,7 @@ def assert_same_trajectory(
             assert math.isclose(a["lr"], b["lr"], rel_tol=1e-9, abs_tol=1e-15), (step, a["lr"], b["lr"])
             assert a["betas"] == b["betas"], (step, a["betas"], b["betas"])
         assert sched_ours.get_last_lr() == pytest.approx(sched_theirs.get_last_lr(), rel=1e-9, abs=1e-15)
-        for a, b in zip(ours, theirs):
-            g = torch.randn_like(a)
-            a.grad, b.grad = g.clone(), g.clone()
-        opt_ours.step()
-        opt_theirs.step()
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         sched_ours.step(*step_args)
         sched_theirs.step(*step_args)
     for a, b in zip(ours, theirs):
@@ -208,11 +205,7 @@ def test_reduce_lr_on_plateau_on_device(device, twin_setup):
     sched_theirs = T.ReduceLROnPlateau(opt_theirs, **config)
     rng = random.Random(0)
     for epoch in range(40):
-        for a, b in zip(ours, theirs):
-            g = torch.randn_like(a)
-            a.grad, b.grad = g.clone(), g.clone()
-        opt_ours.step()
-        opt_theirs.step()
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         metric = 1.0 / (1 + epoch) if epoch < 8 else 0.1 + rng.random() * 0.01
         sched_ours.step(torch.tensor(metric, device=device))  # a device tensor: no host read
         sched_theirs.step(metric)
@@ -234,11 +227,7 @@ def test_reduce_lr_on_plateau_with_a_cpu_tensor_metric_is_torchs(sync_free, twin
     sched_theirs = T.ReduceLROnPlateau(opt_theirs, **config)
     rng = random.Random(3)
     for epoch in range(30):
-        for a, b in zip(ours, theirs):
-            g = torch.randn_like(a)
-            a.grad, b.grad = g.clone(), g.clone()
-        opt_ours.step()
-        opt_theirs.step()
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         metric = torch.tensor(rng.random(), dtype=torch.float32)
         if epoch == 10:
             sched_ours._sync_free = True  # one step on the device machine, then back
@@ -410,14 +399,6 @@ def twins(seed: int, groups: int = 2):
     return ours, theirs, opt_ours, opt_theirs
 
 
-def optimizer_steps(ours, theirs, opt_ours, opt_theirs):
-    for a, b in zip(ours, theirs):
-        g = torch.randn_like(a)
-        a.grad, b.grad = g.clone(), g.clone()
-    opt_ours.step()
-    opt_theirs.step()
-
-
 def assert_same_lrs(opt_ours, opt_theirs, where=""):
     for index, (a, b) in enumerate(zip(opt_ours.param_groups, opt_theirs.param_groups)):
         assert math.isclose(float(a["lr"]), float(b["lr"]), rel_tol=1e-12, abs_tol=1e-300), (where, index)
@@ -433,7 +414,7 @@ def run_recipe(recipe, seed: int, steps: int):
     step_ours, step_theirs = recipe(L, opt_ours), recipe(T, opt_theirs)
     assert_same_lrs(opt_ours, opt_theirs, "after construction")
     for i in range(steps):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         step_ours(i)
         step_theirs(i)
         assert_same_lrs(opt_ours, opt_theirs, f"iteration {i}")
@@ -498,7 +479,7 @@ def test_warmup_per_iteration_with_plateau_per_epoch():
     losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.6, 0.7, 0.8, 0.9]
     for epoch, loss in enumerate(losses):
         for _ in range(3):
-            optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+            step_twins(ours, theirs, opt_ours, opt_theirs)
             warm_ours.step()
             warm_theirs.step()
         plat_ours.step(torch.tensor(loss))
@@ -559,7 +540,7 @@ def test_a_hand_write_is_applied_at_the_next_optimizer_step():
     T.CosineAnnealingLR(opt_theirs, T_max=10)
     for opt in (opt_ours, opt_theirs):
         opt.param_groups[1]["lr"] = 0.02
-    optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+    step_twins(ours, theirs, opt_ours, opt_theirs)
     assert_same_params(ours, theirs, tolerance=1e-6)
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
         opt_ours.param_groups[0]["lr"] = float("nan")
@@ -569,7 +550,7 @@ def test_a_hand_write_is_applied_at_the_next_optimizer_step():
 def test_param_group_added_after_a_chainable_scheduler():
     ours, theirs, opt_ours, opt_theirs = twins(7, groups=1)
     s_ours, s_theirs = L.StepLR(opt_ours, step_size=2, gamma=0.5), T.StepLR(opt_theirs, step_size=2, gamma=0.5)
-    optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+    step_twins(ours, theirs, opt_ours, opt_theirs)
     s_ours.step()
     s_theirs.step()
     extra = torch.randn(4)
@@ -580,7 +561,7 @@ def test_param_group_added_after_a_chainable_scheduler():
     theirs.append(extra_theirs)
     seen = []
     for _ in range(5):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         s_ours.step()
         s_theirs.step()
         assert_same_lrs(opt_ours, opt_theirs)
@@ -608,7 +589,7 @@ def test_plateau_survives_the_optimizer_reloading_its_own_state():
     plat_theirs = T.ReduceLROnPlateau(opt_theirs, patience=0, factor=0.5)
     history = []
     for epoch, loss in enumerate([1.0, 1.1, 1.2, 0.5, 0.6]):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         plat_ours.step(loss)
         plat_theirs.step(loss)
         # accelerate's AcceleratedOptimizer does exactly this on construction.
@@ -671,7 +652,7 @@ def test_scheduler_on_a_wrapped_optimizer_drives_the_inner_one(wrap):
     reference = T.CosineAnnealingLR(opt_theirs, T_max=5)
     assert sched.optimizer is opt_ours
     for _ in range(6):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         sched.step()
         reference.step()
         assert_same_lrs(opt_ours, opt_theirs)
@@ -697,7 +678,7 @@ def test_stateful_lambda_applies_at_the_step_torch_does():
     for i in range(8):
         if i == 3:
             scale["value"] = 0.1
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         s_ours.step()
         s_theirs.step()
         calls.append(s_ours.get_last_lr())
@@ -712,7 +693,7 @@ def test_warm_restarts_fractional_epochs_as_documented_by_torch():
     iters = 4
     for epoch in range(5):
         for i in range(iters):
-            optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+            step_twins(ours, theirs, opt_ours, opt_theirs)
             s_ours.step(epoch + i / iters)
             s_theirs.step(epoch + i / iters)
             assert_same_lrs(opt_ours, opt_theirs, (epoch, i))
@@ -726,7 +707,7 @@ def test_writes_to_t_cur_are_honoured():
     for i in range(12):
         if i == 3:
             s_ours.T_cur = s_theirs.T_cur = 0
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         s_ours.step()
         s_theirs.step()
         assert_same_lrs(opt_ours, opt_theirs, i)
@@ -745,7 +726,7 @@ def test_explicit_epochs_use_torchs_closed_form(name, kwargs):
     ours, theirs, opt_ours, opt_theirs = twins(17)
     s_ours, s_theirs = getattr(L, name)(opt_ours, **kwargs), getattr(T, name)(opt_theirs, **kwargs)
     for epoch in (1, 2, 5, 5, 3, 11, 2.5, 12):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         with pytest.warns(UserWarning):
             s_ours.step(epoch)
         with pytest.warns(UserWarning):
@@ -826,7 +807,7 @@ def test_tensor_betas_and_momentums():
         opt_theirs, max_lr=0.05, total_steps=10, base_momentum=torch.tensor(0.8), max_momentum=torch.tensor(0.9)
     )
     for _ in range(9):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         s_ours.step()
         s_theirs.step()
         assert_same_lrs(opt_ours, opt_theirs)
@@ -920,7 +901,7 @@ def test_attributes_and_state_dict_are_torchs(name):
     ours, theirs, opt_ours, opt_theirs = twins(31)
     sched_ours, sched_theirs = _EVERY_CLASS[name](L, opt_ours), _EVERY_CLASS[name](T, opt_theirs)
     for _ in range(5):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         sched_ours.step()
         sched_theirs.step()
     assert sched_ours.__dict__.keys() == sched_theirs.__dict__.keys()
@@ -938,7 +919,7 @@ def test_plateau_with_number_metrics_is_torchs_exactly():
     plat_ours = L.ReduceLROnPlateau(opt_ours, patience=0, min_lr=[1e-5, 1e-4])
     plat_theirs = T.ReduceLROnPlateau(opt_theirs, patience=0, min_lr=[1e-5, 1e-4])
     for metric in (1.0, 0.5, 0.7, 0.9):
-        optimizer_steps(ours, theirs, opt_ours, opt_theirs)
+        step_twins(ours, theirs, opt_ours, opt_theirs)
         plat_ours.step(metric)
         plat_theirs.step(metric)
         assert [type(g["lr"]) for g in opt_ours.param_groups] == [float, float]

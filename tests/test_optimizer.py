@@ -22,6 +22,7 @@ from helpers import (
     random_grads,
     snapshot,
     step_both,
+    step_twins,
     twin_leaves,
 )
 from lrfused import lr_scheduler as L
@@ -30,11 +31,7 @@ from lrfused import schedules
 
 def run_pair(ours, theirs, opt_ours, opt_theirs, steps, grad_fn=torch.randn_like, sched=()):
     for _ in range(steps):
-        for a, b in zip(ours, theirs):
-            g = grad_fn(a)
-            a.grad, b.grad = g.clone(), g.clone()
-        opt_ours.step()
-        opt_theirs.step()
+        step_twins(ours, theirs, opt_ours, opt_theirs, grad_fn)
         for s in sched:
             s.step()
 
