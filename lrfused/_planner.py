@@ -29,6 +29,7 @@ from torch import Tensor
 from . import _ops, _step_plan
 from ._binding import Binding
 from ._step_plan import ADAM, Bucket, DeviceStep, GroupPlan, UpdateRule
+from ._validation import check_param
 
 
 class StepPlanner:
@@ -331,28 +332,6 @@ class StepPlanner:
 
 
 # --- what the planner and the optimizer share ----------------------------------------------------------
-
-
-def check_param(p: Tensor, where: str) -> None:
-    """Refuses, before any state exists, a param the kernels cannot update."""
-    from ._reference import KERNEL_DTYPES
-
-    if p.is_sparse or p.layout != torch.strided:
-        raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
-    if p.device.type == "meta":
-        # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
-        raise RuntimeError(
-            f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
-            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)"
-        )
-    if not (p.is_floating_point() or p.is_complex()):
-        raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
-    real = p.real.dtype if p.is_complex() else p.dtype
-    if real not in KERNEL_DTYPES:
-        raise TypeError(
-            f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
-            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params"
-        )
 
 
 def match_param_layout(p: Tensor, state: dict[str, Any], names) -> None:

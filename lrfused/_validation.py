@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._reference import KERNEL_DTYPES
+
 
 def check_number(name: str, value: Any, tensor_name: str | None = None) -> float:
     """A finite real number; ``tensor_name`` is what torch calls it when it is a tensor."""
@@ -87,3 +89,23 @@ def check_step_hyperparameters(index: int, group: dict[str, Any]) -> None:
 def float_betas(betas) -> tuple[float, float]:
     """Betas as floats: a 1-element tensor beta is read once, here (a sync if it is on a GPU)."""
     return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
+
+
+def check_param(p: Tensor, where: str) -> None:
+    """Refuses, before any state exists, a param the kernels cannot update."""
+    if p.is_sparse or p.layout != torch.strided:
+        raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
+    if p.device.type == "meta":
+        # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
+        raise RuntimeError(
+            f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
+            "optimizer after materializing the model (module.to_empty(device=...), then initialize it)"
+        )
+    if not (p.is_floating_point() or p.is_complex()):
+        raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
+    real = p.real.dtype if p.is_complex() else p.dtype
+    if real not in KERNEL_DTYPES:
+        raise TypeError(
+            f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
+            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params"
+        )

@@ -13,10 +13,11 @@ from torch.optim import Optimizer
 
 from . import _ops, _torch_compat
 from ._binding import Binding
-from ._planner import StepPlanner, check_param
+from ._planner import StepPlanner
 from ._validation import (
     check_implementation_flags,
     check_loaded_step,
+    check_param,
     check_step_hyperparameters,
     float_betas,
     validate_hyperparameters,
