@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.optim import lr_scheduler as _schedulers
+from torch.optim import optimizer as _optimizer_module
 
 
 class Hook(NamedTuple):
@@ -80,6 +81,34 @@ HOOKS: dict[str, Hook] = {
         "torch._C",
         "whether lrfused._C was built with its CUDA kernels",
         lambda: callable(getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)),
+    ),
+    "Optimizer.profile_hook_step": Hook(
+        "torch.optim.Optimizer",
+        "the wrapper torch puts around every optimizer's step() (step hooks, profiler label): lrfused gives its own, "
+        "the same hooks and label at a tenth of the host cost",
+        lambda: "profile_hook_step" in _names_in(torch.optim.Optimizer._patch_step_function),
+    ),
+    "Optimizer step hooks": Hook(
+        "torch.optim.optimizer",
+        "the global hooks (_global_optimizer_pre_hooks, _global_optimizer_post_hooks) and each optimizer's own "
+        "(_optimizer_step_pre_hooks, _optimizer_step_post_hooks), run by that wrapper as torch runs them",
+        lambda: (
+            isinstance(getattr(_optimizer_module, "_global_optimizer_pre_hooks", None), dict)
+            and isinstance(getattr(_optimizer_module, "_global_optimizer_post_hooks", None), dict)
+            and "_optimizer_step_pre_hooks" in _names_in(torch.optim.Optimizer.register_step_pre_hook)
+            and "_optimizer_step_post_hooks" in _names_in(torch.optim.Optimizer.register_step_post_hook)
+            and callable(getattr(torch.optim.Optimizer, "_optimizer_step_code", None))
+        ),
+    ),
+    "torch._C._profiler._RecordFunctionFast": Hook(
+        "torch._C._profiler",
+        "the step's profiler label, recorded in C++ (torch.compile's generated code records its own with it)",
+        lambda: callable(getattr(torch._C._profiler, "_RecordFunctionFast", None)),
+    ),
+    "torch._C._set_grad_enabled": Hook(
+        "torch._C",
+        "grad mode switched off around an eager step in one C call (torch.no_grad() costs ~2 µs of host time)",
+        lambda: callable(getattr(torch._C, "_set_grad_enabled", None)),
     ),
     "torch._amp_foreach_non_finite_check_and_unscale_": Hook(
         "torch",
@@ -162,3 +191,36 @@ def non_finite_check_and_unscale_(grads: list[torch.Tensor], found_inf: torch.Te
     """GradScaler's device check: ``found_inf`` becomes non-zero when a grad holds a NaN or an
     infinity, and each grad is multiplied by ``inv_scale``."""
     torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+
+
+def record_function(name: str) -> Any:
+    """A context that labels what runs inside it in the profiler's trace, as
+    ``torch.autograd.profiler.record_function`` does, recorded in C++ (torch._C._profiler._RecordFunctionFast).
+    torch.compile traces torch's own (it cannot trace the C++ one)."""
+    if torch.compiler.is_compiling():
+        return torch.autograd.profiler.record_function(name)
+    return torch._C._profiler._RecordFunctionFast(name)
+
+
+def set_grad_enabled(mode: bool) -> None:
+    """Switches grad mode for this thread (torch._C._set_grad_enabled, what torch.no_grad() calls)."""
+    torch._C._set_grad_enabled(mode)
+
+
+def optimizer_step_pre_hooks(optimizer: torch.optim.Optimizer) -> list[Callable]:
+    """The hooks torch runs before an optimizer's step, in torch's order: the global ones, then the optimizer's."""
+    global_hooks = _optimizer_module._global_optimizer_pre_hooks
+    own = optimizer._optimizer_step_pre_hooks
+    return [*global_hooks.values(), *own.values()] if global_hooks or own else []
+
+
+def optimizer_step_post_hooks(optimizer: torch.optim.Optimizer) -> list[Callable]:
+    """The hooks torch runs after an optimizer's step, in torch's order: the optimizer's, then the global ones."""
+    own = optimizer._optimizer_step_post_hooks
+    global_hooks = _optimizer_module._global_optimizer_post_hooks
+    return [*own.values(), *global_hooks.values()] if global_hooks or own else []
+
+
+def optimizer_step_code(optimizer: torch.optim.Optimizer) -> None:
+    """The empty method torch's profiler hooks into after each step (Optimizer._optimizer_step_code)."""
+    optimizer._optimizer_step_code()

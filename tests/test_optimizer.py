@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from torch.optim import lr_scheduler as T
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import lrfused
 from helpers import (
@@ -1195,3 +1196,84 @@ def test_a_float_lr_written_as_nan_is_refused_before_any_change():
     with pytest.raises(ValueError, match=r"param_groups\[1\]\['lr'\]"):
         opt.step()
     assert_unchanged(opt, before)
+
+
+# --- the wrapper around step() --------------------------------------------------------------------
+
+
+def test_step_hooks_run_as_torch_runs_them():
+    """Global and own pre-hooks (a pre-hook may replace the arguments), then the step, then own and
+    global post-hooks: the same calls, in the same order, with the same arguments as torch's."""
+
+    def calls_of(make):
+        torch.manual_seed(0)
+        params = [torch.randn(3, requires_grad=True)]
+        params[0].grad = torch.randn(3)
+        optimizer = make(params)
+        calls = []
+
+        def closure():
+            calls.append("closure")
+            return torch.tensor(2.0)
+
+        handles = [
+            register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", len(a)))),
+            optimizer.register_step_pre_hook(lambda o, a, k: ((o,), {"closure": closure})),
+            optimizer.register_step_pre_hook(lambda o, a, k: calls.append(("own pre", sorted(k)))),
+            optimizer.register_step_post_hook(lambda o, a, k: calls.append(("own post", sorted(k)))),
+            register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post")),
+        ]
+        try:
+            loss = optimizer.step()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return calls, loss, params[0].detach().clone()
+
+    ours = calls_of(lambda ps: lrfused.FusedScheduledAdamW(ps, lr=0.1))
+    theirs = calls_of(lambda ps: torch.optim.AdamW(ps, lr=0.1))
+    assert (
+        ours[0]
+        == theirs[0]
+        == [("global pre", 1), ("own pre", ["closure"]), "closure", ("own post", ["closure"]), "global post"]
+    )
+    assert ours[1] == theirs[1] == 2.0
+    torch.testing.assert_close(ours[2], theirs[2])
+
+
+def test_a_pre_hook_returning_something_else_raises_as_torch_raises():
+    for make in (lrfused.FusedScheduledAdamW, torch.optim.AdamW):
+        params = [torch.randn(2, requires_grad=True)]
+        optimizer = make(params)
+        optimizer.register_step_pre_hook(lambda o, a, k: "not a pair")
+        with pytest.raises(RuntimeError, match="must return None or a tuple of \\(new_args, new_kwargs\\)"):
+            optimizer.step()
+
+
+def test_the_profiler_sees_the_step_under_torchs_label():
+    params = [torch.randn(4, requires_grad=True)]
+    params[0].grad = torch.randn(4)
+    optimizer = lrfused.FusedScheduledAdamW(params)
+    optimizer.step()
+    with torch.profiler.profile() as profiler:
+        optimizer.step()
+    names = [event.name for event in profiler.events()]
+    assert "Optimizer.step#FusedScheduledAdamW.step" in names
+    assert "lrfused::table_step_" in names
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_step_runs_without_grad_and_leaves_grad_mode_as_it_was(enabled):
+    params = [torch.randn(3, requires_grad=True)]
+    params[0].grad = torch.randn(3)
+    optimizer = lrfused.FusedScheduledAdamW(params)
+    seen = []
+    optimizer.register_step_post_hook(lambda o, a, k: seen.append(torch.is_grad_enabled()))
+    with torch.set_grad_enabled(enabled):
+        optimizer.step(closure=lambda: seen.append(torch.is_grad_enabled()))
+        assert torch.is_grad_enabled() is enabled
+        optimizer.param_groups[0]["eps"] = -1.0  # the step raises: grad mode is still put back
+        with pytest.raises(ValueError, match="eps"):
+            optimizer.step()
+        assert torch.is_grad_enabled() is enabled
+    assert seen == [True, enabled]  # the closure with grad, as torch runs it; the hooks outside the step

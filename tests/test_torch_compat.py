@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from torch.optim import lr_scheduler as T
+from torch.optim import optimizer as optimizer_module
 
 import lrfused
 from lrfused import _torch_compat as compat
@@ -111,3 +112,45 @@ def test_non_finite_check_finds_a_nan_or_an_infinity_and_unscales(bad):
     compat.non_finite_check_and_unscale_(grads, found, torch.tensor([0.5]))
     assert float(found) == (0.0 if bad is None else 1.0)
     assert grads[0].tolist() == [1.0, 2.0]
+
+
+def test_optimizer_wraps_step_through_profile_hook_step():
+    """torch's Optimizer.__init__ wraps the class's step() with ``profile_hook_step``: lrfused's own
+    wrapper is the one installed."""
+    lrfused.FusedScheduledAdam([torch.zeros(1, requires_grad=True)])
+    assert lrfused.FusedScheduledAdam.step.hooked
+    assert lrfused.FusedScheduledAdam.step.__code__ is lrfused.FusedScheduledAdam.profile_hook_step(None).__code__
+
+
+def test_step_hooks_are_listed_in_torchs_order():
+    optimizer = sgd()
+    order = []
+    handles = [
+        optimizer.register_step_pre_hook(lambda *a: order.append("own pre")),
+        optimizer_module.register_optimizer_step_pre_hook(lambda *a: order.append("global pre")),
+        optimizer.register_step_post_hook(lambda *a: order.append("own post")),
+        optimizer_module.register_optimizer_step_post_hook(lambda *a: order.append("global post")),
+    ]
+    try:
+        for hook in compat.optimizer_step_pre_hooks(optimizer) + compat.optimizer_step_post_hooks(optimizer):
+            hook()
+        optimizer.step()  # torch's own wrapper, the same order
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert order == ["global pre", "own pre", "own post", "global post"] * 2
+    assert compat.optimizer_step_pre_hooks(optimizer) == compat.optimizer_step_post_hooks(optimizer) == []
+
+
+def test_record_function_labels_what_runs_inside_it():
+    with torch.profiler.profile() as profiler:
+        with compat.record_function("lrfused test label"):
+            torch.zeros(1).add_(1)
+    assert "lrfused test label" in [event.name for event in profiler.events()]
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_set_grad_enabled_switches_grad_mode(mode):
+    with torch.set_grad_enabled(not mode):
+        compat.set_grad_enabled(mode)
+        assert torch.is_grad_enabled() is mode
