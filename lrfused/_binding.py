@@ -231,32 +231,66 @@ class Binding:
                 self._beta1_arg[index] = None
         self.record(groups)
 
-    def advance(self, clock: Tensor, rules: Tensor, epoch: int | None, beta1_from: list[float | None]) -> None:
+    def advance(self, clock: Tensor, rules: Tensor, epoch: int | None, beta1_from: list[float | None]) -> bool:
         """A step on the device; ``rules`` are indexed (``_rules.indexed``); ``beta1_from[i]`` is
-        group i's beta1 when the rules drive it, else None."""
-        if epoch is None and self._can_defer():
-            slot = next((i for i, c in enumerate(self.deferred_clocks) if c is clock), None)
-            if slot is None:
-                slot = len(self.deferred_clocks)
-                self.deferred_clocks.append(clock)
-            if not self.deferred_rules:
-                self._pending_words[0] = self.sequence
-            self._pending_words[1 + len(self.deferred_rules)] = slot
-            self.deferred_rules.append(rules)
-            self.sequence += 1
+        group i's beta1 when the rules drive it, else None. True when the step was deferred."""
+        deferred = epoch is None and self.can_defer()
+        if deferred:
+            self.defer(clock, rules)
         else:
             self.flush()
             _ops.advance_lr_(self.buffers[self.primary], clock, rules[self.group_count :], epoch)
-        for index, beta1 in enumerate(beta1_from):
-            if beta1 is not None and self._beta1_arg[index] is None:
-                self._beta1_arg[index] = beta1
+        self.hold_beta1(beta1_from)
         self.driven = True
+        return deferred
 
-    def _can_defer(self) -> bool:
+    def defer(self, clock: Tensor, rules: Tensor) -> None:
+        """A plain step deferred to the next optimizer step (``can_defer()`` said it can wait):
+        list appends and two stores in the ``pending`` header, no tensor op."""
+        clocks = self.deferred_clocks
+        if not clocks:
+            slot = 0
+            clocks.append(clock)
+        elif clock is clocks[0]:
+            slot = 0
+        else:
+            slot = next((i for i, c in enumerate(clocks) if c is clock), None)
+            if slot is None:
+                slot = len(clocks)
+                clocks.append(clock)
+        if not self.deferred_rules:
+            self._pending_words[0] = self.sequence
+        self._pending_words[1 + len(self.deferred_rules)] = slot
+        self.deferred_rules.append(rules)
+        self.sequence += 1
+
+    def hold_beta1(self, beta1_from: list[float | None]) -> None:
+        """Holds the op's beta1 argument of each group whose beta1 the rules drive (note on
+        ``_beta1_arg``)."""
+        held = self._beta1_arg
+        for index, beta1 in enumerate(beta1_from):
+            if beta1 is not None and held[index] is None:
+                held[index] = beta1
+
+    def can_defer(self) -> bool:
         if len(self.deferred_rules) == _step_plan.MAX_DEFERRED_STEPS:
             return False
         # A captured step must replay on its own: the optimizer op it would join is already recorded.
         return not (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+    def holds_what_the_host_has(self, groups: list[dict[str, Any]]) -> bool:
+        """Whether ``absorb(groups)`` would write nothing because every group's lr is a float the
+        words were last known to hold and its betas the object last seen (the steady case)."""
+        seen_lr, seen_betas = self._seen_lr, self._seen_betas
+        if len(groups) != len(seen_lr):
+            return False
+        for index, group in enumerate(groups):
+            lr, seen = group["lr"], seen_lr[index]
+            if lr.__class__ is not float or seen.__class__ is not float or lr != seen:
+                return False
+            if group.get("betas") is not seen_betas[index]:
+                return False
+        return True
 
     def deferred(self) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
         """What the optimizer's op takes to apply the deferred steps: (clocks, rules, applied, pending)."""

@@ -39,13 +39,16 @@ class _DeviceSide:
     so that the scheduler's attributes, ``state_dict()``, deep copies and pickles are exactly
     torch's; a copy or a loaded scheduler rebuilds it from ``last_epoch`` at its next step."""
 
-    __slots__ = ("clock", "rules", "rules_key", "cache")
+    __slots__ = ("clock", "rules", "rules_key", "cache", "steady")
 
     def __init__(self) -> None:
         self.clock: Tensor | None = None  # int64 step count on the device
         self.rules: Tensor | None = None  # the encoded rules (lrfused._rules), on the device
         self.rules_key: Any = None  # what the rules were built for (the group count)
         self.cache: Any = None  # a class's own (ReduceLROnPlateau: min_lrs on the device)
+        # The binding the last step was deferred to, when that step took the whole general path
+        # (note [The steady step]); None after any other kind of step.
+        self.steady: Any = None
 
 
 _SIDES: "weakref.WeakKeyDictionary[Any, _DeviceSide]" = weakref.WeakKeyDictionary()
@@ -59,6 +62,9 @@ def device_side(scheduler: Any) -> _DeviceSide:
 
 
 _parents = threading.local()
+# How many parent steps are under way in all threads: while none is, no thread-local is read (a
+# read costs as much as the rest of a steady step's checks).
+_parents_anywhere = [0]
 
 
 @contextlib.contextmanager
@@ -68,14 +74,16 @@ def children_on_host() -> Iterator[None]:
     child, so that copies and nesting need no bookkeeping.)"""
     depth = getattr(_parents, "depth", 0)
     _parents.depth = depth + 1
+    _parents_anywhere[0] += 1
     try:
         yield
     finally:
         _parents.depth = depth
+        _parents_anywhere[0] -= 1
 
 
 def inside_parent_step() -> bool:
-    return getattr(_parents, "depth", 0) > 0
+    return _parents_anywhere[0] > 0 and getattr(_parents, "depth", 0) > 0
 
 
 def unwrap_optimizer(optimizer: Any, name: str) -> Any:
@@ -229,6 +237,8 @@ class OnDevice:
             )
 
     def _run_step(self, host_step: Callable[[], None], epoch: Any) -> None:
+        if epoch is None and self._steady_step(host_step):
+            return
         optimizer = self.optimizer
         if inside_parent_step() or not drives_device(optimizer):
             host_step()
@@ -236,6 +246,7 @@ class OnDevice:
         groups = optimizer.param_groups
         binding = binding_of(optimizer, type(self).__name__)
         side = device_side(self)
+        side.steady = None
         rules = self._device_rules(binding, side)
         on_device = rules is not None and not _torch_compat.in_constructor_step(self) and self._device_form_at(epoch)
         if not on_device:
@@ -253,21 +264,57 @@ class OnDevice:
                     (), max(self.last_epoch - 1, 0), dtype=torch.int64, device=binding.primary
                 )
             beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
-            binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
+            deferred = binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
+            if deferred and epoch is None:
+                side.steady = binding
         else:
-            # The host's values are written: a non-finite one is refused here, naming its source (a
-            # device step's is skipped and counted by the kernel, note [Unusable schedule values]).
-            self._refuse_non_finite(groups)
-            binding.write(groups)
-            if rules is not None:
-                # The next device step starts from here.
-                if clock is None:
-                    side.clock = torch.full(
-                        (), max(int(math.floor(self.last_epoch)), 0), dtype=torch.int64, device=binding.primary
-                    )
-                else:
-                    clock.fill_(max(int(math.floor(self.last_epoch)), 0))
+            self._host_computed(binding, side, groups, rules)
         binding.record(groups)
+
+    def _steady_step(self, host_step: Callable[[], None]) -> bool:
+        """note [The steady step]
+        A step after a step deferred to the device, with nothing changed in between (the same
+        optimizer, binding and groups; every lr a float the device words hold; the deferral
+        possible), skips the general path's checks and conversions: torch's step on the host, the
+        deferral, the host's values noted. Whatever differs takes the general path (False: nothing
+        was done), which checks it all and marks the next step steady again."""
+        side = _SIDES.get(self)
+        binding = side.steady if side is not None else None
+        if (
+            binding is None
+            or _parents_anywhere[0]
+            or getattr(self.optimizer, "_binding", None) is not binding
+            or side.rules_key != binding.group_count
+            or not self._device_form_at(None)
+        ):
+            return False
+        groups = self.optimizer.param_groups
+        if not binding.holds_what_the_host_has(groups) or not binding.can_defer():
+            return False
+        host_step()
+        if self._device_form_after():
+            binding.defer(side.clock, side.rules)
+            if self._cycles_beta1:
+                binding.hold_beta1([group["betas"][0] for group in groups])
+        else:
+            side.steady = None
+            self._host_computed(binding, side, groups, side.rules)
+        binding.record(groups)
+        return True
+
+    def _host_computed(self, binding, side: _DeviceSide, groups: list[dict[str, Any]], rules) -> None:
+        """A step whose values the host computed: they are written to the device words."""
+        # A non-finite one is refused here, naming its source (a device step's is skipped and
+        # counted by the kernel, note [Unusable schedule values]).
+        self._refuse_non_finite(groups)
+        binding.write(groups)
+        if rules is not None:
+            # The next device step starts from here.
+            epoch = max(int(math.floor(self.last_epoch)), 0)
+            if side.clock is None:
+                side.clock = torch.full((), epoch, dtype=torch.int64, device=binding.primary)
+            else:
+                side.clock.fill_(epoch)
 
     def _refuse_non_finite(self, groups: list[dict[str, Any]]) -> None:
         """A float lr that torch's step computed on the host and the kernel cannot apply, refused
