@@ -344,6 +344,11 @@ class Binding:
         group["lr"] = lr
         self._seen_lr[index] = lr
 
+    @property
+    def beta1_args(self) -> list[float | None]:
+        """The op's beta1 argument each group's beta1 word holds it to, or None (not driven)."""
+        return self._beta1_arg
+
     def drives_beta1(self, index: int) -> bool:
         """Whether a device schedule drives group ``index``'s beta1 (its host value is a mirror;
         the kernel checks the device value)."""

@@ -47,6 +47,8 @@ class StepPlanner:
         self._rows_made_from: list[tuple] | None = None
         self._checked: dict[int, tuple] = {}
         self._planned_flags: list[int] | None = None
+        # note [The steady optimizer step]: what the last checks and rows were made from.
+        self._steady: tuple | None = None
 
     @property
     def calls(self) -> list[DeviceStep] | None:
@@ -80,17 +82,26 @@ class StepPlanner:
         ``check_hyperparameters(index, group)`` raises for a bad value (called when a group's values
         changed, never in a compiled step); ``non_finite(grads, found_inf, grad_scale)`` is
         check_finite's device check, which returns the found_inf the ops take."""
-        # A group whose amsgrad (or another flag the kernels are chosen by) changed needs states
-        # and buckets made again, as torch makes max_exp_avg_sq at the first AMSGrad step.
-        flags = [_step_plan.flags_of(group) for group in groups]
-        if flags != self._planned_flags:
-            self.invalidate()
-            self._planned_flags = flags
-        # Everything the step checks is checked for every group before the first write. (Not in a
-        # compiled step: each value compared would become a guard and each new lr or beta1 a
-        # recompilation; the op still checks its own arguments.)
-        if not compiling:
-            self._check_changed_hyperparameters(groups, check_hyperparameters)
+        # note [The steady optimizer step]
+        # An eager step whose groups hold the very objects the last checks and rows were made from
+        # (the same floats, the same betas tuple, the same flags, the same beta1 the binding holds)
+        # skips comparing their values, checking them and making rows: a handful of identity
+        # comparisons per group. Anything else (a new value, a tensor hyperparameter, whose value
+        # may change in place, a compiled step) takes the full path below.
+        steady = not compiling and self._is_steady(groups, binding)
+        flags = None
+        if not steady:
+            # A group whose amsgrad (or another flag the kernels are chosen by) changed needs states
+            # and buckets made again, as torch makes max_exp_avg_sq at the first AMSGrad step.
+            flags = [_step_plan.flags_of(group) for group in groups]
+            if flags != self._planned_flags:
+                self.invalidate()
+                self._planned_flags = flags
+            # Everything the step checks is checked for every group before the first write. (Not in a
+            # compiled step: each value compared would become a guard and each new lr or beta1 a
+            # recompilation; the op still checks its own arguments.)
+            if not compiling:
+                self._check_changed_hyperparameters(groups, check_hyperparameters)
         # The eager step of one device reads its grads through its table, which also notices when
         # they no longer fit the plan; any other step reads them here and checks the plan.
         table = None if compiling else self._table_call(binding)
@@ -101,7 +112,8 @@ class StepPlanner:
             if not compiling:
                 table = self._table_call(binding, try_new=True, groups=groups)
         calls = self._calls
-        self._refresh_rows(groups, binding, flags, compiling)
+        if not steady or self._steady is None:  # (a plan made again drops the steady mark)
+            self._refresh_rows(groups, binding, flags, compiling)
         if non_finite is not None:
             found_inf = non_finite(all_grads, found_inf, grad_scale)
         if table is not None:
@@ -125,7 +137,7 @@ class StepPlanner:
             # list path, whose checks raise for a grad that does not fit its param.
             all_grads = _grads_of(groups)
             calls = self._plan_calls(groups, state, all_grads)
-            self._refresh_rows(groups, binding, flags, compiling)
+            self._refresh_rows(groups, binding, None, compiling)
         if all_grads is None:
             all_grads = _grads_of(groups)
         self._list_steps(calls, all_grads, binding, grad_scale, found_inf, invalid_counter)
@@ -201,6 +213,7 @@ class StepPlanner:
             self._plans[index] = self._make_plan(groups[index], state, all_grads[index])
         self._calls = _step_plan.assemble([self._plans[index] for index in range(len(groups))], _ops.new_handle)
         self._rows_made_from = None
+        self._steady = None
         return self._calls
 
     def _check_group(self, index: int, group: dict[str, Any], state: dict, grads: list[Tensor | None]) -> None:
@@ -303,21 +316,51 @@ class StepPlanner:
 
     # --- rows and hyperparameters ----------------------------------------------------------------------
 
-    def _refresh_rows(self, groups, binding: Binding, flags: list[int], compiling: bool) -> None:
+    def _refresh_rows(self, groups, binding: Binding, flags: list[int] | None, compiling: bool) -> None:
         """The bucket rows, made again when a group's hyperparameters or program changed. A compiled
         step makes them every time, from values its guards already hold: comparing them with the
         cache would add a guard on the cache, which a new value changes after the graph is made."""
+        if flags is None:
+            flags = [_step_plan.flags_of(group) for group in groups]
         values = [
             self.rule.row_values(group, binding.beta1_for(index, group["betas"][0]), flags[index])
             for index, group in enumerate(groups)
         ]
         calls = self._calls
-        if not compiling and values == self._rows_made_from and all(call.rows is not None for call in calls):
-            return
-        programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(groups))]
-        for call in calls:
-            call.rows = _step_plan.bucket_rows(call, values, programs)
-        self._rows_made_from = values
+        if compiling or values != self._rows_made_from or any(call.rows is None for call in calls):
+            programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(groups))]
+            for call in calls:
+                call.rows = _step_plan.bucket_rows(call, values, programs)
+            self._rows_made_from = values
+        self._steady = None if compiling else self._watched(groups, binding)
+
+    def _watched(self, groups, binding: Binding) -> tuple | None:
+        """What a steady step compares by identity (note [The steady optimizer step]), or None when
+        a value could change without a new object (a tensor, a list)."""
+        watched = []
+        for index, group in enumerate(groups):
+            values = self.rule.watched(group, binding.drives_beta1(index))
+            if values is None or not all(_plain(v) for v in values):
+                return None
+            watched.append(values)
+        return (binding, list(binding.beta1_args), watched)
+
+    def _is_steady(self, groups, binding: Binding) -> bool:
+        steady = self._steady
+        if steady is None:
+            return False
+        seen_binding, seen_beta1_args, watched = steady
+        if binding is not seen_binding or len(groups) != len(watched) or binding.beta1_args != seen_beta1_args:
+            return False
+        rule_watched, drives_beta1 = self.rule.watched, binding.drives_beta1
+        for index, group in enumerate(groups):
+            values = rule_watched(group, drives_beta1(index))
+            if values is None:
+                return False
+            for now, seen in zip(values, watched[index]):
+                if now is not seen:
+                    return False
+        return True
 
     def _check_changed_hyperparameters(self, groups, check: Callable[[int, dict[str, Any]], None]) -> None:
         """The hyperparameters of every group, checked before any op call when they changed (the
@@ -381,6 +424,13 @@ def _split_shared_counters(params, stepping, occurrences, state) -> None:
 
 def _grads_of(groups) -> list[list[Tensor | None]]:
     return [[p.grad for p in group["params"]] for group in groups]
+
+
+def _plain(value: Any) -> bool:
+    """A Python number (or a tuple of them): a new value is a new object."""
+    if value.__class__ is tuple:
+        return all(item.__class__ in (float, int, bool) for item in value)
+    return value.__class__ in (float, int, bool)
 
 
 def _same(a: tuple, b: tuple) -> bool:

@@ -56,6 +56,10 @@ class UpdateRule:
     hyperparameters: tuple[str, ...]
     # The per-group values of a bucket row after its program: (group, op's beta1, flags) -> words.
     row_values: Callable[[dict, Any, int], tuple]
+    # The objects a group's check and rows are made from, whose identity tells a steady step (note
+    # [The steady optimizer step] in _planner.py): (group, whether a device schedule drives its
+    # beta1) -> a tuple, or None when they cannot be told by identity.
+    watched: Callable[[dict, bool], tuple | None]
 
     @property
     def all_states(self) -> tuple[str, ...]:
@@ -73,12 +77,29 @@ def _adam_row_values(group: dict, beta1: Any, flags: int) -> tuple:
     return (float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), flags)
 
 
+def _adam_watched(group: dict, beta1_driven: bool) -> tuple | None:
+    # A driven beta1 is the device's: its host mirror (a new betas tuple at each OneCycleLR step)
+    # is neither checked nor read, so only beta2 is watched then.
+    betas = group["betas"]
+    if betas.__class__ is not tuple or len(betas) != 2:
+        return None
+    return (
+        betas[1] if beta1_driven else betas,
+        group["eps"],
+        group["weight_decay"],
+        group["amsgrad"],
+        group["maximize"],
+        group["decoupled_weight_decay"],
+    )
+
+
 ADAM = UpdateRule(
     "Adam",
     ("exp_avg", "exp_avg_sq"),
     (("max_exp_avg_sq", "amsgrad"),),
     ("betas", "eps", "weight_decay"),
     _adam_row_values,
+    _adam_watched,
 )
 
 

@@ -247,3 +247,56 @@ def test_a_copied_optimizer_flushes_through_a_handle_of_its_own():
     assert binding_of(twin).flush_handle is not None
     assert binding_of(twin).flush_handle is not binding_of(opt).flush_handle
     assert not torch.equal(binding_of(twin).flush_handle, binding_of(opt).flush_handle)
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "one_cycle"])
+def test_every_write_between_steady_steps_is_followed_like_torch(schedule):
+    """note [The steady optimizer step] and note [The steady step]: after steps with nothing changed,
+    a new eps, weight decay, betas (a tuple or a list), lr or flag written into a group, or an
+    equal value in a new object, is followed as torch follows it, at the very next step."""
+    torch.manual_seed(5)
+    base = [torch.randn(6), torch.randn(3, 2), torch.randn(5)]
+    ours, theirs = [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base]
+
+    def groups(params):
+        return [{"params": params[:2]}, {"params": params[2:], "lr": 3e-3, "weight_decay": 0.1}]
+
+    opt_ours = lrfused.FusedScheduledAdamW(groups(ours), lr=1e-2)
+    opt_theirs = torch.optim.AdamW(groups(theirs), lr=1e-2)
+    schedulers = []
+    if schedule == "cosine":
+        schedulers = [L.CosineAnnealingLR(opt_ours, T_max=20), T.CosineAnnealingLR(opt_theirs, T_max=20)]
+    elif schedule == "one_cycle":
+        schedulers = [L.OneCycleLR(opt_ours, max_lr=0.05, total_steps=40), T.OneCycleLR(opt_theirs, 0.05, 40)]
+    writes = {
+        3: (0, "eps", 1e-6),
+        5: (1, "weight_decay", 0.05),
+        7: (0, "betas", (0.8, 0.99)),
+        9: (1, "betas", [0.85, 0.995]),
+        11: (0, "eps", float("1e-6")),  # an equal value, a new object
+        13: (0, "lr", 5e-3),
+        15: (1, "maximize", True),
+        17: (0, "betas", (0.8, 0.99)),
+    }
+    # Written between the optimizer's step and the scheduler's, which starts from them.
+    between = {14: (1, "lr", 2e-3), 16: (0, "betas", (0.7, 0.98))}
+
+    def write(opt, index, key, value):
+        opt.param_groups[index][key] = copy.copy(value)
+
+    for k in range(20):
+        if k in writes:
+            write(opt_ours, *writes[k])
+            write(opt_theirs, *writes[k])
+        set_grads(ours, theirs, k)
+        opt_ours.step()
+        opt_theirs.step()
+        if k in between:
+            write(opt_ours, *between[k])
+            write(opt_theirs, *between[k])
+        for scheduler in schedulers:
+            scheduler.step()
+        for a, b in zip(ours, theirs):
+            assert max_relative_error(a, b) < 1e-6, (k, schedule)
+        for group_ours, group_theirs in zip(opt_ours.param_groups, opt_theirs.param_groups):
+            assert group_ours["lr"] == pytest.approx(group_theirs["lr"], rel=1e-12), k
