@@ -88,6 +88,7 @@ class Binding:
         # host comparisons out (each value would become a guard, each step a recompilation).
         self.driven = False
         self.buffers[device] = self._encode(groups, 0)
+        self._view_host_words()
         # The scheduler steps deferred to the next optimizer step: their indexed rules, the
         # distinct clocks they move, and the header the op reads (the first step's sequence number,
         # then each step's clock slot), a CPU tensor written here so that a compiled step reads
@@ -110,13 +111,21 @@ class Binding:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["flush_handle"]
-        del state["_pending_words"]  # a view: made again over the copy's own tensor
+        del state["_pending_words"]  # views: made again over the copy's own tensors
+        del state["_host_words"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.flush_handle = _ops.new_handle()
         self._pending_words = self.pending.numpy()
+        self._view_host_words()
+
+    def _view_host_words(self) -> None:
+        # Words on the CPU are also seen as a NumPy array over the same memory: a host write of an
+        # lr is then a store, where an indexed write to the tensor is two dispatcher calls.
+        words = self.buffers[self.primary]
+        self._host_words = words.numpy() if words.device.type == "cpu" else None
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -157,6 +166,7 @@ class Binding:
         self.flush()
         added = self._encode(groups, first)
         self.buffers = {self.primary: torch.cat([self.buffers[self.primary], added])}
+        self._view_host_words()
 
     def mirror_to(self, devices: set[torch.device]) -> None:
         """Copies the words to the other devices a step updates (device to device, no sync)."""
@@ -177,13 +187,17 @@ class Binding:
         self.flush()
         return self.buffers[self.primary].view(self.group_count, _rules.HELD_WORDS)[:, _rules.HELD_LR]
 
+    def _store(self, position: int, value: float) -> None:
+        """Writes one word from the host (deferred steps applied first: the last writer wins)."""
+        self.flush()
+        if self._host_words is not None and not torch.compiler.is_compiling():
+            self._host_words[position] = value
+        else:
+            self.buffers[self.primary][position].fill_(value)
+
     def _lr_word(self, index: int) -> Tensor:
         self.flush()
         return self.buffers[self.primary][self.offsets[index] + _rules.HELD_LR]
-
-    def _beta1_word(self, index: int) -> Tensor:
-        self.flush()
-        return self.buffers[self.primary][self.offsets[index] + _rules.HELD_BETA1]
 
     # --- the doors -------------------------------------------------------------------------------
 
@@ -208,13 +222,13 @@ class Binding:
                     if is_published(lr):
                         self._seen_lr[index] = lr
             elif seen is None or isinstance(seen, Tensor) or lr != seen:
-                self._lr_word(index).fill_(check_lr_value(lr, f"param_groups[{index}]['lr']"))
+                self._store(self.offsets[index] + _rules.HELD_LR, check_lr_value(lr, f"param_groups[{index}]['lr']"))
                 self._seen_lr[index] = lr
             betas = group.get("betas")
             if betas is not self._seen_betas[index]:
                 if self._beta1_arg[index] is not None:
                     # A new betas written over a device-driven beta1: the group's value wins.
-                    self._beta1_word(index).fill_(math.nan)
+                    self._store(self.offsets[index] + _rules.HELD_BETA1, math.nan)
                     self._beta1_arg[index] = None
                 self._seen_betas[index] = betas
 
@@ -225,9 +239,9 @@ class Binding:
             if isinstance(lr, Tensor):
                 self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
             else:
-                self._lr_word(index).fill_(check_lr_value(lr, f"param_groups[{index}]['lr']"))
+                self._store(self.offsets[index] + _rules.HELD_LR, check_lr_value(lr, f"param_groups[{index}]['lr']"))
             if self.held and self._beta1_arg[index] is not None:
-                self._beta1_word(index).fill_(math.nan)
+                self._store(self.offsets[index] + _rules.HELD_BETA1, math.nan)
                 self._beta1_arg[index] = None
         self.record(groups)
 
@@ -278,11 +292,12 @@ class Binding:
         # A captured step must replay on its own: the optimizer op it would join is already recorded.
         return not (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
 
-    def holds_what_the_host_has(self, groups: list[dict[str, Any]]) -> bool:
-        """Whether ``absorb(groups)`` would write nothing because every group's lr is a float the
-        words were last known to hold and its betas the object last seen (the steady case)."""
+    def steady_for(self, groups: list[dict[str, Any]]) -> bool:
+        """Whether a scheduler step can take the steady path (note [The steady step]): the deferral
+        is possible and ``absorb(groups)`` would write nothing, because every group's lr is a float
+        the words were last known to hold and its betas the object last seen."""
         seen_lr, seen_betas = self._seen_lr, self._seen_betas
-        if len(groups) != len(seen_lr):
+        if len(groups) != len(seen_lr) or not self.can_defer():
             return False
         for index, group in enumerate(groups):
             lr, seen = group["lr"], seen_lr[index]

@@ -29,6 +29,7 @@ from helpers import (
     twin_leaves,
 )
 from lrfused import lr_scheduler as L
+from lrfused.lr_scheduler import _device
 from lrfused.lr_scheduler._device import device_side
 from lrfused.optim import binding_of
 
@@ -857,9 +858,11 @@ def test_deleting_a_scheduler_frees_it_without_the_collector(build):
     sched.step(1.0) if isinstance(sched, L.ReduceLROnPlateau) else sched.step()
     gc.disable()
     try:
-        ref = weakref.ref(sched)
+        ref, key = weakref.ref(sched), id(sched)
+        assert key in _device._SIDES
         del sched
         assert ref() is None
+        assert key not in _device._SIDES  # its device side (clock, rules) goes with it
     finally:
         gc.enable()
     opt.step()  # the optimizer goes on with the lr it was left

@@ -131,8 +131,7 @@ class ReduceLROnPlateau(torch_schedulers.ReduceLROnPlateau):
             if self._on_device:
                 self._to_host(groups, binding)
             torch_schedulers.ReduceLROnPlateau.step(self, metrics, epoch)
-            binding.write(groups)
-            binding.record(groups)
+            binding.write(groups)  # (and records them)
             return
         device = binding.primary
         if isinstance(metrics, torch.Tensor):
