@@ -859,7 +859,7 @@ def test_deleting_a_scheduler_frees_it_without_the_collector(build):
     gc.disable()
     try:
         ref, key = weakref.ref(sched), id(sched)
-        assert key in _device._SIDES
+        assert key in _device._SIDES or isinstance(sched, L.ReduceLROnPlateau)  # (a number metric: no side)
         del sched
         assert ref() is None
         assert key not in _device._SIDES  # its device side (clock, rules) goes with it
