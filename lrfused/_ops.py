@@ -132,7 +132,7 @@ def table_step_(
 ) -> bool:
     """:func:`adam_step_` from the tensors the table holds, the grads read in C++ (note [Step
     tables] in csrc/step_table.h); False, with nothing changed, when the grads no longer match."""
-    return torch.ops.lrfused.table_step_(
+    return torch.ops.lrfused.table_step_.default(
         table,
         buckets,
         steps,

@@ -202,9 +202,8 @@ def record_function(name: str) -> Any:
     return torch._C._profiler._RecordFunctionFast(name)
 
 
-def set_grad_enabled(mode: bool) -> None:
-    """Switches grad mode for this thread (torch._C._set_grad_enabled, what torch.no_grad() calls)."""
-    torch._C._set_grad_enabled(mode)
+# Switches grad mode for this thread (what torch.no_grad() calls), bound as it is: a step calls it twice.
+set_grad_enabled: Callable[[bool], None] = torch._C._set_grad_enabled
 
 
 def optimizer_step_pre_hooks(optimizer: torch.optim.Optimizer) -> list[Callable]:
