@@ -6,6 +6,7 @@
 #include <c10/util/strides.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -199,6 +200,38 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
   call.words = &words;
 }
 
+// note [Host writes]: the writes the `pending` header carries, checked (a position inside the
+// words, on a HELD node's lr or beta1 word; a sequence number after the call's deferred steps).
+static void gather_host_writes(const at::Tensor& words, const int64_t* header, int64_t header_words, int64_t count,
+                               DeferredSteps& d) {
+  d.write_count = 0;
+  d.write_sequence = 0;
+  if (header_words < kPendingWrites) return;
+  const int64_t writes = header[kPendingWriteCount];
+  TORCH_CHECK(writes >= 0 && writes <= kMaxHostWrites && header_words >= kPendingWrites + 2 * writes,
+              "adam_step_: pending carries ", writes, " host writes; at most ", kMaxHostWrites, " fit in its ",
+              header_words, " words");
+  if (writes == 0) return;
+  TORCH_CHECK(words.numel() % kHeldWords == 0, "adam_step_: host writes need words of HELD nodes");
+  const int64_t sequence = header[kPendingWriteSequence];
+  TORCH_CHECK(count == 0 || sequence >= d.first_sequence + count, "adam_step_: the host writes' sequence number ",
+              sequence, " must come after the call's ", count, " deferred steps (from ", d.first_sequence, ")");
+  d.write_sequence = sequence;
+  for (int64_t w = 0; w < writes; ++w) {
+    const int64_t position = header[kPendingWrites + 2 * w];
+    const int64_t word = position % kHeldWords;
+    TORCH_CHECK(position >= 0 && position < words.numel() && (word == kHeldLr || word == kHeldBeta1),
+                "adam_step_: host write ", w, " is at word ", position, ", not the lr or beta1 word of one of the ",
+                words.numel() / kHeldWords, " groups");
+    double value;
+    std::memcpy(&value, &header[kPendingWrites + 2 * w + 1], sizeof(value));
+    d.write_group[w] = static_cast<int32_t>(position / kHeldWords);
+    d.write_word[w] = static_cast<int32_t>(word);
+    d.write_value[w] = value;
+  }
+  d.write_count = static_cast<int32_t>(writes);
+}
+
 void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
                      const at::Tensor& pending, StepCall& call) {
   const int64_t count = static_cast<int64_t>(rules.size());
@@ -245,6 +278,7 @@ void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorL
       check_indexed_rules(r, group_count);
     }
   }
+  gather_host_writes(words, header, pending.numel(), count, d);
 }
 
 void check_step_tensor(const StepCall& call, size_t i, const char* op) {
@@ -369,6 +403,11 @@ std::string step_encoding_op() {
       {"flag.decoupled", kFlagDecoupled},
       {"flag.maximize", kFlagMaximize},
       {"max_deferred_steps", kMaxDeferredSteps},
+      {"max_host_writes", kMaxHostWrites},
+      {"pending.write_count", kPendingWriteCount},
+      {"pending.write_sequence", kPendingWriteSequence},
+      {"pending.writes", kPendingWrites},
+      {"pending.words", kPendingWords},
       {"held.words", kHeldWords},
       {"held.lr", kHeldLr},
       {"held.beta1", kHeldBeta1},

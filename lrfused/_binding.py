@@ -10,7 +10,9 @@ one of the methods below, and nothing else writes the words:
 * ``absorb(groups)``: the host's writes. Called before every optimizer step and every scheduler
   step, it compares each ``group["lr"]`` (and ``group["betas"]``) with what the words were last
   known to hold and writes what changed: a hand write, a stock torch scheduler, SWALR, a
-  framework's ``lr_find``, ``load_state_dict``. The last writer wins, as in torch.
+  framework's ``lr_find``, ``load_state_dict``. The last writer wins, as in torch. In the
+  optimizer's eager step a changed float lr rides in the step's own op, after the deferred
+  scheduler steps (note [Host writes] in csrc/common/step_plan.h): no launch of its own.
 * ``advance(clock, rules, epoch)``: a scheduler step computed on the device: the words move
   without the host, so a captured ``scheduler.step()`` replays correctly. A plain ``step()`` is
   deferred to the next optimizer step, whose op applies it first (note [One op per step] in
@@ -39,6 +41,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -95,10 +98,12 @@ class Binding:
         # new values without a new guard.
         self.deferred_rules: list[Tensor] = []
         self.deferred_clocks: list[Tensor] = []
-        self.pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
+        self.pending = torch.zeros(_step_plan.PENDING_WORDS, dtype=torch.int64)
         # The same memory as a NumPy array: a scheduler step writes its header there, a store in
         # Python, where an indexed write to the tensor would be four dispatcher calls.
-        self._pending_words = self.pending.numpy()
+        self._view_pending()
+        # Host writes queued in the header for the optimizer's op (note [Host writes]).
+        self._queued_writes: list[int] = []  # their groups
         self.sequence = 0  # deferred steps issued so far
         self.applied = torch.zeros((), dtype=torch.int64, device=device)  # ... and applied, on the device
         # The flush's own handle: its CUDA table is kept from one flush to the next (steady state
@@ -111,15 +116,24 @@ class Binding:
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["flush_handle"]
-        del state["_pending_words"]  # views: made again over the copy's own tensors
-        del state["_host_words"]
+        for view in ("_pending_words", "_pending_values", "_host_words"):
+            del state[view]  # made again over the copy's own tensors
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_queued_writes", [])
+        if self.pending.numel() < _step_plan.PENDING_WORDS:  # pickled before the header carried writes
+            header = torch.zeros(_step_plan.PENDING_WORDS, dtype=torch.int64)
+            header[: self.pending.numel()] = self.pending
+            self.pending = header
         self.flush_handle = _ops.new_handle()
-        self._pending_words = self.pending.numpy()
+        self._view_pending()
         self._view_host_words()
+
+    def _view_pending(self) -> None:
+        self._pending_words = self.pending.numpy()
+        self._pending_values = self._pending_words.view(np.float64)  # a host write's value, as its bits
 
     def _view_host_words(self) -> None:
         # Words on the CPU are also seen as a NumPy array over the same memory: a host write of an
@@ -187,6 +201,40 @@ class Binding:
         self.flush()
         return self.buffers[self.primary].view(self.group_count, _rules.HELD_WORDS)[:, _rules.HELD_LR]
 
+    def _queue_write(self, index: int, lr: float) -> bool:
+        """Queues group ``index``'s new lr for the next op call (note [Host writes]); False when it
+        cannot ride there (``schedule=``'s words, a full header, a CUDA graph capturing)."""
+        queued = self._queued_writes
+        if (
+            not self.held
+            or len(queued) == _step_plan.MAX_HOST_WRITES
+            or (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
+        ):
+            return False
+        words, count = self._pending_words, len(queued)
+        if count == 0:
+            # One sequence number for the batch, after every deferred step already issued.
+            words[_step_plan.PENDING_WRITE_SEQUENCE] = self.sequence
+            self.sequence += 1
+        slot = _step_plan.PENDING_WRITES + 2 * count
+        words[slot] = self.offsets[index] + _rules.HELD_LR
+        self._pending_values[slot + 1] = lr
+        words[_step_plan.PENDING_WRITE_COUNT] = count + 1
+        queued.append(index)
+        return True
+
+    def drop_queued_writes(self) -> None:
+        """Forgets the writes queued for an op that did not run: their groups are written again
+        at the next absorb."""
+        for index in self._queued_writes:
+            self._seen_lr[index] = None
+        self._clear_queued_writes()
+
+    def _clear_queued_writes(self) -> None:
+        if self._queued_writes:
+            self._queued_writes = []
+            self._pending_words[_step_plan.PENDING_WRITE_COUNT] = 0
+
     def _store(self, position: int, value: float) -> None:
         """Writes one word from the host (deferred steps applied first: the last writer wins)."""
         self.flush()
@@ -201,8 +249,12 @@ class Binding:
 
     # --- the doors -------------------------------------------------------------------------------
 
-    def absorb(self, groups: list[dict[str, Any]], compiling: bool = False) -> None:
+    def absorb(self, groups: list[dict[str, Any]], compiling: bool = False, queue: bool = False) -> None:
         """Writes into the words what the host changed since they were last known (last writer wins).
+
+        ``queue``: the optimizer's eager step, whose op follows at once, has a changed float lr ride
+        in that op (note [Host writes]): no launch of its own. The step drops what it queued if it
+        raises before its op (``drop_queued_writes``).
 
         In a compiled step a float lr is written without being compared or checked on the host:
         each comparison would be a guard and each new lr a recompilation, and the finiteness check
@@ -222,7 +274,9 @@ class Binding:
                     if is_published(lr):
                         self._seen_lr[index] = lr
             elif seen is None or isinstance(seen, Tensor) or lr != seen:
-                self._store(self.offsets[index] + _rules.HELD_LR, check_lr_value(lr, f"param_groups[{index}]['lr']"))
+                value = check_lr_value(lr, f"param_groups[{index}]['lr']")
+                if not (queue and self._queue_write(index, value)):
+                    self._store(self.offsets[index] + _rules.HELD_LR, value)
                 self._seen_lr[index] = lr
             betas = group.get("betas")
             if betas is not self._seen_betas[index]:
@@ -261,6 +315,8 @@ class Binding:
     def defer(self, clock: Tensor, rules: Tensor) -> None:
         """A plain step deferred to the next optimizer step (``can_defer()`` said it can wait):
         list appends and two stores in the ``pending`` header, no tensor op."""
+        if self._queued_writes:
+            self.flush()  # host writes land after the steps a call carries: these come first
         clocks = self.deferred_clocks
         if not clocks:
             slot = 0
@@ -312,14 +368,16 @@ class Binding:
         return self.deferred_clocks, self.deferred_rules, self.applied, self.pending
 
     def deferred_done(self) -> None:
-        """The optimizer's op applied the deferred steps."""
+        """The optimizer's op applied the deferred steps and the queued host writes."""
         if self.deferred_rules:
             self.deferred_rules = []
             self.deferred_clocks = []
+        self._clear_queued_writes()
 
     def flush(self) -> None:
-        """Applies the deferred steps now (the step op with no tensors: one launch)."""
-        if not self.deferred_rules:
+        """Applies the deferred steps and the queued host writes now (the step op with no tensors:
+        one launch)."""
+        if not self.deferred_rules and not self._queued_writes:
             return
         _ops.adam_step_(
             [],

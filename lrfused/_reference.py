@@ -249,6 +249,12 @@ def adam_step_(
                 new_words[base + _rules.HELD_BETA1],
             )
         done = sequence + 1
+    # The host writes (note [Host writes]), after the steps, once.
+    writes = _host_writes(pending, len(rules), words.numel())
+    if writes and done <= writes[0]:
+        for position, value in writes[1]:
+            new_words[position] = value
+        done = writes[0] + 1
     for row, step in zip(rows, steps):
         begin, end, max_begin = int(row[P.TENSOR_BEGIN]), int(row[P.TENSOR_END]), int(row[P.MAX_BEGIN])
         flags, offset, group = int(row[P.FLAGS]), int(row[P.PROGRAM]), int(row[P.GROUP])
@@ -274,11 +280,42 @@ def adam_step_(
             found_inf=found_inf,
             invalid_steps=invalid_steps,
         )
-    if rules:
+    if rules or writes:
         words.copy_(torch.tensor(new_words, dtype=torch.float64))
         for clock, value in zip(clocks, clock_values):
             clock.fill_(value)
         applied.fill_(done)
+
+
+def _host_writes(pending, count: int, word_count: int):
+    """(sequence number, [(position, value)]) of the host writes ``pending`` carries, or None."""
+    from . import _step_plan as P
+
+    if pending.numel() < P.PENDING_WRITES:
+        return None
+    header = pending.tolist()
+    writes = header[P.PENDING_WRITE_COUNT]
+    if not 0 <= writes <= P.MAX_HOST_WRITES or pending.numel() < P.PENDING_WRITES + 2 * writes:
+        _fail(f"pending carries {writes} host writes; at most {P.MAX_HOST_WRITES} fit in its {pending.numel()} words")
+    if writes == 0:
+        return None
+    values = pending[P.PENDING_WRITES : P.PENDING_WRITES + 2 * writes].view(torch.float64).tolist()
+    sequence = header[P.PENDING_WRITE_SEQUENCE]
+    if count and sequence < header[0] + count:
+        _fail(
+            f"the host writes' sequence number {sequence} must come after the call's {count} deferred steps "
+            f"(from {header[0]})"
+        )
+    pairs = []
+    for w in range(writes):
+        position = header[P.PENDING_WRITES + 2 * w]
+        if not (0 <= position < word_count and position % _rules.HELD_WORDS in (_rules.HELD_LR, _rules.HELD_BETA1)):
+            _fail(
+                f"host write {w} is at word {position}, not the lr or beta1 word of one of the "
+                f"{word_count // _rules.HELD_WORDS} groups"
+            )
+        pairs.append((position, values[2 * w + 1]))
+    return sequence, pairs
 
 
 def _bucket_step(

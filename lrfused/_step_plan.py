@@ -18,6 +18,13 @@ TENSOR_BEGIN, TENSOR_END, MAX_BEGIN, PROGRAM, GROUP, BETA1, BETA2, EPS, WEIGHT_D
 BUCKET_WORDS = 10
 FLAG_AMSGRAD, FLAG_DECOUPLED, FLAG_MAXIMIZE = 1, 2, 4
 MAX_DEFERRED_STEPS = 8
+# The `pending` header (note [Host writes] in csrc/common/step_plan.h): the first deferred step's
+# sequence number, each deferred step's clock slot, then the host writes the call carries.
+MAX_HOST_WRITES = 32
+PENDING_WRITE_COUNT = 1 + MAX_DEFERRED_STEPS
+PENDING_WRITE_SEQUENCE = 2 + MAX_DEFERRED_STEPS
+PENDING_WRITES = 3 + MAX_DEFERRED_STEPS  # then (position, float64 bits of the value) per write
+PENDING_WORDS = PENDING_WRITES + 2 * MAX_HOST_WRITES
 
 ENCODING = {
     "bucket.tensor_begin": TENSOR_BEGIN,
@@ -35,6 +42,11 @@ ENCODING = {
     "flag.decoupled": FLAG_DECOUPLED,
     "flag.maximize": FLAG_MAXIMIZE,
     "max_deferred_steps": MAX_DEFERRED_STEPS,
+    "max_host_writes": MAX_HOST_WRITES,
+    "pending.write_count": PENDING_WRITE_COUNT,
+    "pending.write_sequence": PENDING_WRITE_SEQUENCE,
+    "pending.writes": PENDING_WRITES,
+    "pending.words": PENDING_WORDS,
 }
 
 # The rows of a call with no tensors (a flush of deferred scheduler steps).

@@ -372,9 +372,19 @@ class FusedScheduledAdam(Optimizer):
             # driving the words, the comparison would make each lr a guard and each step a
             # recompilation: the scheduler's own step absorbs them instead. Without one, a compiled
             # step writes each float lr as it is (nanoGPT's hand write every step compiles once).
-            binding.absorb(self.param_groups, compiling=compiling)
+            binding.absorb(self.param_groups, compiling=compiling, queue=not compiling)
             if self._schedule is not None:
                 self._warn_if_scheduled_twice()
+        if compiling:
+            self._run_planned_step(binding, compiling)
+            return
+        try:
+            self._run_planned_step(binding, compiling)
+        except BaseException:
+            binding.drop_queued_writes()  # the op that would have carried them did not run
+            raise
+
+    def _run_planned_step(self, binding: Binding, compiling: bool) -> None:
         self._planner.run(
             self.param_groups,
             self.state,

@@ -93,11 +93,12 @@ declare -A mutants=(
   [no_wait_for_the_fill]='tensor_tables.cu|s|^    if \(\(error = cudaStreamWaitEvent\(stream, table.filled, 0\)\) != cudaSuccess\) return error;$|    /* planted: no wait */|'
   [graph_holds_no_table]='tensor_tables.cu|s|^    if \(\(error = keep_for_graph\(stream, set.current\)\) != cudaSuccess\) return error;$|    /* planted: no reference */|'
   [freed_on_cuda_thread]='tensor_tables.cu|s|^  release_later\(std::move\(\*table\)\);$|  /* planted: the reference dropped on the callback thread */|'
+  [writer_drops_host_writes]='adam_step_kernel.cu|s|^  if \(moves_words\(d\)\) \{$|  if (d.count > 0) {|'
   [streams_keyed_by_handle]='tensor_tables.cu|s|^  if \(\(error = cudaStreamGetId\(stream, &stream_id\)\) != cudaSuccess\) return error;$|  stream_id = reinterpret_cast<uintptr_t>(stream);|'
 )
 echo "== mutants: each must make the tests fail"
 for mutant in no_loop_end_barrier no_counter_reset first_block_writes int32_chunk_offset no_wait_for_the_fill \
-              graph_holds_no_table freed_on_cuda_thread streams_keyed_by_handle; do
+              graph_holds_no_table freed_on_cuda_thread streams_keyed_by_handle writer_drops_host_writes; do
   file=${mutants[$mutant]%%|*}
   pattern=${mutants[$mutant]#*|}
   copy="$work/mutants/$mutant/cuda"

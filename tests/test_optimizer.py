@@ -1259,7 +1259,7 @@ def test_the_profiler_sees_the_step_under_torchs_label():
         optimizer.step()
     names = [event.name for event in profiler.events()]
     assert "Optimizer.step#FusedScheduledAdamW.step" in names
-    assert "lrfused::table_step_" in names
+    assert "lrfused::table_step_" in names or not lrfused.has_kernels()
 
 
 @pytest.mark.parametrize("enabled", [True, False])

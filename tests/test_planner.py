@@ -12,8 +12,8 @@ from torch.optim import lr_scheduler as T
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrfused
-from helpers import max_relative_error
-from lrfused import _ops
+from helpers import max_relative_error, twin_leaves
+from lrfused import _ops, _step_plan
 from lrfused import lr_scheduler as L
 from lrfused.optim import binding_of
 
@@ -319,3 +319,51 @@ def test_every_write_between_steady_steps_is_followed_like_torch(schedule):
             assert max_relative_error(a, b) < 1e-6, (k, schedule)
         for group_ours, group_theirs in zip(opt_ours.param_groups, opt_theirs.param_groups):
             assert group_ours["lr"] == pytest.approx(group_theirs["lr"], rel=1e-12), k
+
+
+def test_a_host_write_rides_in_the_next_op_and_is_dropped_when_that_step_raises():
+    """note [Host writes]: a float lr written by hand lands with the optimizer's op; a step that
+    raises before its op leaves nothing queued, and the next step writes the lr again; a scheduler
+    step deferred after a write comes after it."""
+    ours, theirs = twin_leaves([(5,), (2, 3)])
+    opt_ours = lrfused.FusedScheduledAdamW(ours, lr=1e-2)
+    opt_theirs = torch.optim.AdamW(theirs, lr=1e-2)
+    sched_ours, sched_theirs = L.ExponentialLR(opt_ours, 0.5), T.ExponentialLR(opt_theirs, 0.5)
+    set_grads(ours, theirs, 0)
+    opt_ours.step()
+    opt_theirs.step()
+    for opt in (opt_ours, opt_theirs):
+        opt.param_groups[0]["lr"] = 0.25
+    opt_ours.param_groups[0]["eps"] = -1.0
+    with pytest.raises(ValueError, match="eps"):
+        opt_ours.step()
+    assert binding_of(opt_ours)._queued_writes == []
+    assert binding_of(opt_ours).lr_words().tolist() == [1e-2]  # the write did not land
+    opt_ours.param_groups[0]["eps"] = 1e-8
+    sched_ours.step()  # chainable: from the lr the group holds now, 0.25
+    sched_theirs.step()
+    for k in range(1, 4):
+        set_grads(ours, theirs, k)
+        opt_ours.step()
+        opt_theirs.step()
+        assert binding_of(opt_ours).lr_words().tolist() == [opt_theirs.param_groups[0]["lr"]]
+        for a, b in zip(ours, theirs):
+            assert max_relative_error(a, b) < 1e-6, k
+
+
+def test_more_groups_written_than_an_op_carries_are_all_followed():
+    """More host writes than the header holds: the rest are written at once, all land."""
+    count = _step_plan.MAX_HOST_WRITES + 3
+    ours, theirs = twin_leaves([(3,)] * count)
+    opt_ours = lrfused.FusedScheduledAdam([{"params": [p]} for p in ours], lr=1e-2)
+    opt_theirs = torch.optim.Adam([{"params": [p]} for p in theirs], lr=1e-2)
+    for k in range(3):
+        for index in range(count):
+            lr = 1e-3 * (index + 1) * (k + 1)
+            opt_ours.param_groups[index]["lr"] = opt_theirs.param_groups[index]["lr"] = lr
+        set_grads(ours, theirs, k)
+        opt_ours.step()
+        opt_theirs.step()
+        assert binding_of(opt_ours).lr_words().tolist() == [g["lr"] for g in opt_theirs.param_groups]
+        for a, b in zip(ours, theirs):
+            assert max_relative_error(a, b) < 1e-6, k

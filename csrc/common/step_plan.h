@@ -24,6 +24,9 @@
 //   block, the CPU call after its loop) advances the step counters, writes the new HELD words and
 //   moves the clocks. An AMP-skipped step (found_inf) still applies the deferred scheduler steps,
 //   as torch's scheduler steps do not depend on the optimizer's.
+// * Host writes. An lr (or a beta1) the host wrote into a param group since the last call (a
+//   stock torch scheduler, a framework, a hand write), noticed by the optimizer's step just before
+//   its call, rides in the same call (note [Host writes]) instead of a launch of its own.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +46,25 @@ enum BucketFlags : int32_t { kFlagAmsgrad = 1, kFlagDecoupled = 2, kFlagMaximize
 
 // Deferred scheduler steps one call carries at most; more are flushed first.
 constexpr int kMaxDeferredSteps = 8;
+
+// note [Host writes]
+// Words the host wrote since the last call, carried by the call in the `pending` header (a CPU
+// int64 tensor the op reads on the host; a CUDA launch takes them by value): after the deferred
+// steps' slots, the number of writes, their sequence number (one for the whole batch, issued
+// after every deferred step the call carries, so they land last: the last writer wins), then per
+// write its position in the words and its float64 value's bits. Like a deferred step, the batch
+// lands once: a replayed graph whose call carried it skips it. A header shorter than
+// kPendingWrites carries none (a call without deferred work). More writes than kMaxHostWrites
+// are written by the host at once instead.
+constexpr int kMaxHostWrites = 32;
+enum PendingWord : int {
+  kPendingFirstSequence = 0,  // the first deferred step's sequence number
+  kPendingSlots = 1,          // then each deferred step's clock slot
+  kPendingWriteCount = 1 + kMaxDeferredSteps,
+  kPendingWriteSequence = 2 + kMaxDeferredSteps,
+  kPendingWrites = 3 + kMaxDeferredSteps,  // then (position, value bits) per write
+  kPendingWords = kPendingWrites + 2 * kMaxHostWrites,
+};
 
 // The words of one bucket in the op's `buckets` argument (a CPU float64 tensor, one row per bucket).
 enum BucketWord : int {
@@ -98,24 +120,47 @@ struct DeferredSteps {
   const double* rules[kMaxDeferredSteps];
   int32_t clock_slot[kMaxDeferredSteps];
   int64_t* clocks[kMaxDeferredSteps];
+  // note [Host writes]: after the steps, each group's word `write_word[w]` (kHeldLr or
+  // kHeldBeta1) of group `write_group[w]` becomes `write_value[w]`.
+  int32_t write_count;
+  int64_t write_sequence;
+  int32_t write_group[kMaxHostWrites];
+  int32_t write_word[kMaxHostWrites];
+  double write_value[kMaxHostWrites];
 };
 
-// Group `group`'s (lr, beta1) after the deferred steps, from the words as they are before the call.
+// Whether the call moves the HELD words (its writer's part writes them).
+LRFUSED_HOST_DEVICE bool moves_words(const DeferredSteps& d) { return d.count > 0 || d.write_count > 0; }
+
+// Group `group`'s (lr, beta1) after the deferred steps and the host writes, from the words as
+// they are before the call.
 LRFUSED_HOST_DEVICE HeldValue held_after(const DeferredSteps& d, int64_t group) {
   const double* node = d.words + group * kHeldWords;
   HeldValue held{node[kHeldLr], node[kHeldBeta1]};
-  if (d.count == 0) return held;
-  int64_t clocks[kMaxDeferredSteps];
-  for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+  if (!moves_words(d)) return held;
   int64_t applied = *d.applied;
-  for (int i = 0; i < d.count; ++i) {
-    const int64_t sequence = d.first_sequence + i;
-    if (applied > sequence) continue;  // applied by an earlier call (a replayed graph)
-    const double* rules = d.rules[i];
-    const double* rule = rules + d.group_count + static_cast<int64_t>(rules[group]);
-    const int64_t t = ++clocks[d.clock_slot[i]];
-    held = apply_rule(rule, t, /*explicit_epoch=*/false, held);
-    applied = sequence + 1;
+  if (d.count > 0) {
+    int64_t clocks[kMaxDeferredSteps];
+    for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+    for (int i = 0; i < d.count; ++i) {
+      const int64_t sequence = d.first_sequence + i;
+      if (applied > sequence) continue;  // applied by an earlier call (a replayed graph)
+      const double* rules = d.rules[i];
+      const double* rule = rules + d.group_count + static_cast<int64_t>(rules[group]);
+      const int64_t t = ++clocks[d.clock_slot[i]];
+      held = apply_rule(rule, t, /*explicit_epoch=*/false, held);
+      applied = sequence + 1;
+    }
+  }
+  if (d.write_count > 0 && applied <= d.write_sequence) {
+    for (int w = 0; w < d.write_count; ++w) {
+      if (d.write_group[w] != group) continue;
+      if (d.write_word[w] == kHeldLr) {
+        held.lr = d.write_value[w];
+      } else {
+        held.beta1 = d.write_value[w];
+      }
+    }
   }
   return held;
 }
@@ -123,17 +168,20 @@ LRFUSED_HOST_DEVICE HeldValue held_after(const DeferredSteps& d, int64_t group) 
 // The writer's part for the clocks and the `applied` counter, after every group's words were
 // written (held_after read the old ones).
 LRFUSED_HOST_DEVICE void commit_clocks(const DeferredSteps& d) {
-  if (d.count == 0) return;
-  int64_t clocks[kMaxDeferredSteps];
-  for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+  if (!moves_words(d)) return;
   int64_t applied = *d.applied;
-  for (int i = 0; i < d.count; ++i) {
-    const int64_t sequence = d.first_sequence + i;
-    if (applied > sequence) continue;
-    ++clocks[d.clock_slot[i]];
-    applied = sequence + 1;
+  if (d.count > 0) {
+    int64_t clocks[kMaxDeferredSteps];
+    for (int c = 0; c < d.clock_count; ++c) clocks[c] = *d.clocks[c];
+    for (int i = 0; i < d.count; ++i) {
+      const int64_t sequence = d.first_sequence + i;
+      if (applied > sequence) continue;
+      ++clocks[d.clock_slot[i]];
+      applied = sequence + 1;
+    }
+    for (int c = 0; c < d.clock_count; ++c) *d.clocks[c] = clocks[c];
   }
-  for (int c = 0; c < d.clock_count; ++c) *d.clocks[c] = clocks[c];
+  if (d.write_count > 0 && applied <= d.write_sequence) applied = d.write_sequence + 1;
   *d.applied = applied;
 }
 

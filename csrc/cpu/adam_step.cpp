@@ -117,7 +117,7 @@ void run_step_cpu(StepCall& call) {
     }
   }
   // The deferred scheduler steps apply whether or not the optimizer's step was skipped.
-  if (deferred.count > 0) {
+  if (moves_words(deferred)) {
     for (int64_t g = 0; g < deferred.group_count; ++g) {
       const HeldValue held = held_after(deferred, g);
       double* node = deferred.words + g * kHeldWords;

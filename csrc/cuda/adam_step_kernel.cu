@@ -216,7 +216,7 @@ __device__ __noinline__ void finish_step(const LaunchArgs& args) {
   }
   __syncthreads();  // every bucket read the old words and clocks
   const DeferredSteps& d = args.deferred;
-  if (d.count > 0) {
+  if (moves_words(d)) {
     for (int64_t g = threadIdx.x; g < d.group_count; g += blockDim.x) {
       const HeldValue held = held_after(d, g);
       double* node = d.words + g * kHeldWords;

@@ -243,9 +243,19 @@ LaunchTable make_table(TableSet& set, const Model& m, bool with_tensors) {
   return table;
 }
 
-// `count` deferred steps from sequence number `first`, pointing at the host or the device model.
-DeferredSteps deferred_steps(Model& m, bool device, int count, int64_t first) {
+// `count` deferred steps from sequence number `first`, pointing at the host or the device model,
+// then `writes` host writes (note [Host writes]) with sequence number `write_sequence`: group
+// w % kGroups's lr for an even w, its beta1 for an odd one, values that differ from call to call.
+DeferredSteps deferred_steps(Model& m, bool device, int count, int64_t first, int writes = 0,
+                             int64_t write_sequence = 0, int call = 0) {
   DeferredSteps d{};
+  d.write_count = writes;
+  d.write_sequence = write_sequence;
+  for (int w = 0; w < writes; ++w) {
+    d.write_group[w] = w % Model::kGroups;
+    d.write_word[w] = w % 2 == 0 ? kHeldLr : kHeldBeta1;
+    d.write_value[w] = w % 2 == 0 ? 1e-3 * (w + 1) * call : 0.5 + 0.01 * w + 0.001 * call;
+  }
   d.count = count;
   d.clock_count = 2;
   d.first_sequence = first;
@@ -300,7 +310,7 @@ void reference_call(Model& m, const DeferredSteps& d, bool unscale, bool amp_ski
       }
     }
   }
-  if (d.count > 0) {
+  if (moves_words(d)) {
     std::vector<HeldValue> held;
     for (int64_t g = 0; g < Model::kGroups; ++g) held.push_back(held_after(d, g));
     for (int64_t g = 0; g < Model::kGroups; ++g) {
@@ -341,6 +351,8 @@ struct Call {
   bool overflow;     // found_inf set: the step is skipped
   bool flush;        // no tensors
   bool unusable;     // group 2's lr is NaN from this call on
+  int writes;        // host writes the call carries, after its deferred steps
+  bool writes_done;  // ... already applied (a replayed graph's): skipped
 };
 
 }  // namespace
@@ -357,17 +369,26 @@ int main() {
   const LaunchTable with_tensors = make_table(tensors_set, m, true);
   const LaunchTable flush = make_table(flush_set, m, false);
   const Call calls[] = {
-      {"1 block, no deferred step", 1, 0, 0, false, false, false, false},
-      {"3 blocks (fewer than chunks), 2 deferred steps", 3, 2, 0, false, false, false, false},
-      {"64 blocks (more than chunks), 1 deferred step", 64, 1, 0, false, false, false, false},
-      {"5 blocks, the last 2 deferred steps again (already applied: skipped)", 5, 2, 2, false, false, false, false},
-      {"7 blocks, 3 deferred steps of which 1 already applied", 7, 3, 1, false, false, false, false},
-      {"AMP unscale, 9 blocks, 1 deferred step", 9, 1, 0, true, false, false, false},
-      {"AMP overflow: skipped, its 2 deferred steps still applied", 4, 2, 0, true, true, false, false},
-      {"no chunk: a flush of 2 deferred steps, 1 block", 1, 2, 0, false, false, true, false},
-      {"group 2's lr NaN: its bucket skipped and counted, the others step", 6, 0, 0, false, false, false, true},
-      {"group 2 NaN, 8 deferred steps (the most), 33 blocks", 33, kMaxDeferredSteps, 0, false, false, false, true},
-      {"300 blocks, 1 deferred step", 300, 1, 0, false, false, false, false},
+      {"1 block, no deferred step", 1, 0, 0, false, false, false, false, 0, false},
+      {"3 blocks (fewer than chunks), 2 deferred steps", 3, 2, 0, false, false, false, false, 0, false},
+      {"64 blocks (more than chunks), 1 deferred step", 64, 1, 0, false, false, false, false, 0, false},
+      {"5 blocks, the last 2 deferred steps again (already applied: skipped)", 5, 2, 2, false, false, false, false, 0,
+       false},
+      {"7 blocks, 3 deferred steps of which 1 already applied", 7, 3, 1, false, false, false, false, 0, false},
+      {"AMP unscale, 9 blocks, 1 deferred step", 9, 1, 0, true, false, false, false, 0, false},
+      {"AMP overflow: skipped, its 2 deferred steps still applied", 4, 2, 0, true, true, false, false, 0, false},
+      {"no chunk: a flush of 2 deferred steps, 1 block", 1, 2, 0, false, false, true, false, 0, false},
+      {"group 2's lr NaN: its bucket skipped and counted, the others step", 6, 0, 0, false, false, false, true, 0,
+       false},
+      {"group 2 NaN, 8 deferred steps (the most), 33 blocks", 33, kMaxDeferredSteps, 0, false, false, false, true, 0,
+       false},
+      {"300 blocks, 1 deferred step", 300, 1, 0, false, false, false, false, 0, false},
+      {"2 deferred steps, then 4 host writes, 5 blocks", 5, 2, 0, false, false, false, false, 4, false},
+      {"no chunk: a flush of host writes only, 1 block", 1, 0, 0, false, false, true, false, 3, false},
+      {"host writes already applied (a replayed graph): skipped", 4, 0, 0, false, false, false, false, 2, true},
+      {"AMP overflow: skipped, its deferred step and host write still land", 4, 1, 0, true, true, false, false, 1,
+       false},
+      {"the most host writes, 12 blocks", 12, 1, 0, false, false, false, false, kMaxHostWrites, false},
   };
   int64_t issued = 0;  // deferred steps issued so far
   int number = 0;
@@ -388,7 +409,9 @@ int main() {
     args.buckets = table.buckets;
     args.num_tasks = table.num_tasks;
     args.num_buckets = static_cast<int32_t>(m.buckets_device.size());
-    args.deferred = deferred_steps(m, true, c.deferred, first);
+    // A batch of writes comes after the call's deferred steps; a replayed one is below `applied`.
+    const int64_t write_sequence = c.writes_done ? m.applied - 1 : first + c.deferred;
+    args.deferred = deferred_steps(m, true, c.deferred, first, c.writes, write_sequence, number);
     args.grad_scale = c.amp ? m.scale_d : nullptr;
     args.found_inf = c.amp ? m.found_inf_d : nullptr;
     args.invalid_steps = m.invalid_d;
@@ -396,8 +419,9 @@ int main() {
     CHECK_CUDA(launch_adam_step(args, c.blocks, nullptr));
     CHECK_CUDA(cudaDeviceSynchronize());
     // A flush names no tensor but every bucket: the writer still advances their step counters.
-    reference_call(m, deferred_steps(m, false, c.deferred, first), c.amp, c.overflow, !c.flush);
-    issued = std::max(issued, first + c.deferred);
+    reference_call(m, deferred_steps(m, false, c.deferred, first, c.writes, write_sequence, number), c.amp, c.overflow,
+                   !c.flush);
+    issued = std::max(issued, first + c.deferred + (c.writes > 0 && !c.writes_done ? 1 : 0));
 
     const int64_t bad = differing_elements(m);
     expect(bad == 0, label + ": " + std::to_string(bad) + " elements differ from the reference");
@@ -414,8 +438,9 @@ int main() {
       upload(t, kGrad);
     }
   }
-  // Group 2's words stay NaN from call 9 on (its rules chain on them): its one bucket is counted
-  // in calls 9, 10 and 11, once each, and the model's count above was compared after every call.
+  // Group 2's words stay NaN from call 9 on (its rules chain on them) until call 12's host write
+  // gives it a finite lr again: its one bucket is counted in calls 9, 10 and 11, once each, and the
+  // model's count above was compared after every call.
   // The grid size is asked of the runtime once per device: the emulation's SM count changed
   // afterwards is not seen (on a GPU the count cannot change, and this part checks nothing new).
   const int resident = resident_blocks(0);
