@@ -287,11 +287,15 @@ class Binding:
                 self._seen_betas[index] = betas
 
     def write(self, groups: list[dict[str, Any]]) -> None:
-        """A step the host computed: its values become the words'."""
+        """A step the host computed: its values become the words'. A float the word holds already
+        (the lr last stored, no deferred step since) is not stored again: ReduceLROnPlateau's host
+        step leaves most lrs as they were."""
         for index, group in enumerate(groups):
-            lr = group["lr"]
+            lr, seen = group["lr"], self._seen_lr[index]
             if isinstance(lr, Tensor):
                 self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
+            elif lr.__class__ is float and seen.__class__ is float and lr == seen and not self.deferred_rules:
+                pass
             else:
                 self._store(self.offsets[index] + _rules.HELD_LR, check_lr_value(lr, f"param_groups[{index}]['lr']"))
             if self.held and self._beta1_arg[index] is not None:
