@@ -7,7 +7,10 @@ torch's scheduler of the same class: microseconds of ``optimizer.step()`` alone,
 and lrfused's ``schedule=`` (no scheduler object). Then the host cost per tensor: a step of N
 one-element params against a step of one N-element param.
 
-    python benchmarks/bench_host.py [--rounds 9] [--steps 300] [--quick] [--out benchmarks/results]
+    python benchmarks/bench_host.py [--rounds 9] [--steps 300] [--quick] [--device cuda] [--out benchmarks/results]
+
+With ``--device cuda`` the params (and ReduceLROnPlateau's metric) are on the GPU: the same host
+code, timed as the host spends it (each round ends with a synchronize, outside the timings).
 
 Every figure comes from this one run on this machine; ratios are lrfused over torch, both
 measured in the same run. Prints a table and writes JSON.
@@ -81,9 +84,12 @@ def scheduler_cases():
     }
 
 
+DEVICE = torch.device("cpu")
+
+
 def make_params(count: int, size: int = 1) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    params = [torch.randn(size, requires_grad=True) for _ in range(count)]
+    params = [torch.randn(size, device=DEVICE, requires_grad=True) for _ in range(count)]
     for p in params:
         p.grad = torch.randn_like(p)
     return params
@@ -112,6 +118,8 @@ def measure(optimizer, scheduler, rounds: int, steps: int, metric: torch.Tensor 
             end = clock()
             spent_optimizer += middle - start
             spent_scheduler += end - middle
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         optimizer_us.append(spent_optimizer / steps / 1e3)
         scheduler_us.append(spent_scheduler / steps / 1e3)
         both_us.append((spent_optimizer + spent_scheduler) / steps / 1e3)
@@ -124,7 +132,7 @@ def measure(optimizer, scheduler, rounds: int, steps: int, metric: torch.Tensor 
 
 def bench_scheduler(name: str, count: int, rounds: int, steps: int) -> dict:
     make_fused, make_torch = scheduler_cases()[name]
-    metric = torch.tensor(1.0) if "Plateau" in name else None
+    metric = torch.tensor(1.0, device=DEVICE) if "Plateau" in name else None
     row = {"scheduler": name, "params": count}
     fused_optimizer = lrfused.FusedScheduledAdamW(make_params(count), lr=LR)
     row["lrfused"] = measure(
@@ -220,15 +228,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=300, help="steps per round (fewer for 2000 params)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the params are (cpu or cuda)")
     parser.add_argument("--quick", action="store_true", help="few steps and the small cases only: a smoke test")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     rounds, steps = (3, 20) if args.quick else (args.rounds, args.steps)
     counts = (1, 148) if args.quick else COUNTS
 
     report = {
-        "machine": machine_name(),
+        "machine": machine_name() if DEVICE.type == "cpu" else f"{machine_name()}; {torch.cuda.get_device_name()}",
+        "device": str(DEVICE),
         "torch": torch.__version__,
         "lrfused": lrfused.__version__,
         "compiled_kernels": lrfused.has_kernels(),
@@ -247,7 +259,10 @@ def main() -> None:
 
     os.makedirs(args.out, exist_ok=True)
     suffix = "-quick" if args.quick else ""
-    stem = os.path.join(args.out, f"host-{platform.node() or 'host'}-{report['date'].replace('-', '')}")
+    where = platform.node() or "host"
+    if DEVICE.type == "cuda":
+        where = torch.cuda.get_device_name().replace(" ", "-")
+    stem = os.path.join(args.out, f"host-{where}-{report['date'].replace('-', '')}")
     path = f"{stem}{suffix}.json"
     for letter in "bcdefghijklmnopqrstuvwxyz":  # never over an earlier result of the same day
         if not os.path.exists(path):

@@ -26,6 +26,8 @@
 #   bash benchmarks/gpu_suite.sh cuda-tests    # tests/test_cuda.py and the device-parametrised tests
 #   bash benchmarks/gpu_suite.sh suite         # the whole test suite
 #   bash benchmarks/gpu_suite.sh bench-quick   # bench_cuda.py --quick                            (~1 min)
+#   bash benchmarks/gpu_suite.sh bench-host    # bench_host.py --quick --device cuda: the host's cost of
+#                                              #   a step beside torch's, params on the GPU      (~30 s)
 #   bash benchmarks/gpu_suite.sh bench-full [CASES]
 #                                              # bench_cuda.py, all cases or those matching CASES
 #                                              #   (comma-separated substrings, e.g. "tensor" then
@@ -154,6 +156,12 @@ PY
     mkdir -p benchmarks/results && cp "$OUT"/results/*.json "$OUT"/results/*.md benchmarks/results/ 2>/dev/null
     exit "$status"
     ;;
+  bench-host)
+    python3 benchmarks/bench_host.py --quick --device cuda --out "$OUT/results" 2>&1 | log
+    status=${PIPESTATUS[0]}
+    mkdir -p benchmarks/results && cp "$OUT"/results/host-*.json benchmarks/results/ 2>/dev/null
+    exit "$status"
+    ;;
   all)
     # Priority order: what cannot be learnt without a GPU first. Each step is its own process with
     # a timeout of its budget or what is left, whichever is less, so a slow step costs only itself.
@@ -182,6 +190,7 @@ PY
     run_step kernel-test 180
     run_step cuda-tests 150
     run_step bench-quick 120
+    run_step bench-host 60
     echo "all: $(($(date +%s) - started)) s" | tee -a "$OUT/all.log"
     ;;
   *)
