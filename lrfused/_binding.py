@@ -76,6 +76,9 @@ class Binding:
     def __init__(self, groups: list[dict[str, Any]], schedule: Schedule | None, device: torch.device):
         self.schedule = schedule
         self.primary = device
+        # Asked at every scheduler step (a CUDA graph may be capturing): torch.device.type costs a
+        # fifth of a steady step, so it is read once.
+        self.on_cuda = device.type == "cuda"
         self.offsets: list[int] = []
         self.lengths: list[int] = []
         self.buffers: dict[torch.device, Tensor] = {}
@@ -123,6 +126,7 @@ class Binding:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_queued_writes", [])
+        self.__dict__.setdefault("on_cuda", self.primary.type == "cuda")
         if self.pending.numel() < _step_plan.PENDING_WORDS:  # pickled before the header carried writes
             header = torch.zeros(_step_plan.PENDING_WORDS, dtype=torch.int64)
             header[: self.pending.numel()] = self.pending
@@ -208,7 +212,7 @@ class Binding:
         if (
             not self.held
             or len(queued) == _step_plan.MAX_HOST_WRITES
-            or (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
+            or (self.on_cuda and torch.cuda.is_current_stream_capturing())
         ):
             return False
         words, count = self._pending_words, len(queued)
@@ -350,7 +354,7 @@ class Binding:
         if len(self.deferred_rules) == _step_plan.MAX_DEFERRED_STEPS:
             return False
         # A captured step must replay on its own: the optimizer op it would join is already recorded.
-        return not (self.primary.type == "cuda" and torch.cuda.is_current_stream_capturing())
+        return not (self.on_cuda and torch.cuda.is_current_stream_capturing())
 
     def steady_for(self, groups: list[dict[str, Any]]) -> bool:
         """Whether a scheduler step can take the steady path (note [The steady step]): the deferral

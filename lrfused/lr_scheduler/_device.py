@@ -71,18 +71,18 @@ _parents = threading.local()
 _parents_anywhere = [0]
 
 
-@contextlib.contextmanager
-def children_on_host() -> Iterator[None]:
+class children_on_host:
     """While a SequentialLR constructs, steps or loads its children, their steps are torch's
     alone: the parent's own device rule covers them. (A depth per thread, not a flag on each
-    child, so that copies and nesting need no bookkeeping.)"""
-    depth = getattr(_parents, "depth", 0)
-    _parents.depth = depth + 1
-    _parents_anywhere[0] += 1
-    try:
-        yield
-    finally:
-        _parents.depth = depth
+    child, so that copies and nesting need no bookkeeping; a class, not a generator, as a
+    SequentialLR enters it at every step.)"""
+
+    def __enter__(self) -> None:
+        _parents.depth = getattr(_parents, "depth", 0) + 1
+        _parents_anywhere[0] += 1
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _parents.depth -= 1
         _parents_anywhere[0] -= 1
 
 
@@ -233,7 +233,7 @@ class OnDevice:
         return side.rules
 
     def _refuse_capture(self, binding, why: str) -> None:
-        if binding.primary.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        if binding.on_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"{type(self).__name__}.step() is being captured in a CUDA graph, but {why}, so the host computes "
                 "this step and a graph replay cannot: capture only steps that run on the device (see "
@@ -349,7 +349,9 @@ class OnDevice:
 
     def _update_lr(self, epoch=None):
         torch_update = super()._update_lr
-        if epoch is None:
+        if _parents_anywhere[0] and inside_parent_step():
+            torch_update(epoch)  # a SequentialLR's child: the parent's rule covers it
+        elif epoch is None:
             self._run_step(torch_update, None)
         else:
             self._run_step(lambda: torch_update(epoch), epoch)
