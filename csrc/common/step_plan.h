@@ -17,8 +17,9 @@
 //   `applied` says how many were applied, and a step whose number is below it is skipped. So a
 //   CUDA graph that captured a call carrying deferred steps applies them at its first replay only,
 //   and an eager call never applies one twice. Whatever must see the device lrs before the next
-//   optimizer step (a host write of the lr, ReduceLROnPlateau, a captured scheduler step, a step
-//   to an explicit epoch) first flushes the deferred steps with a call that has no tensors.
+//   optimizer step (a host write a scheduler's step starts from, ReduceLROnPlateau, a captured
+//   scheduler step, a step to an explicit epoch) first flushes the deferred steps with a call that
+//   has no tensors.
 // * Every block (every CPU call) computes the lr of a bucket from the words as they were before
 //   the call plus the deferred steps, in registers; the one writer at the end (the last CUDA
 //   block, the CPU call after its loop) advances the step counters, writes the new HELD words and
