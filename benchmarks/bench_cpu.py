@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -21,6 +20,7 @@ import time
 
 import torch
 import torch.utils._python_dispatch
+from report_file import machine_name, write_report
 
 import lrfused
 from lrfused import lr_scheduler as fused_schedulers
@@ -30,16 +30,6 @@ ADAM_ARRAYS_MOVED = 7  # p, g, m, v read; p, m, v written
 
 def bytes_per_param(dtype: torch.dtype) -> int:
     return ADAM_ARRAYS_MOVED * torch.empty((), dtype=dtype).element_size()
-
-
-def machine_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def median_seconds(function, repeats: int, warmup: int = 3) -> float:
@@ -233,16 +223,8 @@ def main() -> None:
     for row in report["ops_per_step"]:
         print(f"  {row['groups']} group(s) x {'+'.join(row['dtypes']):<18} {len(row['ops'])} op(s): {row['ops']}")
 
-    os.makedirs(args.out, exist_ok=True)
-    suffix = "-small" if args.small else ""
-    stem = os.path.join(args.out, f"cpu-{platform.node() or 'host'}-{report['date'].replace('-', '')}")
-    path = f"{stem}{suffix}.json"
-    for letter in "bcdefghijklmnopqrstuvwxyz":  # never over an earlier result of the same day
-        if not os.path.exists(path):
-            break
-        path = f"{stem}{letter}{suffix}.json"
-    with open(path, "w") as handle:
-        json.dump(report, handle, indent=2)
+    where = platform.node() or "host"
+    path = write_report(report, args.out, "cpu", where, report["date"], "-small" if args.small else "")
     print(f"\nwrote {path}")
 
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
 import time
 
 import torch
+from report_file import machine_name, write_report
 
 import lrfused
 from lrfused import lr_scheduler as fused
@@ -35,16 +35,6 @@ from lrfused import schedules
 LR = 1e-3
 HORIZON = 100_000  # longer than any run here: every step is a device step
 COUNTS = (1, 148, 2000)
-
-
-def machine_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)"
 
 
 def warmup_factor(step: int) -> float:
@@ -257,19 +247,10 @@ def main() -> None:
     }
     print_report(report)
 
-    os.makedirs(args.out, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
     where = platform.node() or "host"
     if DEVICE.type == "cuda":
         where = torch.cuda.get_device_name().replace(" ", "-")
-    stem = os.path.join(args.out, f"host-{where}-{report['date'].replace('-', '')}")
-    path = f"{stem}{suffix}.json"
-    for letter in "bcdefghijklmnopqrstuvwxyz":  # never over an earlier result of the same day
-        if not os.path.exists(path):
-            break
-        path = f"{stem}{letter}{suffix}.json"
-    with open(path, "w") as handle:
-        json.dump(report, handle, indent=2)
+    path = write_report(report, args.out, "host", where, report["date"], "-quick" if args.quick else "")
     print(f"\nwrote {path}")
 
 

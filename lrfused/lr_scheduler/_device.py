@@ -304,7 +304,7 @@ class OnDevice:
             binding.record(groups)
         else:
             binding.defer(side.clock, side.rules)
-            if self._cycles_beta1:
+            if self._cycles_beta1 and None in binding.beta1_args:
                 binding.hold_beta1([group["betas"][0] for group in groups])
             binding.record(groups)
         return True
