@@ -46,9 +46,9 @@ class _DeviceSide:
         self.rules: Tensor | None = None  # the encoded rules (lrfused._rules), on the device
         self.rules_key: Any = None  # what the rules were built for (the group count)
         self.cache: Any = None  # a class's own (ReduceLROnPlateau: min_lrs on the device)
-        # The binding the last step was deferred to, when that step took the whole general path
+        # (optimizer, binding) of the last step when it was deferred after the whole general path
         # (note [The steady step]); None after any other kind of step.
-        self.steady: Any = None
+        self.steady: tuple[Any, Any] | None = None
 
 
 # Each scheduler's side, by id, dropped when the scheduler is freed (before its id can be reused).
@@ -67,8 +67,10 @@ def device_side(scheduler: Any) -> _DeviceSide:
 
 _parents = threading.local()
 # How many parent steps are under way in all threads: while none is, no thread-local is read (a
-# read costs as much as the rest of a steady step's checks).
+# read costs as much as the rest of a steady step's checks). Counted under a lock: a count that
+# went wrong could hide a parent's step from its children.
 _parents_anywhere = [0]
+_parents_lock = threading.Lock()
 
 
 class children_on_host:
@@ -79,11 +81,13 @@ class children_on_host:
 
     def __enter__(self) -> None:
         _parents.depth = getattr(_parents, "depth", 0) + 1
-        _parents_anywhere[0] += 1
+        with _parents_lock:
+            _parents_anywhere[0] += 1
 
     def __exit__(self, *exc_info: Any) -> None:
         _parents.depth -= 1
-        _parents_anywhere[0] -= 1
+        with _parents_lock:
+            _parents_anywhere[0] -= 1
 
 
 def inside_parent_step() -> bool:
@@ -247,7 +251,7 @@ class OnDevice:
         if epoch is None and self._steady_step(host_step):
             return
         optimizer = self.optimizer
-        if inside_parent_step() or not drives_device(optimizer):
+        if not drives_device(optimizer):
             host_step()
             return
         groups = optimizer.param_groups
@@ -273,7 +277,7 @@ class OnDevice:
             beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
             deferred = binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
             if deferred and epoch is None:
-                side.steady = binding
+                side.steady = (optimizer, binding)
         else:
             self._host_computed(binding, side, groups, rules)
         binding.record(groups)
@@ -286,15 +290,13 @@ class OnDevice:
         deferral, the host's values noted. Whatever differs takes the general path (False: nothing
         was done), which checks it all and marks the next step steady again."""
         side = _SIDES.get(id(self))
-        binding = side.steady if side is not None else None
-        if (
-            binding is None
-            or getattr(self.optimizer, "_binding", None) is not binding
-            or side.rules_key != binding.group_count
-            or not self._device_form_at(None)
-        ):
+        steady = side.steady if side is not None else None
+        if steady is None:
             return False
-        groups = self.optimizer.param_groups
+        optimizer, binding = steady
+        if optimizer is not self.optimizer or side.rules_key != binding.group_count or not self._device_form_at(None):
+            return False
+        groups = optimizer.param_groups
         if not binding.steady_for(groups):
             return False
         host_step()
