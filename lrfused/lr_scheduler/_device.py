@@ -65,12 +65,15 @@ def device_side(scheduler: Any) -> _DeviceSide:
     return side
 
 
-_parents = threading.local()
-# How many parent steps are under way in all threads: while none is, no thread-local is read (a
-# read costs as much as the rest of a steady step's checks). Counted under a lock: a count that
-# went wrong could hide a parent's step from its children.
-_parents_anywhere = [0]
-_parents_lock = threading.Lock()
+class _ParentSteps(threading.local):
+    """How many SequentialLR steps (or constructions, or loads) this thread is inside. A class
+    default, not ``getattr(local, name, 0)``: a read that misses raises inside getattr and costs
+    as much as the rest of a steady step's checks."""
+
+    depth = 0
+
+
+_parents = _ParentSteps()
 
 
 class children_on_host:
@@ -80,18 +83,14 @@ class children_on_host:
     SequentialLR enters it at every step.)"""
 
     def __enter__(self) -> None:
-        _parents.depth = getattr(_parents, "depth", 0) + 1
-        with _parents_lock:
-            _parents_anywhere[0] += 1
+        _parents.depth += 1
 
     def __exit__(self, *exc_info: Any) -> None:
         _parents.depth -= 1
-        with _parents_lock:
-            _parents_anywhere[0] -= 1
 
 
 def inside_parent_step() -> bool:
-    return _parents_anywhere[0] > 0 and getattr(_parents, "depth", 0) > 0
+    return _parents.depth > 0
 
 
 def unwrap_optimizer(optimizer: Any, name: str) -> Any:
@@ -245,7 +244,7 @@ class OnDevice:
             )
 
     def _run_step(self, host_step: Callable[[], None], epoch: Any) -> None:
-        if _parents_anywhere[0] and inside_parent_step():
+        if _parents.depth:
             host_step()  # a SequentialLR's child: the parent's rule covers it
             return
         if epoch is None and self._steady_step(host_step):
@@ -351,7 +350,7 @@ class OnDevice:
 
     def _update_lr(self, epoch=None):
         torch_update = super()._update_lr
-        if _parents_anywhere[0] and inside_parent_step():
+        if _parents.depth:
             torch_update(epoch)  # a SequentialLR's child: the parent's rule covers it
         elif epoch is None:
             self._run_step(torch_update, None)
