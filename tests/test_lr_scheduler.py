@@ -1274,3 +1274,36 @@ def test_a_scheduler_argument_that_is_not_finite_is_named(name):
             [{"params": [torch.zeros(2, requires_grad=True)]}, {"params": [torch.zeros(3, requires_grad=True)]}]
         )
     )
+
+
+def test_a_sequential_lr_in_one_thread_leaves_a_scheduler_in_another_on_the_device():
+    """The depth of SequentialLR steps is per thread: while another thread is inside a SequentialLR's
+    step (its children stepped on the host), this thread's scheduler still steps its device clock."""
+    import threading
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_a_parent_step():
+        with _device.children_on_host():
+            inside.set()
+            leave.wait(30)
+
+    other = threading.Thread(target=hold_a_parent_step)
+    other.start()
+    try:
+        assert inside.wait(30)
+        ours, theirs, opt_ours, opt_theirs = twins(41)
+        scheduler_ours, scheduler_theirs = L.CosineAnnealingLR(opt_ours, T_max=20), T.CosineAnnealingLR(opt_theirs, 20)
+        for k in range(12):
+            for p, q in zip(ours, theirs):
+                p.grad = torch.ones_like(p)
+                q.grad = torch.ones_like(q)
+            opt_ours.step()
+            opt_theirs.step()
+            scheduler_ours.step()
+            scheduler_theirs.step()
+            assert len(binding_of(opt_ours).deferred_rules) == 1, k  # a device step, not a host write
+            assert_same_lrs(opt_ours, opt_theirs, k)
+    finally:
+        leave.set()
+        other.join()
