@@ -296,11 +296,10 @@ class Binding:
         step leaves most lrs as they were."""
         for index, group in enumerate(groups):
             lr, seen = group["lr"], self._seen_lr[index]
+            held_already = lr.__class__ is float and seen.__class__ is float and lr == seen and not self.deferred_rules
             if isinstance(lr, Tensor):
                 self._lr_word(index).copy_(lr.detach().reshape(()), non_blocking=True)
-            elif lr.__class__ is float and seen.__class__ is float and lr == seen and not self.deferred_rules:
-                pass
-            else:
+            elif not held_already:
                 self._store(self.offsets[index] + _rules.HELD_LR, check_lr_value(lr, f"param_groups[{index}]['lr']"))
             if self.held and self._beta1_arg[index] is not None:
                 self._store(self.offsets[index] + _rules.HELD_BETA1, math.nan)

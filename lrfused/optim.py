@@ -361,6 +361,10 @@ class FusedScheduledAdam(Optimizer):
         _torch_compat.set_grad_enabled(False)
         try:
             self._step(compiling=False)
+        except BaseException:
+            if self._binding is not None:
+                self._binding.drop_queued_writes()  # the op that would have carried them did not run
+            raise
         finally:
             _torch_compat.set_grad_enabled(grad_was_enabled)
         return loss
@@ -375,16 +379,6 @@ class FusedScheduledAdam(Optimizer):
             binding.absorb(self.param_groups, compiling=compiling, queue=not compiling)
             if self._schedule is not None:
                 self._warn_if_scheduled_twice()
-        if compiling:
-            self._run_planned_step(binding, compiling)
-            return
-        try:
-            self._run_planned_step(binding, compiling)
-        except BaseException:
-            binding.drop_queued_writes()  # the op that would have carried them did not run
-            raise
-
-    def _run_planned_step(self, binding: Binding, compiling: bool) -> None:
         self._planner.run(
             self.param_groups,
             self.state,

@@ -350,9 +350,7 @@ class OnDevice:
 
     def _update_lr(self, epoch=None):
         torch_update = super()._update_lr
-        if _parents.depth:
-            torch_update(epoch)  # a SequentialLR's child: the parent's rule covers it
-        elif epoch is None:
+        if epoch is None:
             self._run_step(torch_update, None)
         else:
             self._run_step(lambda: torch_update(epoch), epoch)
