@@ -120,17 +120,48 @@ bool whole_in(double x, double low, double high) { return x >= low && x <= high 
 
 }  // namespace
 
+namespace {
+
+const char* const kRuleNames[kNumUpdateRules] = {"Adam", "SGD", "RMSprop", "Adagrad"};
+// The names of the momentum and decay words by rule (BucketWord's table), for the messages.
+const char* const kMomentumNames[kNumUpdateRules] = {"beta1", "momentum", "momentum", "momentum word"};
+const char* const kDecayNames[kNumUpdateRules] = {"beta2", "dampening", "alpha", "lr_decay"};
+
+// Whether a row's decay word is one its rule can step with: torch's constructor ranges (Adam's
+// beta2 in [0, 1), RMSprop's alpha >= 0, Adagrad's lr_decay >= 0; SGD's dampening is unchecked
+// by torch, any finite one here).
+bool valid_decay(UpdateRuleKind kind, double decay) {
+  if (!std::isfinite(decay)) return false;
+  switch (kind) {
+    case UpdateRuleKind::kAdam: return decay >= 0.0 && decay < 1.0;
+    case UpdateRuleKind::kSgd: return true;
+    default: return decay >= 0.0;
+  }
+}
+
+}  // namespace
+
+const char* state_list_name(UpdateRuleKind kind, int k) {
+  static const char* const names[kNumUpdateRules][kMaxStates] = {
+      {"exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs"},
+      {"momentum_buffers", "", ""},
+      {"square_avgs", "momentum_buffers", "grad_avgs"},
+      {"state_sums", "", ""},
+  };
+  return names[static_cast<int>(kind)][k];
+}
+
 void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tensor& words, int64_t tensor_count,
-                    StepCall& call) {
+                    StepCall& call, const char* op, int32_t only_rule) {
   TORCH_CHECK(rows.device().is_cpu() && rows.scalar_type() == at::kDouble && rows.dim() == 2 &&
                   rows.size(1) == kBucketWords && rows.is_contiguous(),
-              "adam_step_: buckets must be a contiguous CPU float64 tensor of ", kBucketWords,
-              " words per bucket, got ", rows.scalar_type(), " of shape ", rows.sizes(), " on ", rows.device());
-  TORCH_CHECK(words.scalar_type() == at::kDouble && words.dim() == 1 && words.is_contiguous(),
-              "adam_step_: words must be a contiguous 1-d float64 tensor, got ", words.scalar_type(), " of shape ",
+              op, ": buckets must be a contiguous CPU float64 tensor of ", kBucketWords, " words per bucket, got ",
+              rows.scalar_type(), " of shape ", rows.sizes(), " on ", rows.device());
+  TORCH_CHECK(words.scalar_type() == at::kDouble && words.dim() == 1 && words.is_contiguous(), op,
+              ": words must be a contiguous 1-d float64 tensor, got ", words.scalar_type(), " of shape ",
               words.sizes());
   const int64_t count = rows.size(0);
-  TORCH_CHECK(static_cast<int64_t>(steps.size()) == count, "adam_step_: ", count, " buckets need ", count,
+  TORCH_CHECK(static_cast<int64_t>(steps.size()) == count, op, ": ", count, " buckets need ", count,
               " step counters, got ", steps.size());
   const double* r = rows.data_ptr<double>();
   const int64_t word_count = words.numel();
@@ -138,41 +169,50 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
   int64_t expected_begin = 0;
   for (int64_t b = 0; b < count; ++b, r += kBucketWords) {
     const at::Tensor& step = steps[b];
-    TORCH_CHECK(step.scalar_type() == at::kLong && step.numel() == 1 && step.device() == words.device(),
-                "adam_step_: steps[", b, "] must be a one-element int64 tensor on ", words.device(), ", got ",
-                step.scalar_type(), " with ", step.numel(), " elements on ", step.device());
+    TORCH_CHECK(step.scalar_type() == at::kLong && step.numel() == 1 && step.device() == words.device(), op, ": steps[",
+                b, "] must be a one-element int64 tensor on ", words.device(), ", got ", step.scalar_type(), " with ",
+                step.numel(), " elements on ", step.device());
     TORCH_CHECK(r[kBucketTensorBegin] == static_cast<double>(expected_begin) &&
                     whole_in(r[kBucketTensorEnd], r[kBucketTensorBegin], static_cast<double>(tensor_count)),
-                "adam_step_: bucket ", b, " covers tensors [", r[kBucketTensorBegin], ", ", r[kBucketTensorEnd],
+                op, ": bucket ", b, " covers tensors [", r[kBucketTensorBegin], ", ", r[kBucketTensorEnd],
                 "); the buckets must cover the ", tensor_count, " tensors in order");
     expected_begin = static_cast<int64_t>(r[kBucketTensorEnd]);
-    // Any finite beta1, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
-    TORCH_CHECK(std::isfinite(r[kBucketBeta1]), "adam_step_: bucket ", b, ": invalid beta1: ", r[kBucketBeta1]);
-    TORCH_CHECK(r[kBucketBeta2] >= 0.0 && r[kBucketBeta2] < 1.0, "adam_step_: bucket ", b,
-                ": invalid beta2: ", r[kBucketBeta2]);
-    TORCH_CHECK(r[kBucketEps] >= 0.0 && std::isfinite(r[kBucketEps]), "adam_step_: bucket ", b,
+    TORCH_CHECK(whole_in(r[kBucketRule], 0, kNumUpdateRules - 1) &&
+                    (only_rule < 0 || r[kBucketRule] == static_cast<double>(only_rule)),
+                op, ": bucket ", b, ": invalid update rule: ", r[kBucketRule],
+                only_rule < 0 ? "" : std::string(" (this op runs ") + kRuleNames[only_rule] + ")");
+    const auto kind = static_cast<UpdateRuleKind>(static_cast<int32_t>(r[kBucketRule]));
+    const int rule = static_cast<int>(kind);
+    // Any finite momentum, as torch steps with any that a scheduler wrote (note [Unusable schedule values]).
+    TORCH_CHECK(std::isfinite(r[kBucketMomentum]), op, ": bucket ", b, ": invalid ", kMomentumNames[rule], ": ",
+                r[kBucketMomentum]);
+    TORCH_CHECK(valid_decay(kind, r[kBucketDecay]), op, ": bucket ", b, ": invalid ", kDecayNames[rule], ": ",
+                r[kBucketDecay]);
+    TORCH_CHECK(r[kBucketEps] >= 0.0 && std::isfinite(r[kBucketEps]), op, ": bucket ", b,
                 ": invalid eps: ", r[kBucketEps]);
-    TORCH_CHECK(r[kBucketWeightDecay] >= 0.0 && std::isfinite(r[kBucketWeightDecay]), "adam_step_: bucket ", b,
+    TORCH_CHECK(r[kBucketWeightDecay] >= 0.0 && std::isfinite(r[kBucketWeightDecay]), op, ": bucket ", b,
                 ": invalid weight_decay: ", r[kBucketWeightDecay]);
-    TORCH_CHECK(whole_in(r[kBucketFlags], 0, kFlagAmsgrad | kFlagDecoupled | kFlagMaximize), "adam_step_: bucket ", b,
-                ": invalid flags: ", r[kBucketFlags]);
+    const double flags = r[kBucketFlags];
+    TORCH_CHECK(whole_in(flags, 0, 63) && (static_cast<int32_t>(flags) & ~rule_flags(kind)) == 0, op, ": bucket ", b,
+                ": invalid flags for ", kRuleNames[rule], ": ", flags);
     const double group = r[kBucketGroup];
-    TORCH_CHECK(group == -1.0 || whole_in(group, 0, static_cast<double>(word_count / kHeldWords - 1)),
-                "adam_step_: bucket ", b, ": invalid group: ", group);
-    TORCH_CHECK(whole_in(r[kBucketProgram], 0, static_cast<double>(word_count - 2)), "adam_step_: bucket ", b,
+    TORCH_CHECK(group == -1.0 || whole_in(group, 0, static_cast<double>(word_count / kHeldWords - 1)), op, ": bucket ",
+                b, ": invalid group: ", group);
+    TORCH_CHECK(whole_in(r[kBucketProgram], 0, static_cast<double>(word_count - 2)), op, ": bucket ", b,
                 ": program offset ", r[kBucketProgram], " is outside the ", word_count, " words");
     const int64_t program = static_cast<int64_t>(r[kBucketProgram]);
-    TORCH_CHECK(group < 0 || program == static_cast<int64_t>(group) * kHeldWords, "adam_step_: bucket ", b, ": group ",
-                group, "'s HELD node is at ", static_cast<int64_t>(group) * kHeldWords, ", not ", program);
+    TORCH_CHECK(group < 0 || program == static_cast<int64_t>(group) * kHeldWords, op, ": bucket ", b, ": group ", group,
+                "'s HELD node is at ", static_cast<int64_t>(group) * kHeldWords, ", not ", program);
     BucketSpec spec{};
     spec.step = step.data_ptr<int64_t>();
     spec.program = base + program;
     spec.group = static_cast<int64_t>(group);
-    spec.beta1 = r[kBucketBeta1];
-    spec.beta2 = r[kBucketBeta2];
+    spec.momentum = r[kBucketMomentum];
+    spec.decay = r[kBucketDecay];
     spec.eps = r[kBucketEps];
     spec.weight_decay = r[kBucketWeightDecay];
-    spec.flags = static_cast<int32_t>(r[kBucketFlags]);
+    spec.rule = rule;
+    spec.flags = static_cast<int32_t>(flags);
     // The tensors are gathered first: the bucket's dtype is its first tensor's.
     const int64_t begin = static_cast<int64_t>(r[kBucketTensorBegin]);
     spec.element_type =
@@ -184,17 +224,17 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
       call.tensor_bucket.push_back(static_cast<int32_t>(b));
     }
   }
-  TORCH_CHECK(expected_begin == tensor_count, "adam_step_: the buckets cover ", expected_begin, " of the ",
-              tensor_count, " tensors");
+  TORCH_CHECK(expected_begin == tensor_count, op, ": the buckets cover ", expected_begin, " of the ", tensor_count,
+              " tensors");
   if (words.device().is_cpu()) {
     // The device trusts what the host validated when it built the words; here it costs nothing.
     for (const BucketSpec& spec : call.buckets) {
       const int64_t offset = spec.program - base;
       const double length = spec.program[1];
-      TORCH_CHECK(whole_in(length, 2, static_cast<double>(word_count - offset)), "adam_step_: the program at word ",
-                  offset, " has length ", length, ", beyond the ", word_count, " words");
+      TORCH_CHECK(whole_in(length, 2, static_cast<double>(word_count - offset)), op, ": the program at word ", offset,
+                  " has length ", length, ", beyond the ", word_count, " words");
       const char* error = validate_schedule(spec.program, static_cast<int64_t>(length));
-      TORCH_CHECK(error == nullptr, "adam_step_: malformed program at word ", offset, ": ", error);
+      TORCH_CHECK(error == nullptr, op, ": malformed program at word ", offset, ": ", error);
     }
   }
   call.words = &words;
@@ -203,25 +243,25 @@ void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tens
 // note [Host writes]: the writes the `pending` header carries, checked (a position inside the
 // words, on a HELD node's lr or beta1 word; a sequence number after the call's deferred steps).
 static void gather_host_writes(const at::Tensor& words, const int64_t* header, int64_t header_words, int64_t count,
-                               DeferredSteps& d) {
+                               DeferredSteps& d, const char* op) {
   d.write_count = 0;
   d.write_sequence = 0;
   if (header_words < kPendingWrites) return;
   const int64_t writes = header[kPendingWriteCount];
-  TORCH_CHECK(writes >= 0 && writes <= kMaxHostWrites && header_words >= kPendingWrites + 2 * writes,
-              "adam_step_: pending carries ", writes, " host writes; at most ", kMaxHostWrites, " fit in its ",
-              header_words, " words");
+  TORCH_CHECK(writes >= 0 && writes <= kMaxHostWrites && header_words >= kPendingWrites + 2 * writes, op,
+              ": pending carries ", writes, " host writes; at most ", kMaxHostWrites, " fit in its ", header_words,
+              " words");
   if (writes == 0) return;
-  TORCH_CHECK(words.numel() % kHeldWords == 0, "adam_step_: host writes need words of HELD nodes");
+  TORCH_CHECK(words.numel() % kHeldWords == 0, op, ": host writes need words of HELD nodes");
   const int64_t sequence = header[kPendingWriteSequence];
-  TORCH_CHECK(count == 0 || sequence >= d.first_sequence + count, "adam_step_: the host writes' sequence number ",
-              sequence, " must come after the call's ", count, " deferred steps (from ", d.first_sequence, ")");
+  TORCH_CHECK(count == 0 || sequence >= d.first_sequence + count, op, ": the host writes' sequence number ", sequence,
+              " must come after the call's ", count, " deferred steps (from ", d.first_sequence, ")");
   d.write_sequence = sequence;
   for (int64_t w = 0; w < writes; ++w) {
     const int64_t position = header[kPendingWrites + 2 * w];
     const int64_t word = position % kHeldWords;
-    TORCH_CHECK(position >= 0 && position < words.numel() && (word == kHeldLr || word == kHeldBeta1),
-                "adam_step_: host write ", w, " is at word ", position, ", not the lr or beta1 word of one of the ",
+    TORCH_CHECK(position >= 0 && position < words.numel() && (word == kHeldLr || word == kHeldBeta1), op,
+                ": host write ", w, " is at word ", position, ", not the lr or beta1 word of one of the ",
                 words.numel() / kHeldWords, " groups");
     double value;
     std::memcpy(&value, &header[kPendingWrites + 2 * w + 1], sizeof(value));
@@ -233,17 +273,17 @@ static void gather_host_writes(const at::Tensor& words, const int64_t* header, i
 }
 
 void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
-                     const at::Tensor& pending, StepCall& call) {
+                     const at::Tensor& pending, StepCall& call, const char* op) {
   const int64_t count = static_cast<int64_t>(rules.size());
-  TORCH_CHECK(count <= kMaxDeferredSteps && static_cast<int64_t>(clocks.size()) <= count, "adam_step_: at most ",
+  TORCH_CHECK(count <= kMaxDeferredSteps && static_cast<int64_t>(clocks.size()) <= count, op, ": at most ",
               kMaxDeferredSteps, " deferred steps and one clock per step, got ", count, " rules and ", clocks.size(),
               " clocks");
-  TORCH_CHECK(applied.scalar_type() == at::kLong && applied.numel() == 1 && applied.device() == words.device(),
-              "adam_step_: applied must be a one-element int64 tensor on ", words.device(), ", got ",
-              applied.scalar_type(), " with ", applied.numel(), " elements on ", applied.device());
+  TORCH_CHECK(applied.scalar_type() == at::kLong && applied.numel() == 1 && applied.device() == words.device(), op,
+              ": applied must be a one-element int64 tensor on ", words.device(), ", got ", applied.scalar_type(),
+              " with ", applied.numel(), " elements on ", applied.device());
   TORCH_CHECK(pending.device().is_cpu() && pending.scalar_type() == at::kLong && pending.dim() == 1 &&
                   pending.is_contiguous() && pending.numel() >= 1 + count,
-              "adam_step_: pending must be a contiguous CPU int64 tensor of at least ", 1 + count,
+              op, ": pending must be a contiguous CPU int64 tensor of at least ", 1 + count,
               " words (the first sequence number, then each step's clock), got ", pending.scalar_type(), " of shape ",
               pending.sizes(), " on ", pending.device());
   const int64_t group_count = words.numel() / kHeldWords;
@@ -257,20 +297,20 @@ void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorL
   d.first_sequence = header[0];
   for (size_t c = 0; c < clocks.size(); ++c) {
     const at::Tensor& clock = clocks[c];
-    TORCH_CHECK(clock.scalar_type() == at::kLong && clock.numel() == 1 && clock.device() == words.device(),
-                "adam_step_: clocks[", c, "] must be a one-element int64 tensor on ", words.device());
+    TORCH_CHECK(clock.scalar_type() == at::kLong && clock.numel() == 1 && clock.device() == words.device(), op,
+                ": clocks[", c, "] must be a one-element int64 tensor on ", words.device());
     d.clocks[c] = clock.data_ptr<int64_t>();
   }
   for (int64_t i = 0; i < count; ++i) {
     const at::Tensor& r = rules[i];
     TORCH_CHECK(r.scalar_type() == at::kDouble && r.dim() == 1 && r.is_contiguous() && r.device() == words.device() &&
                     r.numel() > group_count,
-                "adam_step_: rules[", i, "] must be indexed rules (", group_count,
+                op, ": rules[", i, "] must be indexed rules (", group_count,
                 " offsets, then the nodes) in a contiguous float64 tensor on ", words.device(), ", got ",
                 r.scalar_type(), " of shape ", r.sizes(), " on ", r.device());
-    TORCH_CHECK(words.numel() % kHeldWords == 0, "adam_step_: deferred steps need words of HELD nodes");
+    TORCH_CHECK(words.numel() % kHeldWords == 0, op, ": deferred steps need words of HELD nodes");
     const int64_t slot = header[1 + i];
-    TORCH_CHECK(slot >= 0 && slot < static_cast<int64_t>(clocks.size()), "adam_step_: step ", i, " names clock ", slot,
+    TORCH_CHECK(slot >= 0 && slot < static_cast<int64_t>(clocks.size()), op, ": step ", i, " names clock ", slot,
                 " of ", clocks.size());
     d.rules[i] = r.data_ptr<double>();
     d.clock_slot[i] = static_cast<int32_t>(slot);
@@ -278,7 +318,7 @@ void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorL
       check_indexed_rules(r, group_count);
     }
   }
-  gather_host_writes(words, header, pending.numel(), count, d);
+  gather_host_writes(words, header, pending.numel(), count, d, op);
 }
 
 void check_step_tensor(const StepCall& call, size_t i, const char* op) {
@@ -296,13 +336,14 @@ void check_step_tensor(const StepCall& call, size_t i, const char* op) {
   TORCH_CHECK(call.words == nullptr || p.device() == call.words->device(), op, ": params[", i, "] is on ", p.device(),
               " but the words are on ", call.words->device());
   check(*call.tensors.grads[i], "grads");
-  check(*call.tensors.states[kAdamExpAvg][i], "exp_avgs");
-  check(*call.tensors.states[kAdamExpAvgSq][i], "exp_avg_sqs");
   const BucketSpec& bucket = call.buckets[call.tensor_bucket[i]];
-  if (bucket.flags & kFlagAmsgrad) {
-    TORCH_CHECK(call.tensors.states[kAdamMaxExpAvgSq][i] != nullptr, op, ": params[", i,
-                "] is in an AMSGrad bucket but has no max_exp_avg_sq");
-    check(*call.tensors.states[kAdamMaxExpAvgSq][i], "max_exp_avg_sqs");
+  const auto kind = static_cast<UpdateRuleKind>(bucket.rule);
+  for (int k = 0; k < kMaxStates; ++k) {
+    if (!rule_has_state(kind, bucket.flags, k)) continue;
+    const char* list = state_list_name(kind, k);
+    TORCH_CHECK(call.tensors.states[k][i] != nullptr, op, ": params[", i, "] has no entry in ", list, " (its bucket's ",
+                kRuleNames[bucket.rule], " step needs one)");
+    check(*call.tensors.states[k][i], list);
   }
   TORCH_CHECK(bucket.element_type == static_cast<int32_t>(element_type_of(dtype)), op, ": params[", i, "] has dtype ",
               dtype, " but its bucket's first param has another");
@@ -390,18 +431,27 @@ std::string step_encoding_op() {
   const std::pair<const char*, int64_t> entries[] = {
       {"bucket.tensor_begin", kBucketTensorBegin},
       {"bucket.tensor_end", kBucketTensorEnd},
-      {"bucket.max_begin", kBucketMaxBegin},
+      {"bucket.state_begin", kBucketStateBegin},
       {"bucket.program", kBucketProgram},
       {"bucket.group", kBucketGroup},
-      {"bucket.beta1", kBucketBeta1},
-      {"bucket.beta2", kBucketBeta2},
+      {"bucket.rule", kBucketRule},
+      {"bucket.momentum", kBucketMomentum},
+      {"bucket.decay", kBucketDecay},
       {"bucket.eps", kBucketEps},
       {"bucket.weight_decay", kBucketWeightDecay},
       {"bucket.flags", kBucketFlags},
       {"bucket.words", kBucketWords},
+      {"max_states", kMaxStates},
       {"flag.amsgrad", kFlagAmsgrad},
       {"flag.decoupled", kFlagDecoupled},
       {"flag.maximize", kFlagMaximize},
+      {"flag.momentum", kFlagMomentum},
+      {"flag.nesterov", kFlagNesterov},
+      {"flag.centered", kFlagCentered},
+      {"update.adam", static_cast<int64_t>(UpdateRuleKind::kAdam)},
+      {"update.sgd", static_cast<int64_t>(UpdateRuleKind::kSgd)},
+      {"update.rmsprop", static_cast<int64_t>(UpdateRuleKind::kRmsprop)},
+      {"update.adagrad", static_cast<int64_t>(UpdateRuleKind::kAdagrad)},
       {"max_deferred_steps", kMaxDeferredSteps},
       {"max_host_writes", kMaxHostWrites},
       {"pending.write_count", kPendingWriteCount},
@@ -439,11 +489,26 @@ TORCH_LIBRARY(lrfused, m) {
       "Tensor(e!)[] max_exp_avg_sqs, Tensor(f!)[] steps, Tensor buckets, Tensor(g!) words, Tensor(h!)[] clocks, "
       "Tensor[] rules, Tensor(i!) applied, Tensor pending, *, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  // The same call for the other update rules (note [The seam of an update rule] in csrc/README.md):
+  // each names its rule's state lists; a list holds the tensors of the buckets that have the state.
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, Tensor(f!)[] steps, "
+      "Tensor buckets, Tensor(g!) words, Tensor(h!)[] clocks, Tensor[] rules, Tensor(i!) applied, Tensor pending, *, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  m.def(
+      "rmsprop_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] square_avgs, "
+      "Tensor(d!)[] momentum_buffers, Tensor(e!)[] grad_avgs, Tensor(f!)[] steps, Tensor buckets, Tensor(g!) words, "
+      "Tensor(h!)[] clocks, Tensor[] rules, Tensor(i!) applied, Tensor pending, *, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None, Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
+  m.def(
+      "adagrad_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] state_sums, Tensor(f!)[] steps, "
+      "Tensor buckets, Tensor(g!) words, Tensor(h!)[] clocks, Tensor[] rules, Tensor(i!) applied, Tensor pending, *, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(j!)? invalid_steps=None, Tensor? handle=None) -> ()");
   // The same step from the tensors a table holds (note [Step tables] in step_table.h): the grads
   // are read from the params in C++. Returns False, having changed nothing, when the grads no
   // longer match the table; the caller then makes a new table. Beyond the arguments marked (x!)
-  // it writes, through `table`, the tensors set_step_table gave it: the params, exp_avgs,
-  // exp_avg_sqs and max_exp_avg_sqs, and (with grad_scale) the grads it reads from the sources.
+  // it writes, through `table`, the tensors set_step_table gave it: the params, the rule's states,
+  // and (with grad_scale) the grads it reads from the sources.
   // The schema cannot say so; the eager step is its only caller, and a compiled step takes
   // adam_step_, whose schema names every tensor it writes.
   m.def(
@@ -451,8 +516,8 @@ TORCH_LIBRARY(lrfused, m) {
       "Tensor[] rules, Tensor(d!) applied, Tensor pending, *, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "Tensor(e!)? invalid_steps=None) -> bool");
   m.def(
-      "set_step_table(Tensor table, Tensor[] sources, Tensor[] params, Tensor[] exp_avgs, Tensor[] exp_avg_sqs, "
-      "Tensor[] max_exp_avg_sqs, Tensor[] watched) -> ()");
+      "set_step_table(Tensor table, Tensor[] sources, Tensor[] params, Tensor[] states0, Tensor[] states1, "
+      "Tensor[] states2, Tensor[] watched) -> ()");
   // A bucket's handle (note [Bucket handles] in handle.h).
   // Tagged so that no compiler pass may merge two calls (each bucket needs a handle of its own);
   // torch 2.13's aot_eager and inductor keep them apart even without the tag.

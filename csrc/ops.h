@@ -14,8 +14,8 @@ namespace lrfused {
 
 // The tensors of one call by column: tensor i of the call is params[i], grads[i] and states[k][i],
 // the update rule's states in its order (TensorEntry::state), null where the tensor has no such
-// state (Adam's max_exp_avg_sq outside an AMSGrad bucket). Pointers, so that the eager table
-// (step_table.h) lists the tensors it holds and the grads it reads without copying a handle.
+// state (Adam's max_exp_avg_sq outside an AMSGrad bucket), attached per bucket by the op. Pointers, so that the eager
+// table (step_table.h) lists the tensors it holds and the grads it reads without copying a handle.
 struct StepTensors {
   std::vector<const at::Tensor*> params, grads;
   std::vector<const at::Tensor*> states[kMaxStates];
@@ -23,7 +23,7 @@ struct StepTensors {
   void clear();
   void reserve(size_t n);
   // `states`: the tensor's states in the rule's order; fewer than kMaxStates leave the rest null.
-  void add(const at::Tensor& param, const at::Tensor& grad, std::initializer_list<const at::Tensor*> states);
+  void add(const at::Tensor& param, const at::Tensor& grad, std::initializer_list<const at::Tensor*> states = {});
 };
 
 // note [Working layout]
@@ -81,14 +81,18 @@ struct StepCall {
 // The call's pointers: `call.raw` when it was filled, else those of `layout`, made here.
 const std::vector<TensorEntry>& raw_tensors(StepCall& call, std::unique_ptr<WorkingLayout>& layout);
 
-// Fills `call.buckets` from the `buckets` rows of adam_step_/table_step_ and checks them:
-// `steps[b]` is bucket b's counter, its program lies in `words`.
+// Fills `call.buckets` from the `buckets` rows of a step op and checks them: `steps[b]` is bucket
+// b's counter, its program lies in `words`. `op` names the op in the messages; `only_rule` >= 0:
+// every bucket must be of that UpdateRuleKind (the op of one rule).
 void gather_buckets(const at::Tensor& rows, at::TensorList steps, const at::Tensor& words, int64_t tensor_count,
-                    StepCall& call);
+                    StepCall& call, const char* op, int32_t only_rule);
+
+// The name of rule `kind`'s list of state k in its op's schema (Adam's "exp_avgs", ...).
+const char* state_list_name(UpdateRuleKind kind, int k);
 
 // Fills `call.deferred` from the deferred-step arguments and checks them.
 void gather_deferred(const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
-                     const at::Tensor& pending, StepCall& call);
+                     const at::Tensor& pending, StepCall& call, const char* op);
 
 // Checks tensor i of the call against its param (device, dtype, shape, sparsity) and the bucket's
 // dtype; `op` names the op in the message.

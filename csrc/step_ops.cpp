@@ -1,5 +1,5 @@
-// The step ops (adam_step_, table_step_, set_step_table): each gathers its arguments
-// into one StepCall, checked before anything is written, and runs it on the call's device.
+// The step ops (adam_step_, sgd_step_, rmsprop_step_, adagrad_step_, table_step_, set_step_table): each gathers its
+// arguments into one StepCall, checked before anything is written, and runs it on the call's device.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -40,23 +40,51 @@ void set_amp(StepCall& call, const std::optional<at::Tensor>& grad_scale, const 
   call.invalid_steps = invalid_steps.has_value() ? &*invalid_steps : nullptr;
 }
 
-// Points each tensor of an AMSGrad bucket at its max_exp_avg_sq: the bucket's k-th tensor at
-// maxes[row[kBucketMaxBegin] + k].
-void attach_max_states(const at::Tensor& rows, at::TensorList maxes, StepCall& call, const char* op) {
+// Points each tensor at its states: for each state k its bucket has (rule_has_state), the bucket's
+// j-th tensor at columns[k][row[kBucketStateBegin + k] + j].
+void attach_states(const at::Tensor& rows, const at::TensorList (&columns)[kMaxStates], StepCall& call,
+                   const char* op) {
   const double* row = rows.data_ptr<double>();
   for (size_t b = 0; b < call.buckets.size(); ++b, row += kBucketWords) {
-    if (!(call.buckets[b].flags & kFlagAmsgrad)) continue;
+    const BucketSpec& bucket = call.buckets[b];
+    const auto kind = static_cast<UpdateRuleKind>(bucket.rule);
     const int64_t begin = static_cast<int64_t>(row[kBucketTensorBegin]);
     const int64_t end = static_cast<int64_t>(row[kBucketTensorEnd]);
-    const double max_begin = row[kBucketMaxBegin];
-    TORCH_CHECK(max_begin >= 0 && max_begin == std::floor(max_begin) &&
-                    static_cast<int64_t>(max_begin) + (end - begin) <= static_cast<int64_t>(maxes.size()),
-                op, ": bucket ", b, " (AMSGrad) needs max_exp_avg_sqs [", max_begin, ", ", max_begin + (end - begin),
-                "), but there are ", maxes.size());
-    for (int64_t i = begin; i < end; ++i) {
-      call.tensors.states[kAdamMaxExpAvgSq][i] = &maxes[static_cast<int64_t>(max_begin) + (i - begin)];
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (!rule_has_state(kind, bucket.flags, k)) continue;
+      const at::TensorList column = columns[k];
+      const double first = row[kBucketStateBegin + k];
+      TORCH_CHECK(first >= 0 && first == std::floor(first) &&
+                      static_cast<int64_t>(first) + (end - begin) <= static_cast<int64_t>(column.size()),
+                  op, ": bucket ", b, " needs ", state_list_name(kind, k), " [", first, ", ", first + (end - begin),
+                  "), but there are ", column.size());
+      for (int64_t i = begin; i < end; ++i) {
+        call.tensors.states[k][i] = &column[static_cast<int64_t>(first) + (i - begin)];
+      }
     }
   }
+}
+
+// One call of a rule's list op (adam_step_, sgd_step_, rmsprop_step_, adagrad_step_): its state
+// lists in the rule's order, every bucket of that rule.
+void list_step(const char* op, UpdateRuleKind rule, at::TensorList params, at::TensorList grads,
+               const at::TensorList (&columns)[kMaxStates], at::TensorList steps, const at::Tensor& buckets,
+               const at::Tensor& words, at::TensorList clocks, at::TensorList rules, const at::Tensor& applied,
+               const at::Tensor& pending, const std::optional<at::Tensor>& grad_scale,
+               const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& invalid_steps,
+               const std::optional<at::Tensor>& handle) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n, op, ": params and grads must have the same length, got ", n, " and ", grads.size());
+  StepCall call;
+  call.tensors.reserve(n);
+  for (size_t i = 0; i < n; ++i) call.tensors.add(params[i], grads[i]);
+  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call, op, static_cast<int32_t>(rule));
+  attach_states(buckets, columns, call, op);
+  for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, op);
+  gather_deferred(words, clocks, rules, applied, pending, call, op);
+  set_amp(call, grad_scale, found_inf, invalid_steps, op);
+  std::shared_ptr<HandleState> state = state_of(handle);
+  run_step(call, state ? &state->backend : nullptr);
 }
 
 void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
@@ -69,33 +97,54 @@ void adam_step_op(at::TensorList params, at::TensorList grads, at::TensorList ex
   TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
               "adam_step_: params, grads, exp_avgs and exp_avg_sqs must have the same length, got ", n, ", ",
               grads.size(), ", ", exp_avgs.size(), " and ", exp_avg_sqs.size());
-  StepCall call;
-  call.tensors.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    call.tensors.add(params[i], grads[i], {&exp_avgs[i], &exp_avg_sqs[i]});
-  }
-  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
-  attach_max_states(buckets, max_exp_avg_sqs, call, "adam_step_");
-  for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "adam_step_");
-  gather_deferred(words, clocks, rules, applied, pending, call);
-  set_amp(call, grad_scale, found_inf, invalid_steps, "adam_step_");
-  std::shared_ptr<HandleState> state = state_of(handle);
-  run_step(call, state ? &state->backend : nullptr);
+  const at::TensorList columns[kMaxStates] = {exp_avgs, exp_avg_sqs, max_exp_avg_sqs};
+  list_step("adam_step_", UpdateRuleKind::kAdam, params, grads, columns, steps, buckets, words, clocks, rules, applied,
+            pending, grad_scale, found_inf, invalid_steps, handle);
 }
 
-void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::TensorList params, at::TensorList exp_avgs,
-                       at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs, at::TensorList watched) {
+void sgd_step_op(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList steps,
+                 const at::Tensor& buckets, const at::Tensor& words, at::TensorList clocks, at::TensorList rules,
+                 const at::Tensor& applied, const at::Tensor& pending, const std::optional<at::Tensor>& grad_scale,
+                 const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& invalid_steps,
+                 const std::optional<at::Tensor>& handle) {
+  const at::TensorList columns[kMaxStates] = {momentum_buffers, {}, {}};
+  list_step("sgd_step_", UpdateRuleKind::kSgd, params, grads, columns, steps, buckets, words, clocks, rules, applied,
+            pending, grad_scale, found_inf, invalid_steps, handle);
+}
+
+void rmsprop_step_op(at::TensorList params, at::TensorList grads, at::TensorList square_avgs,
+                     at::TensorList momentum_buffers, at::TensorList grad_avgs, at::TensorList steps,
+                     const at::Tensor& buckets, const at::Tensor& words, at::TensorList clocks, at::TensorList rules,
+                     const at::Tensor& applied, const at::Tensor& pending, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& invalid_steps,
+                     const std::optional<at::Tensor>& handle) {
+  const at::TensorList columns[kMaxStates] = {square_avgs, momentum_buffers, grad_avgs};
+  list_step("rmsprop_step_", UpdateRuleKind::kRmsprop, params, grads, columns, steps, buckets, words, clocks, rules,
+            applied, pending, grad_scale, found_inf, invalid_steps, handle);
+}
+
+void adagrad_step_op(at::TensorList params, at::TensorList grads, at::TensorList state_sums, at::TensorList steps,
+                     const at::Tensor& buckets, const at::Tensor& words, at::TensorList clocks, at::TensorList rules,
+                     const at::Tensor& applied, const at::Tensor& pending, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& invalid_steps,
+                     const std::optional<at::Tensor>& handle) {
+  const at::TensorList columns[kMaxStates] = {state_sums, {}, {}};
+  list_step("adagrad_step_", UpdateRuleKind::kAdagrad, params, grads, columns, steps, buckets, words, clocks, rules,
+            applied, pending, grad_scale, found_inf, invalid_steps, handle);
+}
+
+void set_step_table_op(const at::Tensor& handle, at::TensorList sources, at::TensorList params, at::TensorList states0,
+                       at::TensorList states1, at::TensorList states2, at::TensorList watched) {
   const size_t n = params.size();
-  TORCH_CHECK(sources.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n,
-              "set_step_table: sources, params, exp_avgs and exp_avg_sqs must have the same length, got ",
-              sources.size(), ", ", n, ", ", exp_avgs.size(), " and ", exp_avg_sqs.size());
+  TORCH_CHECK(sources.size() == n, "set_step_table: sources and params must have the same length, got ", sources.size(),
+              " and ", n);
   auto table = std::make_unique<StepTable>();
   table->sources.assign(sources.begin(), sources.end());
   for (const at::Tensor& source : sources) table->complex_sources.push_back(source.is_complex());
   table->params.assign(params.begin(), params.end());
-  table->states[kAdamExpAvg].assign(exp_avgs.begin(), exp_avgs.end());
-  table->states[kAdamExpAvgSq].assign(exp_avg_sqs.begin(), exp_avg_sqs.end());
-  table->states[kAdamMaxExpAvgSq].assign(max_exp_avg_sqs.begin(), max_exp_avg_sqs.end());
+  table->states[0].assign(states0.begin(), states0.end());
+  table->states[1].assign(states1.begin(), states1.end());
+  table->states[2].assign(states2.begin(), states2.end());
   table->watched.assign(watched.begin(), watched.end());
   table->real_grads.resize(n);
   table->call.tensors.reserve(n);
@@ -161,8 +210,8 @@ Gathered gather_noted(StepTable& t) {
           same_dims(g->sizes(), m.sizes) && same_dims(p->strides(), m.strides) && same_dims(g->strides(), m.strides))) {
       return Gathered::kChecked;
     }
-    // The optional state is set by the caller, for the buckets that have it.
-    call.raw.push_back({param_data, first_element(g), {m.state[0].data, m.state[1].data, nullptr}, m.numel, 0, 0});
+    // The states are set by the caller, for the buckets that have them.
+    call.raw.push_back({param_data, first_element(g), {nullptr, nullptr, nullptr}, m.numel, 0, 0});
     call.tensors.params.push_back(&param);  // the buckets' dtypes and the count are read from it
   }
   return Gathered::kFast;
@@ -199,7 +248,7 @@ bool gather_table(StepTable& t, bool& fast) {
         read->device() != param.device()) {
       return false;
     }
-    call.tensors.add(param, *read, {&t.states[kAdamExpAvg][i], &t.states[kAdamExpAvgSq][i]});
+    call.tensors.add(param, *read);
   }
   return true;
 }
@@ -241,27 +290,29 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
   }
   StepCall& call = t.call;
   const size_t n = call.tensors.size();
-  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call);
+  gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call, "table_step_", -1);
   if (fast) {
-    // AMSGrad's states from the note, as the other states.
+    // The param, its grad and its states share its layout and are where the last full check saw
+    // them: the states' pointers from the note, for the states each bucket has.
     for (size_t i = 0; i < n; ++i) {
-      if (!(call.buckets[call.tensor_bucket[i]].flags & kFlagAmsgrad)) continue;
-      call.raw[i].state[kAdamMaxExpAvgSq] = t.meta[i].state[kAdamMaxExpAvgSq].data;
-      TORCH_CHECK(call.raw[i].state[kAdamMaxExpAvgSq] != nullptr, "table_step_: tensor ", i,
-                  " had no max_exp_avg_sq when its table was checked");
+      const int32_t b = call.tensor_bucket[i];
+      const BucketSpec& bucket = call.buckets[b];
+      for (int k = 0; k < kMaxStates; ++k) {
+        if (!rule_has_state(static_cast<UpdateRuleKind>(bucket.rule), bucket.flags, k)) continue;
+        call.raw[i].state[k] = t.meta[i].state[k].data;
+        TORCH_CHECK(call.raw[i].state[k] != nullptr, "table_step_: tensor ", i, " had no ",
+                    state_list_name(static_cast<UpdateRuleKind>(bucket.rule), k), " entry when its table was checked");
+      }
+      call.raw[i].bucket = b;
     }
   } else {
-    attach_max_states(buckets, t.states[kAdamMaxExpAvgSq], call, "table_step_");
-  }
-  if (fast) {
-    // The param, its grad and its states share its layout and are where the last full check saw them.
-    for (size_t i = 0; i < n; ++i) call.raw[i].bucket = call.tensor_bucket[i];
-  } else {
+    const at::TensorList columns[kMaxStates] = {t.states[0], t.states[1], t.states[2]};
+    attach_states(buckets, columns, call, "table_step_");
     call.raw.clear();
     for (size_t i = 0; i < n; ++i) check_step_tensor(call, i, "table_step_");
     note_checked(t);
   }
-  gather_deferred(words, clocks, rules, applied, pending, call);
+  gather_deferred(words, clocks, rules, applied, pending, call, "table_step_");
   set_amp(call, grad_scale, found_inf, invalid_steps, "table_step_");
   run_step(call, &state->backend);
   call.clear();
@@ -288,6 +339,9 @@ void run_step(StepCall& call, std::shared_ptr<void>* state) {
 
 TORCH_LIBRARY_IMPL(lrfused, CompositeExplicitAutograd, m) {
   m.impl("adam_step_", &adam_step_op);
+  m.impl("sgd_step_", &sgd_step_op);
+  m.impl("rmsprop_step_", &rmsprop_step_op);
+  m.impl("adagrad_step_", &adagrad_step_op);
   m.impl("table_step_", &table_step_op);
   m.impl("set_step_table", &set_step_table_op);
 }

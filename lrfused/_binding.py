@@ -73,8 +73,17 @@ def is_published(lr: Any) -> bool:
 class Binding:
     """The device words of every param group's lr, and the doors through which they change."""
 
-    def __init__(self, groups: list[dict[str, Any]], schedule: Schedule | None, device: torch.device):
+    def __init__(
+        self,
+        groups: list[dict[str, Any]],
+        schedule: Schedule | None,
+        device: torch.device,
+        momentum_key: str | None = "betas",
+    ):
         self.schedule = schedule
+        # The group key the beta1 word mirrors: Adam's "betas" (its first entry), SGD's and RMSprop's
+        # "momentum", or None for a rule without a momentum (Adagrad).
+        self.momentum_key = momentum_key
         self.primary = device
         # Asked at every scheduler step (a CUDA graph may be capturing): torch.device.type costs a
         # fifth of a steady step, so it is read once.
@@ -85,7 +94,7 @@ class Binding:
         # What the lr word of each group was last known to hold on the host: the float written, or
         # the tensor object a device scheduler published (None: unknown, written at the next absorb).
         self._seen_lr: list[Any] = []
-        # The group["betas"] object the beta1 word agrees with.
+        # The group[momentum_key] object the beta1 word agrees with.
         self._seen_betas: list[Any] = []
         # While a device schedule drives a group's beta1 word: the op's beta1 argument, held constant
         # so that a compiled step sees the same constant every step (the kernel reads the word).
@@ -282,7 +291,7 @@ class Binding:
                 if not (queue and self._queue_write(index, value)):
                     self._store(self.offsets[index] + _rules.HELD_LR, value)
                 self._seen_lr[index] = lr
-            betas = group.get("betas")
+            betas = group.get(self.momentum_key)
             if betas is not self._seen_betas[index]:
                 if self._beta1_arg[index] is not None:
                     # A new betas written over a device-driven beta1: the group's value wins.
@@ -366,7 +375,7 @@ class Binding:
             lr, seen = group["lr"], seen_lr[index]
             if lr.__class__ is not float or seen.__class__ is not float or lr != seen:
                 return False
-            if group.get("betas") is not seen_betas[index]:
+            if group.get(self.momentum_key) is not seen_betas[index]:
                 return False
         return True
 
@@ -410,7 +419,7 @@ class Binding:
             lr = group["lr"]
             if not isinstance(lr, Tensor) or lr is not self._seen_lr[index]:
                 self._seen_lr[index] = lr if not isinstance(lr, Tensor) or is_published(lr) else None
-            self._seen_betas[index] = group.get("betas")
+            self._seen_betas[index] = group.get(self.momentum_key)
 
     def publish(self, groups: list[dict[str, Any]], index: int, lr: Tensor) -> None:
         """Puts a device tensor that lrfused made (a value only the device knows) in group
@@ -423,6 +432,12 @@ class Binding:
         setattr(lr, PUBLISHED, True)
         group["lr"] = lr
         self._seen_lr[index] = lr
+
+    def momentum_of(self, group: dict[str, Any]) -> Any:
+        """The group's value of what the beta1 word holds: Adam's beta1, SGD's or RMSprop's momentum."""
+        if self.momentum_key == "betas":
+            return group["betas"][0]
+        return group[self.momentum_key] if self.momentum_key is not None else 0.0
 
     @property
     def beta1_args(self) -> list[float | None]:

@@ -116,6 +116,46 @@ def adam_step_(
     )
 
 
+def rule_step_(
+    rule,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    states: tuple[list[torch.Tensor], ...],
+    steps: list[torch.Tensor],
+    buckets: torch.Tensor,
+    words: torch.Tensor,
+    clocks: list[torch.Tensor],
+    rules: list[torch.Tensor],
+    applied: torch.Tensor,
+    pending: torch.Tensor,
+    *,
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    invalid_steps: torch.Tensor | None = None,
+    handle: torch.Tensor | None = None,
+) -> None:
+    """The step op of ``rule`` (an :class:`lrfused._step_plan.UpdateRule`): :func:`adam_step_`,
+    or ``sgd_step_``, ``rmsprop_step_``, ``adagrad_step_`` with the rule's state lists in its
+    order (a list holds the tensors of the buckets that have that state)."""
+    op = getattr(torch.ops.lrfused, rule.op) if _LOAD_ERROR is None else getattr(_reference, rule.op)
+    op(
+        params,
+        grads,
+        *states,
+        steps,
+        buckets,
+        words,
+        clocks,
+        rules,
+        applied,
+        pending,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        invalid_steps=invalid_steps,
+        handle=handle,
+    )
+
+
 def table_step_(
     table: torch.Tensor,
     buckets: torch.Tensor,
@@ -151,12 +191,13 @@ def set_step_table(
     table: torch.Tensor,
     sources: list[torch.Tensor],
     params: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    max_exp_avg_sqs: list[torch.Tensor],
+    states0: list[torch.Tensor],
+    states1: list[torch.Tensor],
+    states2: list[torch.Tensor],
     watched: list[torch.Tensor],
 ) -> None:
-    torch.ops.lrfused.set_step_table(table, sources, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, watched)
+    """Gives ``table`` the tensors of an eager call: the state lists as the rule's op takes them."""
+    torch.ops.lrfused.set_step_table(table, sources, params, states0, states1, states2, watched)
 
 
 def new_handle() -> torch.Tensor | None:
@@ -230,6 +271,12 @@ if _LOAD_ERROR is None:
     ) -> None:
         # Mutates its inputs in place and returns nothing: no new tensors to describe.
         return None
+
+    def _rule_step_fake(*args, **kwargs) -> None:
+        return None
+
+    for _name in ("sgd_step_", "rmsprop_step_", "adagrad_step_"):
+        torch.library.register_fake(f"lrfused::{_name}")(_rule_step_fake)
 
     @torch.library.register_fake("lrfused::advance_lr_")
     def _advance_lr_fake(groups, clock, rules, epoch=None) -> None:

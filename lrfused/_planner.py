@@ -93,7 +93,7 @@ class StepPlanner:
         if not steady:
             # A group whose amsgrad (or another flag the kernels are chosen by) changed needs states
             # and buckets made again, as torch makes max_exp_avg_sq at the first AMSGrad step.
-            flags = [_step_plan.flags_of(group) for group in groups]
+            flags = [self.rule.flags_of(group) for group in groups]
             if flags != self._planned_flags:
                 self.invalidate()
                 self._planned_flags = flags
@@ -164,13 +164,11 @@ class StepPlanner:
                 torch.view_as_real(local_tensor(all_grads[g][i])) if c else local_tensor(all_grads[g][i])
                 for (g, i), c in zip(call.grad_of, call.complex_)
             ]
-            exp_avgs, exp_avg_sqs, max_exp_avg_sqs = call.state_lists()
-            _ops.adam_step_(
+            _ops.rule_step_(
+                self.rule,
                 call.params,
                 grads,
-                exp_avgs,
-                exp_avg_sqs,
-                max_exp_avg_sqs,
+                call.state_lists(),
                 call.steps,
                 call.rows,
                 binding.buffers[device],
@@ -223,7 +221,7 @@ class StepPlanner:
             if g is None:
                 continue
             where = f"param_groups[{index}]['params'][{i}]"
-            check_param(p, where)
+            check_param(p, where, f"FusedScheduled{self.rule.name}")
             if g.is_sparse:
                 raise RuntimeError(f"FusedScheduled{self.rule.name} does not support sparse gradients ({where})")
             param_state = state.get(p)
@@ -240,6 +238,7 @@ class StepPlanner:
         for i in stepping:
             occurrences[id(params[i])] = occurrences.get(id(params[i]), 0) + 1
         fresh_steps: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        fills = dict(self.rule.fills)
         for i in stepping:
             p = params[i]
             param_state = state[p]
@@ -250,7 +249,12 @@ class StepPlanner:
                 param_state["step"] = fresh_steps[key]
             for name in wanted:
                 if name not in param_state:
-                    param_state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if name in fills:
+                        value = float(group[fills[name]])
+                        value = complex(value, value) if p.is_complex() else value  # as torch's Adagrad
+                        param_state[name] = torch.full_like(p, value, memory_format=torch.preserve_format)
+                    else:
+                        param_state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             match_param_layout(p, param_state, wanted)
         _split_shared_counters(params, stepping, occurrences, state)
         plan = GroupPlan(tuple(g is not None for g in grads))
@@ -311,8 +315,9 @@ class StepPlanner:
             if not has and p.device == call.device
         ]
         call.table = _ops.new_handle()
-        exp_avgs, exp_avg_sqs, max_exp_avg_sqs = call.state_lists()
-        _ops.set_step_table(call.table, sources, call.params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, watched)
+        columns = list(call.state_lists())
+        columns += [[] for _ in range(_step_plan.MAX_STATES - len(columns))]
+        _ops.set_step_table(call.table, sources, call.params, *columns, watched)
 
     # --- rows and hyperparameters ----------------------------------------------------------------------
 
@@ -320,17 +325,18 @@ class StepPlanner:
         """The bucket rows, made again when a group's hyperparameters or program changed. A compiled
         step makes them every time, from values its guards already hold: comparing them with the
         cache would add a guard on the cache, which a new value changes after the graph is made."""
+        rule = self.rule
         if flags is None:
-            flags = [_step_plan.flags_of(group) for group in groups]
+            flags = [rule.flags_of(group) for group in groups]
         values = [
-            self.rule.row_values(group, binding.beta1_for(index, group["betas"][0]), flags[index])
+            rule.row_values(group, binding.beta1_for(index, rule.momentum_of(group)), flags[index])
             for index, group in enumerate(groups)
         ]
         calls = self._calls
         if compiling or values != self._rows_made_from or any(call.rows is None for call in calls):
             programs = [(binding.offsets[i], i if binding.held else -1) for i in range(len(groups))]
             for call in calls:
-                call.rows = _step_plan.bucket_rows(call, values, programs)
+                call.rows = _step_plan.bucket_rows(call, rule, values, programs)
             self._rows_made_from = values
         self._steady = None if compiling else self._watched(groups, binding)
 

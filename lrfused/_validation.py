@@ -46,7 +46,7 @@ def validate_hyperparameters(lr, betas, eps, weight_decay) -> None:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
-def check_implementation_flags(*, foreach, capturable, differentiable, fused) -> None:
+def check_implementation_flags(*, foreach, capturable, differentiable, fused, owner="FusedScheduledAdam") -> None:
     """torch's implementation switches: accepted as torch accepts them, with lrfused's meaning."""
     for name, value in (("foreach", foreach), ("fused", fused)):
         if value is not None and not isinstance(value, bool):
@@ -56,8 +56,8 @@ def check_implementation_flags(*, foreach, capturable, differentiable, fused) ->
             raise TypeError(f"{name} must be a bool, got {value!r}")
     if differentiable:
         raise ValueError(
-            "differentiable=True is not supported by FusedScheduledAdam: its update is an in-place kernel that "
-            "autograd does not trace through; use torch.optim.Adam(differentiable=True)"
+            f"differentiable=True is not supported by {owner}: its update is an in-place kernel that "
+            f"autograd does not trace through; use torch.optim.{_torch_name(owner)}(differentiable=True)"
         )
 
 
@@ -91,21 +91,76 @@ def float_betas(betas) -> tuple[float, float]:
     return tuple(float(b.item()) if isinstance(b, Tensor) else b for b in betas)
 
 
-def check_param(p: Tensor, where: str) -> None:
+def _torch_name(owner: str) -> str:
+    return owner.removeprefix("FusedScheduled")
+
+
+def check_param(p: Tensor, where: str, owner: str = "FusedScheduledAdam") -> None:
     """Refuses, before any state exists, a param the kernels cannot update."""
     if p.is_sparse or p.layout != torch.strided:
-        raise ValueError(f"FusedScheduledAdam needs dense parameters, got layout {p.layout} for {where}")
+        raise ValueError(f"{owner} needs dense parameters, got layout {p.layout} for {where}")
     if p.device.type == "meta":
         # torch.optim.Adam(fused=True) refuses them too; its for-loop Adam "steps" them, shapes only.
         raise RuntimeError(
-            f"FusedScheduledAdam cannot update {where}: it is on the meta device, which holds no data. Build the "
+            f"{owner} cannot update {where}: it is on the meta device, which holds no data. Build the "
             "optimizer after materializing the model (module.to_empty(device=...), then initialize it)"
         )
     if not (p.is_floating_point() or p.is_complex()):
-        raise TypeError(f"FusedScheduledAdam needs floating-point parameters, got dtype {p.dtype} for {where}")
+        raise TypeError(f"{owner} needs floating-point parameters, got dtype {p.dtype} for {where}")
     real = p.real.dtype if p.is_complex() else p.dtype
     if real not in KERNEL_DTYPES:
         raise TypeError(
-            f"FusedScheduledAdam updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
-            f"got dtype {p.dtype} for {where}; use torch.optim.Adam/AdamW for {p.dtype} params"
+            f"{owner} updates float32, float16, bfloat16 and float64 params (and complex ones of those), "
+            f"got dtype {p.dtype} for {where}; use torch.optim.{_torch_name(owner)} for {p.dtype} params"
         )
+
+
+def _non_negative(name: str, value: Any, tensor_name: str | None = None) -> None:
+    """torch's ``if not 0.0 <= value: raise ValueError(f"Invalid {name}: {value}")``, plus NaN and inf."""
+    if check_number(name, value, tensor_name) < 0.0:
+        raise ValueError(f"Invalid {name}: {value}")
+
+
+def validate_sgd(values: dict[str, Any]) -> None:
+    """torch.optim.SGD's checks (its order and messages), plus NaN and inf."""
+    _non_negative("learning rate", values["lr"], "lr")
+    _non_negative("momentum value", values["momentum"])
+    check_number("dampening", values["dampening"])
+    _non_negative("weight_decay value", values["weight_decay"])
+    if values["nesterov"] and (values["momentum"] <= 0 or values["dampening"] != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+
+def validate_rmsprop(values: dict[str, Any]) -> None:
+    """torch.optim.RMSprop's checks (its order and messages), plus NaN and inf."""
+    _non_negative("learning rate", values["lr"], "lr")
+    _non_negative("epsilon value", values["eps"])
+    _non_negative("momentum value", values["momentum"])
+    _non_negative("weight_decay value", values["weight_decay"])
+    _non_negative("alpha value", values["alpha"])
+
+
+def validate_adagrad(values: dict[str, Any]) -> None:
+    """torch.optim.Adagrad's checks (its order and messages), plus NaN and inf."""
+    _non_negative("learning rate", values["lr"], "lr")
+    _non_negative("lr_decay value", values["lr_decay"])
+    _non_negative("weight_decay value", values["weight_decay"])
+    _non_negative("initial_accumulator_value value", values["initial_accumulator_value"])
+    _non_negative("epsilon value", values["eps"])
+
+
+def check_momentum_step(index: int, group: dict[str, Any], checked: tuple[str, ...]) -> None:
+    """A step's check of a group of SGD or RMSprop: a scheduler may write any finite momentum (torch
+    checks its range only in the constructor); the other keys keep the constructor's ranges."""
+    check_number("momentum value", group["momentum"])
+    for key in checked:
+        name = {
+            "lr_decay": "lr_decay value",
+            "eps": "epsilon value",
+            "weight_decay": "weight_decay value",
+            "alpha": "alpha value",
+            "dampening": "dampening",
+        }[key]
+        value = check_number(f"{name} in param_groups[{index}]", group[key])
+        if key != "dampening" and value < 0.0:
+            raise ValueError(f"Invalid {name}: {group[key]} in param_groups[{index}]")

@@ -30,7 +30,7 @@ import torch
 
 from . import _ops, _rules
 from . import schedules as S
-from .optim import FusedScheduledAdam, binding_of
+from ._scheduled import FusedScheduledOptimizer, binding_of
 
 __all__ = ["LRFinder"]
 
@@ -94,7 +94,7 @@ class LRFinder:
         # device knows, such as ReduceLROnPlateau's).
         extra = {
             "lr_words": binding_of(self.optimizer).snapshot()
-            if isinstance(self.optimizer, FusedScheduledAdam)
+            if isinstance(self.optimizer, FusedScheduledOptimizer)
             else None
         }
         if self.cache == "memory":
@@ -126,7 +126,7 @@ class LRFinder:
                     with torch.no_grad():
                         tensor.copy_(restored)
                     group[key] = tensor
-        if isinstance(self.optimizer, FusedScheduledAdam):
+        if isinstance(self.optimizer, FusedScheduledOptimizer):
             binding_of(self.optimizer).restore(extra["lr_words"])
 
     def __del__(self):
@@ -194,7 +194,7 @@ class LRFinder:
                 raise ValueError(f"the range test ramps up: end_lr={end_lr} must exceed {where}={start}")
         ramp = S.ExpRamp if step_mode == "exp" else S.LinearRamp
         ramps = [ramp(start, end_lr, num_iter) for start in starts]
-        fused = isinstance(self.optimizer, FusedScheduledAdam)
+        fused = isinstance(self.optimizer, FusedScheduledOptimizer)
         if fused:
             # The ramp steps on the device like a scheduler (note [The binding]): the host never
             # writes an lr during the test.

@@ -86,11 +86,7 @@ def adam_step_one_bucket(
         | (_step_plan.FLAG_DECOUPLED if decoupled_weight_decay else 0)
         | (_step_plan.FLAG_MAXIMIZE if maximize else 0)
     )
-    row = [0.0] * _step_plan.BUCKET_WORDS
-    row[_step_plan.TENSOR_END] = len(params)
-    row[_step_plan.GROUP] = -1
-    row[_step_plan.BETA1], row[_step_plan.BETA2] = beta1, beta2
-    row[_step_plan.EPS], row[_step_plan.WEIGHT_DECAY], row[_step_plan.FLAGS] = eps, weight_decay, flags
+    row = adam_row(0, len(params), 0, 0, -1, beta1, beta2, eps, weight_decay, flags)
     buckets = torch.tensor([row], dtype=torch.float64)
     applied = torch.zeros((), dtype=torch.int64, device=program.device)
     pending = torch.zeros(1 + _step_plan.MAX_DEFERRED_STEPS, dtype=torch.int64)
@@ -112,6 +108,19 @@ def adam_step_one_bucket(
         invalid_steps=invalid_steps,
         handle=handle,
     )
+
+
+def adam_row(begin, end, max_begin, program, group, beta1, beta2, eps, weight_decay, flags) -> list[float]:
+    """An Adam bucket row (csrc/common/step_plan.h's BucketWord): tensors [begin, end), its
+    exp_avgs and exp_avg_sqs from `begin` in their lists, its max_exp_avg_sqs from `max_begin`."""
+    P = _step_plan
+    row = [0.0] * P.BUCKET_WORDS
+    row[P.TENSOR_BEGIN], row[P.TENSOR_END] = begin, end
+    row[P.STATE_BEGIN : P.STATE_BEGIN + 3] = [begin, begin, max_begin]
+    row[P.PROGRAM], row[P.GROUP], row[P.RULE] = program, group, P.KIND_ADAM
+    row[P.MOMENTUM], row[P.DECAY], row[P.EPS] = beta1, beta2, eps
+    row[P.WEIGHT_DECAY], row[P.FLAGS] = weight_decay, flags
+    return row
 
 
 def snapshot(opt):

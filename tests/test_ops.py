@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import lrfused
 from helpers import (
     FLAGS,
+    adam_row,
     adam_step_one_bucket,
     random_grads,
 )
@@ -39,7 +40,7 @@ def test_adam_step_of_one_bucket_with_its_own_program(device, amsgrad, extras):
     torch.manual_seed(0)
     params = [torch.randn(5, device=device), torch.randn(3, 2, device=device)]
     flags = P.FLAG_DECOUPLED | (P.FLAG_AMSGRAD if amsgrad else 0)
-    rows = torch.tensor([[0, 2, 0, 0, -1, 0.9, 0.999, 1e-8, 0.01, flags]], dtype=torch.float64)
+    rows = torch.tensor([adam_row(0, 2, 0, 0, -1, 0.9, 0.999, 1e-8, 0.01, flags)], dtype=torch.float64)
     args = (
         params,
         [torch.randn_like(p) for p in params],
@@ -127,8 +128,8 @@ def step_arguments(device, deferred: bool):
     words = torch.tensor(_rules.held(0.1) + _rules.held(0.01, 0.9), dtype=torch.float64, device=device)
     rows = torch.tensor(
         [
-            [0, 2, 0, 0, 0, 0.9, 0.999, 1e-8, 0.01, P.FLAG_AMSGRAD | P.FLAG_DECOUPLED],
-            [2, 3, 0, 4, 1, 0.9, 0.999, 1e-8, 0.0, P.FLAG_MAXIMIZE],
+            adam_row(0, 2, 0, 0, 0, 0.9, 0.999, 1e-8, 0.01, P.FLAG_AMSGRAD | P.FLAG_DECOUPLED),
+            adam_row(2, 3, 0, 4, 1, 0.9, 0.999, 1e-8, 0.0, P.FLAG_MAXIMIZE),
         ],
         dtype=torch.float64,
     )
@@ -452,7 +453,7 @@ def test_a_replayed_call_applies_its_deferred_steps_once():
     pending = torch.tensor([0, 0], dtype=torch.int64)  # the first step's sequence number, its clock slot
     p, g = torch.ones(3), torch.full((3,), 0.5)
     m, v, step = torch.zeros(3), torch.zeros(3), torch.zeros((), dtype=torch.int64)
-    rows = torch.tensor([[0, 1, 0, 0, 0, 0.9, 0.999, 1e-8, 0.0, 0]], dtype=torch.float64)
+    rows = torch.tensor([adam_row(0, 1, 0, 0, 0, 0.9, 0.999, 1e-8, 0.0, 0)], dtype=torch.float64)
     for call in range(3):
         torch.ops.lrfused.adam_step_([p], [g], [m], [v], [], [step], rows, words, [clock], [rules], applied, pending)
         assert words.tolist()[2::4] == pytest.approx([0.05, 0.1], rel=1e-15), call
@@ -480,7 +481,7 @@ def test_the_op_matches_its_reference_with_deferred_steps(seed):
     params = [torch.randn(s) for s in shapes]
     grads = [torch.randn(s) for s in shapes]
     rows = torch.tensor(
-        [[g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED] for g in range(groups)],
+        [adam_row(g, g + 1, 0, 4 * g, g, 0.9, 0.999, 1e-8, 0.01, _step_plan.FLAG_DECOUPLED) for g in range(groups)],
         dtype=torch.float64,
     )
 

@@ -37,13 +37,12 @@
 #include "lr_schedule.h"
 #include "lr_step.h"
 #include "step_scalars.h"
+#include "update_rules.h"
 
 namespace lrfused {
 
 // Element types, as every backend names them without including torch.
 enum class ElementType : int32_t { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
-
-enum BucketFlags : int32_t { kFlagAmsgrad = 1, kFlagDecoupled = 2, kFlagMaximize = 4 };
 
 // Deferred scheduler steps one call carries at most; more are flushed first.
 constexpr int kMaxDeferredSteps = 8;
@@ -68,34 +67,48 @@ enum PendingWord : int {
 };
 
 // The words of one bucket in the op's `buckets` argument (a CPU float64 tensor, one row per bucket).
+// The four hyperparameter words are read by the bucket's rule:
+//
+//   | rule    | momentum | decay     | eps | weight_decay |
+//   | Adam    | beta1    | beta2     | eps | weight_decay |
+//   | SGD     | momentum | dampening | 0   | weight_decay |
+//   | RMSprop | momentum | alpha     | eps | weight_decay |
+//   | Adagrad | 0        | lr_decay  | eps | weight_decay |
+//
+// The momentum word is the one a cycling schedule drives (the HELD node's beta1 word).
 enum BucketWord : int {
-  kBucketTensorBegin = 0,  // the bucket's tensors are [begin, end) of the lists
+  kBucketTensorBegin = 0,  // the bucket's tensors are [begin, end) of the params
   kBucketTensorEnd = 1,
-  kBucketMaxBegin = 2,  // its first max_exp_avg_sq (AMSGrad) in that list
-  kBucketProgram = 3,   // offset of its program in the words
-  kBucketGroup = 4,     // its HELD node's group index (deferred steps apply), or -1
-  kBucketBeta1 = 5,
-  kBucketBeta2 = 6,
-  kBucketEps = 7,
-  kBucketWeightDecay = 8,
-  kBucketFlags = 9,
-  kBucketWords = 10,
+  // Where the bucket's tensors begin in each state list: a list holds the tensors of the buckets
+  // that have that state (update_rules.h's rule_has_state), in order.
+  kBucketStateBegin = 2,  // kMaxStates words
+  kBucketProgram = 5,     // offset of its program in the words
+  kBucketGroup = 6,       // its HELD node's group index (deferred steps apply), or -1
+  kBucketRule = 7,        // its UpdateRuleKind
+  kBucketMomentum = 8,
+  kBucketDecay = 9,
+  kBucketEps = 10,
+  kBucketWeightDecay = 11,
+  kBucketFlags = 12,
+  kBucketWords = 13,
 };
 
 struct BucketSpec {
   int64_t* step;          // the bucket's step counter
   const double* program;  // its program: a HELD node or a schedule
   int64_t group;          // >= 0: the program is group `group`'s HELD node, moved by deferred steps
-  double beta1;
-  double beta2;
+  double momentum;        // the row's words (see BucketWord)
+  double decay;
   double eps;
   double weight_decay;
+  int32_t rule;  // UpdateRuleKind
   int32_t flags;
   int32_t element_type;
 };
 
 // The most state tensors an update rule keeps per param (Adam: exp_avg, exp_avg_sq and, with
-// AMSGrad, max_exp_avg_sq). The rule's last state may be optional: a tensor without it holds null.
+// AMSGrad, max_exp_avg_sq; RMSprop: square_avg, momentum_buffer, grad_avg). A tensor without one
+// of its rule's states (update_rules.h's rule_has_state) holds null there.
 constexpr int kMaxStates = 3;
 
 // The pointers the kernels read for one tensor of a call (also the CUDA table's entry). Nothing
@@ -196,7 +209,7 @@ LRFUSED_HOST_DEVICE StepScalars bucket_scalars(const BucketSpec& b, const Deferr
   } else {
     value = evaluate_schedule(b.program, step);
   }
-  return scalars_from(value, b.beta1, b.beta2, b.eps, b.weight_decay, step);
+  return rule_scalars(static_cast<UpdateRuleKind>(b.rule), value, b.momentum, b.decay, b.eps, b.weight_decay, step);
 }
 
 }  // namespace lrfused

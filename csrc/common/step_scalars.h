@@ -19,15 +19,25 @@
 
 #include <cstdint>
 
+#include "adagrad_math.h"
 #include "adam_math.h"
 #include "host_device.h"
 #include "lr_schedule.h"
+#include "rmsprop_math.h"
+#include "sgd_math.h"
+#include "update_rules.h"
 
 namespace lrfused {
 
+// The scalars of one bucket's step, in double: the kernels narrow those of the bucket's rule to its
+// opmath type. Only the rule's own member is set.
 struct StepScalars {
-  AdamScalars<double> scalars;  // narrowed to each bucket's opmath type by the kernels
-  bool usable;                  // false: skip the call (see the note above)
+  AdamScalars<double> scalars;  // Adam's
+  SgdScalars<double> sgd;
+  RmspropScalars<double> rmsprop;
+  AdagradScalars<double> adagrad;
+  bool first_step;  // the bucket's counter is 0 (SGD's momentum buffer starts as the grad)
+  bool usable;      // false: skip the call (see the note above)
 };
 
 // The scalars from a schedule value. `beta1` is the optimizer's; a value that cycles beta1
@@ -42,6 +52,29 @@ LRFUSED_HOST_DEVICE StepScalars scalars_from(ScheduleValue value, double beta1, 
   const double step_size = result.scalars.neg_step_size;
   result.usable = value.lr - value.lr == 0.0 && step_beta1 - step_beta1 == 0.0 &&
                   bias_correction1 - bias_correction1 == 0.0 && step_size - step_size == 0.0;
+  return result;
+}
+
+// The scalars of a bucket of rule `kind` from a schedule value. `momentum` is the row's momentum word
+// (Adam's beta1, SGD's and RMSprop's momentum); a value that cycles it overrides it. `decay` is
+// the row's decay word (Adam's beta2, SGD's dampening, RMSprop's alpha, Adagrad's lr_decay).
+// Another rule than Adam skips where its lr, its momentum or its step size is not finite.
+LRFUSED_HOST_DEVICE StepScalars rule_scalars(UpdateRuleKind kind, ScheduleValue value, double momentum, double decay,
+                                             double eps, double weight_decay, int64_t step) {
+  if (kind == UpdateRuleKind::kAdam) return scalars_from(value, momentum, decay, eps, weight_decay, step);
+  const double step_momentum = schedule_is_nan(value.beta1) ? momentum : value.beta1;
+  StepScalars result{};
+  result.first_step = step == 0;
+  double step_size = value.lr;
+  if (kind == UpdateRuleKind::kSgd) {
+    result.sgd = make_sgd_scalars(value.lr, step_momentum, decay, weight_decay);
+  } else if (kind == UpdateRuleKind::kRmsprop) {
+    result.rmsprop = make_rmsprop_scalars(value.lr, step_momentum, decay, eps, weight_decay);
+  } else {
+    result.adagrad = make_adagrad_scalars(value.lr, decay, eps, weight_decay, step + 1);
+    step_size = result.adagrad.neg_clr;
+  }
+  result.usable = value.lr - value.lr == 0.0 && step_momentum - step_momentum == 0.0 && step_size - step_size == 0.0;
   return result;
 }
 

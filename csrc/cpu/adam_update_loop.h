@@ -1,5 +1,5 @@
 // The CPU update loop, compiled once per instruction set (see note [CPU instruction sets] in
-// adam_step.cpp): every file that includes this header defines LRFUSED_CPU_VARIANT first.
+// cpu_step.cpp): every file that includes this header defines LRFUSED_CPU_VARIANT first.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>

@@ -4,7 +4,10 @@
 
 #include <cstdint>
 
+#include "../common/adagrad_math.h"
 #include "../common/adam_math.h"
+#include "../common/rmsprop_math.h"
+#include "../common/sgd_math.h"
 #include "../common/step_plan.h"
 
 namespace lrfused {
@@ -12,15 +15,24 @@ namespace lrfused {
 struct StepConfig {
   // The bucket's scalars in each opmath type (float64 params read the double ones), narrowed once
   // per call, not once per tensor.
+  // The rule's own are set; the others are left as they are.
   AdamScalars<float> scalars_float;
   AdamScalars<double> scalars_double;
+  SgdScalars<float> sgd_float;
+  SgdScalars<double> sgd_double;
+  RmspropScalars<float> rmsprop_float;
+  RmspropScalars<double> rmsprop_double;
+  AdagradScalars<float> adagrad_float;
+  AdagradScalars<double> adagrad_double;
   bool maximize;
   bool has_weight_decay;
+  bool first_step;          // SGD: the momentum buffer starts as the grad
   const float* grad_scale;  // null without AMP
 };
 
 struct CpuSegment;
-// Updates elements [begin, end) of one tensor; one instance per dtype, AMSGrad and decoupling.
+// Updates elements [begin, end) of one tensor; one instance per rule, dtype and the flags that
+// choose the loop.
 using RangeUpdate = void (*)(const CpuSegment& segment, int64_t begin, int64_t end);
 
 struct CpuSegment {
@@ -31,12 +43,12 @@ struct CpuSegment {
   const StepConfig* config;
 };
 
-// The update of each instruction-set variant (note [CPU instruction sets] in adam_step.cpp).
+// The update of each instruction-set variant (note [CPU instruction sets] in cpu_step.cpp).
 namespace cpu_default {
-RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled);
+RangeUpdate range_update(ElementType type, int32_t rule, int32_t flags);
 }
 namespace cpu_avx2 {
-RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled);
+RangeUpdate range_update(ElementType type, int32_t rule, int32_t flags);
 }
 
 }  // namespace lrfused

@@ -1,4 +1,4 @@
-// The multi-tensor Adam kernel with its schedule (see note [One launch per step] in the header).
+// The multi-tensor step kernel of every update rule, with its schedule (see note [One launch per step] in the header).
 #include "adam_step_kernel.cuh"
 
 #include <atomic>
@@ -52,8 +52,9 @@ template <typename scalar_t>
 constexpr int kPacksOf = sizeof(scalar_t) == 8 ? 1 : kUnroll;
 
 struct BlockState {
-  AdamScalars<double> scalars;  // narrowed to the bucket's opmath type by update_chunk
+  StepScalars scalars;  // the bucket's rule's, narrowed to its opmath type by the element loop
   float grad_scale;
+  int32_t rule;          // the bucket's UpdateRuleKind
   int32_t flags;         // the bucket's
   int32_t element_type;  // the bucket's
   bool has_weight_decay;
@@ -92,7 +93,7 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
   auto* exp_avg_sq = static_cast<scalar_t*>(tensor.state[kAdamExpAvgSq]);
   auto* max_exp_avg_sq = static_cast<scalar_t*>(tensor.state[kAdamMaxExpAvgSq]);
   using opmath_t = OpmathOf<scalar_t>;
-  const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(state.scalars);
+  const AdamScalars<opmath_t> scalars = scalars_as<opmath_t>(state.scalars.scalars);
   const opmath_t grad_scale = static_cast<opmath_t>(state.grad_scale);
   using P = Pack<scalar_t>;
   constexpr int kPacks = kPacksOf<scalar_t>;
@@ -144,6 +145,118 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
   }
 }
 
+// The rules other than Adam (note [The seam of an update rule] in csrc/README.md): a rule's Math
+// names the states it reads and applies its element function from csrc/common/ in the opmath type.
+template <bool kMomentum, bool kNesterov>
+struct SgdMath {
+  static constexpr __device__ bool has(int k) { return k == kSgdMomentumBuffer && kMomentum; }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+                                               bool has_weight_decay) {
+    sgd_update<S, S, kMomentum, kNesterov>(p, g, st[kSgdMomentumBuffer], scalars_as<S>(wide.sgd), maximize,
+                                           has_weight_decay, wide.first_step);
+  }
+};
+
+template <bool kCentered, bool kMomentum>
+struct RmspropMath {
+  static constexpr __device__ bool has(int k) {
+    return k == kRmspropSquareAvg || (k == kRmspropMomentumBuffer && kMomentum) || (k == kRmspropGradAvg && kCentered);
+  }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+                                               bool has_weight_decay) {
+    rmsprop_update<S, S, kCentered, kMomentum>(p, g, st[kRmspropSquareAvg], st[kRmspropMomentumBuffer],
+                                               st[kRmspropGradAvg], scalars_as<S>(wide.rmsprop), maximize,
+                                               has_weight_decay);
+  }
+};
+
+struct AdagradMath {
+  static constexpr __device__ bool has(int k) { return k == kAdagradSum; }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+                                               bool has_weight_decay) {
+    adagrad_update<S, S>(p, g, st[kAdagradSum], scalars_as<S>(wide.adagrad), maximize, has_weight_decay);
+  }
+};
+
+// One element of a rule's update in its opmath type, stored back in scalar_t.
+template <typename scalar_t, typename Math>
+__device__ __forceinline__ void update_rule_element(scalar_t& param, scalar_t& grad,
+                                                    scalar_t* const (&state)[kMaxStates], int64_t i,
+                                                    const StepScalars& wide, OpmathOf<scalar_t> grad_scale,
+                                                    bool maximize, bool has_weight_decay, bool unscale) {
+  using opmath_t = OpmathOf<scalar_t>;
+  opmath_t p = to_opmath(param);
+  opmath_t g = to_opmath(grad);
+  opmath_t st[kMaxStates] = {opmath_t(0), opmath_t(0), opmath_t(0)};
+#pragma unroll
+  for (int k = 0; k < kMaxStates; ++k) {
+    if (Math::has(k)) st[k] = to_opmath(state[k][i]);
+  }
+  if (unscale) {
+    g = g / grad_scale;
+    grad = from_opmath<scalar_t>(g);
+  }
+  Math::apply(p, g, st, wide, maximize, has_weight_decay);
+  param = from_opmath<scalar_t>(p);
+#pragma unroll
+  for (int k = 0; k < kMaxStates; ++k) {
+    if (Math::has(k)) state[k][i] = from_opmath<scalar_t>(st[k]);
+  }
+}
+
+// A chunk of a rule other than Adam: element by element, each thread striding over the chunk
+// (consecutive threads touch consecutive elements, so every access is coalesced).
+template <typename scalar_t, typename Math>
+__device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_t begin, int64_t end,
+                                               const BlockState& state, bool unscale) {
+  auto* param = static_cast<scalar_t*>(tensor.param);
+  auto* grad = static_cast<scalar_t*>(tensor.grad);
+  scalar_t* const states[kMaxStates] = {static_cast<scalar_t*>(tensor.state[0]),
+                                        static_cast<scalar_t*>(tensor.state[1]),
+                                        static_cast<scalar_t*>(tensor.state[2])};
+  const auto grad_scale = static_cast<OpmathOf<scalar_t>>(state.grad_scale);
+  const bool maximize = (state.flags & kFlagMaximize) != 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    update_rule_element<scalar_t, Math>(param[i], grad[i], states, i, state.scalars, grad_scale, maximize,
+                                        state.has_weight_decay, unscale);
+  }
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void update_other_rule(const TensorEntry& tensor, int64_t begin, int64_t end,
+                                                  const BlockState& state, bool unscale) {
+  const int32_t flags = state.flags;
+  const bool momentum = (flags & kFlagMomentum) != 0;
+  switch (static_cast<UpdateRuleKind>(state.rule)) {
+    case UpdateRuleKind::kSgd:
+      if (!momentum) {
+        update_rule_chunk<scalar_t, SgdMath<false, false>>(tensor, begin, end, state, unscale);
+      } else if (flags & kFlagNesterov) {
+        update_rule_chunk<scalar_t, SgdMath<true, true>>(tensor, begin, end, state, unscale);
+      } else {
+        update_rule_chunk<scalar_t, SgdMath<true, false>>(tensor, begin, end, state, unscale);
+      }
+      break;
+    case UpdateRuleKind::kRmsprop:
+      if (flags & kFlagCentered) {
+        if (momentum) {
+          update_rule_chunk<scalar_t, RmspropMath<true, true>>(tensor, begin, end, state, unscale);
+        } else {
+          update_rule_chunk<scalar_t, RmspropMath<true, false>>(tensor, begin, end, state, unscale);
+        }
+      } else if (momentum) {
+        update_rule_chunk<scalar_t, RmspropMath<false, true>>(tensor, begin, end, state, unscale);
+      } else {
+        update_rule_chunk<scalar_t, RmspropMath<false, false>>(tensor, begin, end, state, unscale);
+      }
+      break;
+    default: update_rule_chunk<scalar_t, AdagradMath>(tensor, begin, end, state, unscale); break;
+  }
+}
+
 // A bucket's scalars in float64: one thread of a block runs this when the block's chunk changes
 // bucket, outlined so that its double-precision code does not weigh on the registers of the loop.
 __device__ __noinline__ void compute_block_state(const LaunchArgs& args, int32_t bucket, BlockState& state) {
@@ -151,12 +264,13 @@ __device__ __noinline__ void compute_block_state(const LaunchArgs& args, int32_t
   state.skip = args.found_inf != nullptr && *args.found_inf != 0.0f;
   state.grad_scale = args.grad_scale != nullptr ? *args.grad_scale : 1.0f;
   const BucketSpec& spec = args.buckets[bucket];
+  state.rule = spec.rule;
   state.flags = spec.flags;
   state.element_type = spec.element_type;
   state.has_weight_decay = spec.weight_decay != 0.0;
   if (!state.skip) {
     const StepScalars s = bucket_scalars(spec, args.deferred);
-    state.scalars = s.scalars;
+    state.scalars = s;
     state.invalid = !s.usable;
     state.skip = state.invalid;
   }
@@ -166,6 +280,10 @@ template <typename scalar_t>
 __device__ __forceinline__ void update_typed(const TensorEntry& tensor, int64_t begin, int64_t end,
                                              const BlockState& state, int32_t flags, bool has_weight_decay,
                                              bool unscale) {
+  if (state.rule != static_cast<int32_t>(UpdateRuleKind::kAdam)) {
+    update_other_rule<scalar_t>(tensor, begin, end, state, unscale);
+    return;
+  }
   const bool maximize = (flags & kFlagMaximize) != 0;
   switch (flags & (kFlagAmsgrad | kFlagDecoupled)) {
     case 0: update_chunk<scalar_t, false, false>(tensor, begin, end, state, maximize, has_weight_decay, unscale); break;

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import _ops, _rules, _torch_compat
 from .._binding import is_published
-from ..optim import FusedScheduledAdam, binding_of
+from .._scheduled import FusedScheduledOptimizer, binding_of
 
 
 class _DeviceSide:
@@ -112,7 +112,7 @@ def unwrap_optimizer(optimizer: Any, name: str) -> Any:
         if wrapped is None:
             break
         inner = wrapped
-    if not isinstance(inner, FusedScheduledAdam):
+    if not isinstance(inner, FusedScheduledOptimizer):
         return optimizer
     binding_of(inner, name)  # refuses schedule= before anything changes
     return inner
@@ -133,7 +133,7 @@ def unchanged_if_refused(optimizer: Any) -> Iterator[None]:
     saved_values = [
         {key: value.detach().clone() for key, value in group.items() if isinstance(value, Tensor)} for group in groups
     ]
-    binding = binding_of(optimizer) if isinstance(optimizer, FusedScheduledAdam) else None
+    binding = binding_of(optimizer) if isinstance(optimizer, FusedScheduledOptimizer) else None
     saved_words = (binding.snapshot(), binding.driven) if binding is not None else None
     try:
         yield
@@ -152,7 +152,7 @@ def unchanged_if_refused(optimizer: Any) -> Iterator[None]:
 
 
 def drives_device(optimizer: Any) -> bool:
-    return isinstance(optimizer, FusedScheduledAdam)
+    return isinstance(optimizer, FusedScheduledOptimizer)
 
 
 def check_finite_arguments(scheduler_name: str, optimizer: Any, **arguments: Any) -> None:
@@ -273,7 +273,7 @@ class OnDevice:
                 clock = side.clock = torch.full(
                     (), max(self.last_epoch - 1, 0), dtype=torch.int64, device=binding.primary
                 )
-            beta1_from = [group["betas"][0] if self._cycles_beta1 else None for group in groups]
+            beta1_from = [binding.momentum_of(group) if self._cycles_beta1 else None for group in groups]
             deferred = binding.advance(clock, rules, None if epoch is None else int(epoch), beta1_from)
             if deferred and epoch is None:
                 side.steady = (optimizer, binding)
@@ -306,7 +306,7 @@ class OnDevice:
         else:
             binding.defer(side.clock, side.rules)
             if self._cycles_beta1 and None in binding.beta1_args:
-                binding.hold_beta1([group["betas"][0] for group in groups])
+                binding.hold_beta1([binding.momentum_of(group) for group in groups])
             binding.record(groups)
         return True
 

@@ -256,8 +256,8 @@ LaunchArgs launch_args(const DeviceTable& table, const Scalars& s, const Options
   bucket.step = s.step;
   bucket.program = s.schedule;
   bucket.group = -1;
-  bucket.beta1 = 0.9;
-  bucket.beta2 = 0.999;
+  bucket.momentum = 0.9;
+  bucket.decay = 0.999;
   bucket.eps = 1e-8;
   bucket.weight_decay = o.weight_decay;
   bucket.flags = (o.amsgrad ? kFlagAmsgrad : 0) | (o.decoupled ? kFlagDecoupled : 0) | (o.maximize ? kFlagMaximize : 0);

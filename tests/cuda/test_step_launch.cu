@@ -151,8 +151,8 @@ Model make_model() {
     const BucketCase& c = buckets[b];
     BucketSpec spec{};
     spec.group = c.group;
-    spec.beta1 = 0.9;
-    spec.beta2 = 0.999;
+    spec.momentum = 0.9;
+    spec.decay = 0.999;
     spec.eps = 1e-8;
     spec.weight_decay = c.weight_decay;
     spec.flags = c.flags;

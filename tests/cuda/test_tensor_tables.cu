@@ -99,8 +99,8 @@ Call make_call(uintptr_t seed) {
   for (int b = 0; b < 2; ++b) {
     BucketSpec bucket{};
     bucket.group = b;
-    bucket.beta1 = 0.9;
-    bucket.beta2 = 0.999;
+    bucket.momentum = 0.9;
+    bucket.decay = 0.999;
     bucket.eps = 1e-8;
     bucket.weight_decay = 0.01 * (b + 1);
     bucket.element_type = static_cast<int32_t>(b == 0 ? ElementType::kFloat32 : ElementType::kBFloat16);

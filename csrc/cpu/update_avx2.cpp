@@ -1,4 +1,4 @@
-// The update loop for x86-64 CPUs with AVX2, FMA and F16C, chosen at run time (adam_step.cpp).
+// The update loops of every rule for x86-64 CPUs with AVX2, FMA and F16C, chosen at run time (cpu_step.cpp).
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC target("avx2,fma,f16c")
 // g++ does not define the feature macros for a target pragma (gcc does); ATen's AVX2 vectors and
@@ -23,9 +23,8 @@
 
 #define LRFUSED_CPU_VARIANT cpu_avx2
 #include "adam_update_loop.h"
+#include "rule_update_loop.h"
 
 namespace lrfused::cpu_avx2 {
-RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled) {
-  return select_update(type, amsgrad, decoupled);
-}
+RangeUpdate range_update(ElementType type, int32_t rule, int32_t flags) { return select_any_update(type, rule, flags); }
 }  // namespace lrfused::cpu_avx2

@@ -1,5 +1,5 @@
-// The step on the CPU (note [One op per step] in common/step_plan.h): the scalars of every bucket,
-// one parallel loop over every tensor of every bucket, then the one writer's part.
+// The step on the CPU, of every update rule (note [One op per step] in common/step_plan.h): the scalars of every
+// bucket, one parallel loop over every tensor of every bucket, then the one writer's part.
 //
 // note [One parallel region per call]
 // torch's fused CPU Adam opens one at::parallel_for per tensor, so a model of many small tensors
@@ -23,17 +23,17 @@ namespace lrfused {
 namespace {
 
 // note [CPU instruction sets]
-// The update loop (adam_update_loop.h) is compiled twice: for any x86-64/ARM CPU, and with AVX2
-// and FMA enabled (adam_update_avx2.cpp), as ATen compiles its own CPU kernels once per
+// The update loops (adam_update_loop.h, rule_update_loop.h) are compiled twice: for any x86-64/ARM CPU, and with AVX2
+// and FMA enabled (update_avx2.cpp), as ATen compiles its own CPU kernels once per
 // capability. The AVX2 build is chosen at run time when the CPU has AVX2 and FMA, so a wheel
 // runs everywhere and is as fast as torch's kernels where it can be. -ffp-contract=off keeps
 // both variants to the same roundings (no fused multiply-adds), those of torch's Adam.
-RangeUpdate range_update(ElementType type, bool amsgrad, bool decoupled) {
+RangeUpdate range_update(ElementType type, int32_t rule, int32_t flags) {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has_avx2) return cpu_avx2::range_update(type, amsgrad, decoupled);
+  if (has_avx2) return cpu_avx2::range_update(type, rule, flags);
 #endif
-  return cpu_default::range_update(type, amsgrad, decoupled);
+  return cpu_default::range_update(type, rule, flags);
 }
 
 // Elements per task of the parallel loop: ATen's grain size (at::internal::GRAIN_SIZE).
@@ -82,10 +82,30 @@ void run_step_cpu(StepCall& call) {
       const BucketSpec& bucket = call.buckets[b];
       const StepScalars s = bucket_scalars(bucket, deferred);
       scratch.usable[b] = s.usable;
-      scratch.configs[b] = {scalars_as<float>(s.scalars), s.scalars, (bucket.flags & kFlagMaximize) != 0,
-                            bucket.weight_decay != 0.0, grad_scale};
-      scratch.updates[b] = range_update(static_cast<ElementType>(bucket.element_type),
-                                        (bucket.flags & kFlagAmsgrad) != 0, (bucket.flags & kFlagDecoupled) != 0);
+      StepConfig& config = scratch.configs[b];
+      switch (static_cast<UpdateRuleKind>(bucket.rule)) {
+        case UpdateRuleKind::kAdam:
+          config.scalars_float = scalars_as<float>(s.scalars);
+          config.scalars_double = s.scalars;
+          break;
+        case UpdateRuleKind::kSgd:
+          config.sgd_float = scalars_as<float>(s.sgd);
+          config.sgd_double = s.sgd;
+          break;
+        case UpdateRuleKind::kRmsprop:
+          config.rmsprop_float = scalars_as<float>(s.rmsprop);
+          config.rmsprop_double = s.rmsprop;
+          break;
+        case UpdateRuleKind::kAdagrad:
+          config.adagrad_float = scalars_as<float>(s.adagrad);
+          config.adagrad_double = s.adagrad;
+          break;
+      }
+      config.maximize = (bucket.flags & kFlagMaximize) != 0;
+      config.has_weight_decay = bucket.weight_decay != 0.0;
+      config.first_step = s.first_step;
+      config.grad_scale = grad_scale;
+      scratch.updates[b] = range_update(static_cast<ElementType>(bucket.element_type), bucket.rule, bucket.flags);
     }
   }
 

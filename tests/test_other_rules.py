@@ -1,0 +1,326 @@
+"""FusedScheduledSGD, FusedScheduledRMSprop and FusedScheduledAdagrad against torch's own
+optimizers and schedulers, on fresh random inputs: the update (every option, every dtype), the
+cycling schedulers driving the momentum, checkpoints both ways, schedule=, AMP skips, bad input."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import lrfused
+from lrfused import lr_scheduler as fused_sched
+from lrfused import schedules
+
+# (lrfused class, torch class, option sets) with every option torch has.
+CASES = [
+    (
+        lrfused.FusedScheduledSGD,
+        torch.optim.SGD,
+        [
+            dict(lr=0.1),
+            dict(lr=0.05, momentum=0.9),
+            dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01),
+            dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.1, maximize=True),
+        ],
+    ),
+    (
+        lrfused.FusedScheduledRMSprop,
+        torch.optim.RMSprop,
+        [
+            dict(lr=0.01),
+            dict(lr=0.01, alpha=0.9, eps=1e-6, weight_decay=0.01),
+            dict(lr=0.01, momentum=0.9, centered=True),
+            dict(lr=0.005, momentum=0.5, maximize=True, weight_decay=0.1),
+            dict(lr=0.01, centered=True),
+        ],
+    ),
+    (
+        lrfused.FusedScheduledAdagrad,
+        torch.optim.Adagrad,
+        [
+            dict(lr=0.1),
+            dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+            dict(lr=0.05, eps=1e-6, maximize=True),
+        ],
+    ),
+]
+ALL = [(ours, theirs, options) for ours, theirs, option_sets in CASES for options in option_sets]
+IDS = [f"{ours.__name__}-{i}" for i, (ours, _, _) in enumerate(ALL)]
+
+
+def make_params(dtype, seed):
+    torch.manual_seed(seed)
+    shapes = [(7,), (5, 3), (130,), (2, 2, 17)]
+    return [torch.randn(s, dtype=dtype) for s in shapes]
+
+
+def run_pair(ours_cls, theirs_cls, options, dtype, steps=8, seed=0, scheduler=None, reference_dtype=None):
+    """The same training on both; torch's runs in `reference_dtype` (its for-loop rounds every op to
+    the param's dtype, the kernels keep float32 opmath: for 16-bit params torch runs on float32
+    copies, which is what the kernels compute, then both are compared in the param dtype)."""
+    base = make_params(dtype, seed)
+    ours_params = [p.clone().requires_grad_() for p in base]
+    theirs_params = [p.clone().to(reference_dtype or dtype).requires_grad_() for p in base]
+
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:], "lr": options.get("lr", 0.01) * 0.5}]
+
+    ours = ours_cls(groups(ours_params), **options)
+    theirs = theirs_cls(groups(theirs_params), foreach=False, **options)
+    scheds = scheduler(ours, theirs) if scheduler else None
+    generator = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        for p, q in zip(ours_params, theirs_params):
+            g = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            p.grad = g.to(dtype)
+            q.grad = g.to(dtype).to(q.dtype)
+        ours.step()
+        theirs.step()
+        if scheds:
+            scheds[0].step()
+            scheds[1].step()
+            assert scheds[0].get_last_lr() == pytest.approx(scheds[1].get_last_lr(), rel=1e-12)
+    return ours, theirs, ours_params, theirs_params
+
+
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-12, atol=1e-13),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", ALL, ids=IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_update_is_torchs(ours_cls, theirs_cls, options, dtype):
+    ours, theirs, a, b = run_pair(ours_cls, theirs_cls, options, dtype)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, **TOLERANCE[dtype])
+    ours_saved, theirs_saved = ours.state_dict()["state"], theirs.state_dict()["state"]
+    assert set(ours_saved) == set(theirs_saved)
+    for index in theirs_saved:
+        assert set(ours_saved[index]) == set(theirs_saved[index])
+    for p, q in zip(a, b):
+        for key, value in theirs.state.get(q, {}).items():
+            if key == "step":
+                assert int(ours.state[p]["step"]) == int(value)
+            elif value is not None:
+                torch.testing.assert_close(ours.state[p][key], value, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", ALL[::2], ids=IDS[::2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_params_step_in_float32(ours_cls, theirs_cls, options, dtype):
+    _, _, a, b = run_pair(ours_cls, theirs_cls, options, dtype, steps=4, reference_dtype=torch.float32)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q.to(dtype), **TOLERANCE[dtype])
+
+
+def _cyclic(cls_ours, cls_theirs, **kwargs):
+    return lambda ours, theirs: (cls_ours(ours, **kwargs), cls_theirs(theirs, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "ours_cls,theirs_cls,options",
+    [
+        (lrfused.FusedScheduledSGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+        (lrfused.FusedScheduledSGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+        (lrfused.FusedScheduledRMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True)),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        _cyclic(fused_sched.OneCycleLR, torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=12),
+        _cyclic(fused_sched.CyclicLR, torch.optim.lr_scheduler.CyclicLR, base_lr=0.01, max_lr=0.1, step_size_up=3),
+    ],
+    ids=["OneCycleLR", "CyclicLR"],
+)
+def test_cycling_schedulers_drive_the_momentum_in_the_kernel(ours_cls, theirs_cls, options, make):
+    ours, theirs, a, b = run_pair(ours_cls, theirs_cls, options, torch.float64, steps=10, scheduler=make)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+    for g, h in zip(ours.param_groups, theirs.param_groups):
+        assert g["momentum"] == pytest.approx(h["momentum"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o, t: (fused_sched.StepLR(o, 3, 0.5), torch.optim.lr_scheduler.StepLR(t, 3, 0.5)),
+        lambda o, t: (
+            fused_sched.SequentialLR(
+                o, [fused_sched.LinearLR(o, 0.1, total_iters=3), fused_sched.CosineAnnealingLR(o, 6)], [3]
+            ),
+            torch.optim.lr_scheduler.SequentialLR(
+                t,
+                [
+                    torch.optim.lr_scheduler.LinearLR(t, 0.1, total_iters=3),
+                    torch.optim.lr_scheduler.CosineAnnealingLR(t, 6),
+                ],
+                [3],
+            ),
+        ),
+    ],
+    ids=["StepLR", "SequentialLR"],
+)
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", [ALL[2], ALL[6], ALL[10]], ids=["SGD", "RMSprop", "Adagrad"])
+def test_schedulers_step_the_lr_as_torchs(ours_cls, theirs_cls, options, make):
+    _, _, a, b = run_pair(ours_cls, theirs_cls, options, torch.float64, steps=9, scheduler=make)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+
+
+def test_cycle_momentum_on_adagrad_raises_as_torchs():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError) as theirs:
+        torch.optim.lr_scheduler.OneCycleLR(torch.optim.Adagrad([p]), max_lr=0.1, total_steps=5)
+    with pytest.raises(ValueError) as ours:
+        fused_sched.OneCycleLR(lrfused.FusedScheduledAdagrad([p]), max_lr=0.1, total_steps=5)
+    assert str(ours.value) == str(theirs.value)
+
+
+def _roundtrip(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", ALL, ids=IDS)
+def test_checkpoints_move_both_ways(ours_cls, theirs_cls, options):
+    # Train 4 steps on one side, load into the other, train 4 more: the same as 8 steps on torch.
+    _, _, _, expected = run_pair(ours_cls, theirs_cls, options, torch.float64, steps=8)
+    for first, second in ((theirs_cls, ours_cls), (ours_cls, theirs_cls)):
+        base = make_params(torch.float64, 0)
+        params = [p.clone().requires_grad_() for p in base]
+
+        def groups():
+            return [{"params": params[:2]}, {"params": params[2:], "lr": options.get("lr", 0.01) * 0.5}]
+
+        extra = {"foreach": False}
+        opt = first(groups(), **options, **extra)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(8):
+            if step == 4:
+                saved = _roundtrip(opt.state_dict())
+                opt = second(groups(), **options, **extra)
+                opt.load_state_dict(saved)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64)
+            opt.step()
+        for p, q in zip(params, expected):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
+
+
+OTHER_CLASSES = [lrfused.FusedScheduledSGD, lrfused.FusedScheduledRMSprop, lrfused.FusedScheduledAdagrad]
+
+
+@pytest.mark.parametrize("cls", OTHER_CLASSES)
+def test_schedule_multiplies_the_lr_at_the_step_count(cls):
+    torch.manual_seed(3)
+    p, q = torch.randn(9, requires_grad=True), None
+    q = p.detach().clone().requires_grad_()
+    schedule = schedules.cosine_decay(10)
+    ours = cls([p], lr=0.05, schedule=schedule)
+    theirs = getattr(torch.optim, cls.__name__.removeprefix("FusedScheduled"))([q], lr=0.05, foreach=False)
+    for t in range(6):
+        g = torch.randn(9, dtype=torch.float32)
+        p.grad, q.grad = g.clone(), g.clone()
+        theirs.param_groups[0]["lr"] = 0.05 * schedule(t)
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", [ALL[1], ALL[7], ALL[9]], ids=["SGD", "RMSprop", "Adagrad"])
+def test_check_finite_skips_a_step_with_a_non_finite_grad(ours_cls, theirs_cls, options):
+    p = torch.randn(6, requires_grad=True)
+    opt = ours_cls([p], check_finite=True, **options)
+    p.grad = torch.randn(6)
+    opt.step()
+    before = p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}
+    p.grad = torch.full((6,), float("nan"))
+    opt.step()
+    assert torch.equal(p, before[0])
+    for key, value in opt.state[p].items():
+        assert torch.equal(value, before[1][key]), key
+    assert int(opt.skipped_steps) == 1
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (torch.optim.SGD, dict(lr=-1.0)),
+        (torch.optim.SGD, dict(momentum=-0.5)),
+        (torch.optim.SGD, dict(weight_decay=-1.0)),
+        (torch.optim.SGD, dict(nesterov=True)),
+        (torch.optim.SGD, dict(momentum=0.9, dampening=0.1, nesterov=True)),
+        (torch.optim.RMSprop, dict(lr=-1.0)),
+        (torch.optim.RMSprop, dict(eps=-1.0)),
+        (torch.optim.RMSprop, dict(momentum=-1.0)),
+        (torch.optim.RMSprop, dict(weight_decay=-1.0)),
+        (torch.optim.RMSprop, dict(alpha=-1.0)),
+        (torch.optim.Adagrad, dict(lr=-1.0)),
+        (torch.optim.Adagrad, dict(lr_decay=-1.0)),
+        (torch.optim.Adagrad, dict(weight_decay=-1.0)),
+        (torch.optim.Adagrad, dict(initial_accumulator_value=-1.0)),
+        (torch.optim.Adagrad, dict(eps=-1.0)),
+    ],
+)
+def test_bad_arguments_raise_torchs_errors(cls, kwargs):
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError) as theirs:
+        cls([p], **kwargs)
+    ours_cls = getattr(lrfused, f"FusedScheduled{cls.__name__}")
+    with pytest.raises(ValueError) as ours:
+        ours_cls([p], **kwargs)
+    assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", ALL, ids=IDS)
+def test_the_kernels_match_the_reference(ours_cls, theirs_cls, options, monkeypatch):
+    # The same training through the compiled op and through lrfused._reference's op.
+    from lrfused import _ops
+
+    results = []
+    for use_reference in (False, True):
+        if use_reference:
+            monkeypatch.setattr(_ops, "_LOAD_ERROR", "the test asks for the reference")
+        base = make_params(torch.float32, 5)
+        params = [p.clone().requires_grad_() for p in base]
+        opt = ours_cls(params, **options)
+        generator = torch.Generator().manual_seed(2)
+        for _ in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            opt.step()
+        results.append(params)
+    for p, q in zip(*results):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_one_op_per_step_for_every_group_and_dtype():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    params = [torch.randn(4, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)]
+    for cls, options in zip(OTHER_CLASSES, (dict(momentum=0.9), {}, {})):
+        opt = cls([{"params": params[:1]}, {"params": params[1:], "lr": 0.001}], **options)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()  # the first step plans and makes the states
+        with Ops() as ops:
+            opt.step()
+        assert [n for n in ops.names if "lrfused" in n] == ["lrfused.table_step_.default"], ops.names
