@@ -37,9 +37,9 @@ LRFUSED_HOST_DEVICE RmspropScalars<double> make_rmsprop_scalars(double lr, doubl
 
 template <typename opmath_t>
 LRFUSED_HOST_DEVICE RmspropScalars<opmath_t> scalars_as(const RmspropScalars<double>& s) {
-  return RmspropScalars<opmath_t>{static_cast<opmath_t>(s.alpha),        static_cast<opmath_t>(s.one_minus_alpha),
-                                  static_cast<opmath_t>(s.eps),          static_cast<opmath_t>(s.weight_decay),
-                                  static_cast<opmath_t>(s.momentum),     static_cast<opmath_t>(s.neg_lr)};
+  return RmspropScalars<opmath_t>{static_cast<opmath_t>(s.alpha),    static_cast<opmath_t>(s.one_minus_alpha),
+                                  static_cast<opmath_t>(s.eps),      static_cast<opmath_t>(s.weight_decay),
+                                  static_cast<opmath_t>(s.momentum), static_cast<opmath_t>(s.neg_lr)};
 }
 
 template <typename T, typename S, bool kCentered, bool kMomentum>

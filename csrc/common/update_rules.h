@@ -14,12 +14,12 @@ constexpr int kNumUpdateRules = 4;
 
 // A bucket's flags. Each rule reads its own (rule_flags); maximize is every rule's.
 enum BucketFlags : int32_t {
-  kFlagAmsgrad = 1,     // Adam
-  kFlagDecoupled = 2,   // Adam (AdamW)
-  kFlagMaximize = 4,    // every rule
-  kFlagMomentum = 8,    // SGD (momentum != 0), RMSprop (momentum > 0): the momentum buffer exists
-  kFlagNesterov = 16,   // SGD
-  kFlagCentered = 32,   // RMSprop
+  kFlagAmsgrad = 1,    // Adam
+  kFlagDecoupled = 2,  // Adam (AdamW)
+  kFlagMaximize = 4,   // every rule
+  kFlagMomentum = 8,   // SGD (momentum != 0), RMSprop (momentum > 0): the momentum buffer exists
+  kFlagNesterov = 16,  // SGD
+  kFlagCentered = 32,  // RMSprop
 };
 
 // The flags rule `kind` accepts.

@@ -16,15 +16,24 @@ namespace LRFUSED_CPU_VARIANT {
 // The bucket's scalars of a rule in the opmath type S.
 template <typename S>
 const SgdScalars<S>& sgd_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>) return c.sgd_double; else return c.sgd_float;
+  if constexpr (std::is_same_v<S, double>)
+    return c.sgd_double;
+  else
+    return c.sgd_float;
 }
 template <typename S>
 const RmspropScalars<S>& rmsprop_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>) return c.rmsprop_double; else return c.rmsprop_float;
+  if constexpr (std::is_same_v<S, double>)
+    return c.rmsprop_double;
+  else
+    return c.rmsprop_float;
 }
 template <typename S>
 const AdagradScalars<S>& adagrad_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>) return c.adagrad_double; else return c.adagrad_float;
+  if constexpr (std::is_same_v<S, double>)
+    return c.adagrad_double;
+  else
+    return c.adagrad_float;
 }
 
 template <bool kMomentum, bool kNesterov>
