@@ -1,10 +1,10 @@
 // The one-launch step with several buckets, without torch: built and executed on the CPU under
 // emulation by scripts/cuda_emulation_check.sh (CI), and on a GPU by benchmarks/gpu_suite.sh.
 //
-// Five buckets (three dtypes; two buckets on one HELD group; one bucket with its own cosine read at
-// a scheduler clock), three groups, deferred scheduler steps (applied once, skipped when already
-// applied), AMP unscale and skip, an unusable bucket beside usable ones, a call with no chunk, and
-// grids of one block, fewer blocks than chunks and more blocks than chunks. The tables are the
+// Eight buckets (three dtypes; Adam's and one each of SGD, RMSprop and Adagrad; two buckets on one
+// HELD group; one bucket with its own cosine read at a scheduler clock), three groups, deferred scheduler steps
+// (applied once, skipped when already applied), AMP unscale and skip, an unusable bucket beside usable ones, a call
+// with no chunk, and grids of one block, fewer blocks than chunks and more blocks than chunks. The tables are the
 // extension's own (csrc/cuda/tensor_tables.cu's prepare_launch). After every launch,
 // every element, step counter, clock, HELD word, `applied` and `invalid_steps` is compared bit for
 // bit with a host reference built from the same csrc/common code in the order of note [One op per
@@ -61,7 +61,7 @@ struct Tensor {
   ElementType type;
   int64_t numel;
   int offset;
-  bool amsgrad;
+  bool has[kMaxStates];  // its bucket's rule keeps state k (arrays kExpAvg + k)
   std::vector<unsigned char> host[kArrays];
   unsigned char* device[kArrays] = {};
   void* pointer(int a) const { return device[a] ? device[a] + offset * element_bytes(type) : nullptr; }
@@ -115,7 +115,7 @@ Model make_model() {
   const double nan = std::nan("");
   m.words = {kHeld, 4, 1e-2, nan, kHeld, 4, 3e-3, nan, kHeld, 4, 5e-3, 0.85};  // group 2 cycles beta1
   m.cosine = {kCosine, 6, 1e-2, 1e-4, 20, 0};
-  m.steps = {0, 7, 0, 3, 0};
+  m.steps = {0, 7, 0, 3, 0, 0, 2, 4};
   m.clocks = {2, 0};
   // Deferred steps alternate between two rules arrays: A (clock 0) chains a StepLR on every group;
   // B (clock 1) keeps group 0, sets group 1 to an exponential, chains a cosine on group 2.
@@ -139,20 +139,29 @@ Model make_model() {
     ElementType type;
     int flags;
     double weight_decay;
+    UpdateRuleKind rule;
+    double decay;  // Adam's beta2, SGD's dampening, RMSprop's alpha, Adagrad's lr_decay
   };
+  constexpr UpdateRuleKind kAdam = UpdateRuleKind::kAdam;
   const BucketCase buckets[] = {
-      {0, ElementType::kFloat32, kFlagDecoupled, 0.1},
-      {1, ElementType::kFloat16, kFlagAmsgrad, 0.01},
-      {2, ElementType::kBFloat16, kFlagDecoupled | kFlagMaximize, 0.1},
-      {-1, ElementType::kFloat32, 0, 0.0},                             // its own cosine (schedule=), read at its step
-      {0, ElementType::kFloat16, kFlagDecoupled | kFlagAmsgrad, 0.0},  // group 0 again
+      {0, ElementType::kFloat32, kFlagDecoupled, 0.1, kAdam, 0.999},
+      {1, ElementType::kFloat16, kFlagAmsgrad, 0.01, kAdam, 0.999},
+      {2, ElementType::kBFloat16, kFlagDecoupled | kFlagMaximize, 0.1, kAdam, 0.999},
+      {-1, ElementType::kFloat32, 0, 0.0, kAdam, 0.999},  // its own cosine (schedule=), read at its step
+      {0, ElementType::kFloat16, kFlagDecoupled | kFlagAmsgrad, 0.0, kAdam, 0.999},  // group 0 again
+      // The other rules in the same launch: SGD's first step (its counter at 0) starts the buffer
+      // from the grad; RMSprop's momentum is group 2's beta1 word, cycled by its HELD node.
+      {1, ElementType::kFloat32, kFlagMomentum | kFlagNesterov, 0.01, UpdateRuleKind::kSgd, 0.1},
+      {2, ElementType::kBFloat16, kFlagMomentum | kFlagCentered | kFlagMaximize, 0.1, UpdateRuleKind::kRmsprop, 0.9},
+      {0, ElementType::kFloat16, 0, 0.01, UpdateRuleKind::kAdagrad, 0.01},
   };
-  for (int b = 0; b < 5; ++b) {
+  for (int b = 0; b < static_cast<int>(sizeof buckets / sizeof buckets[0]); ++b) {
     const BucketCase& c = buckets[b];
     BucketSpec spec{};
     spec.group = c.group;
+    spec.rule = static_cast<int32_t>(c.rule);
     spec.momentum = 0.9;
-    spec.decay = 0.999;
+    spec.decay = c.decay;
     spec.eps = 1e-8;
     spec.weight_decay = c.weight_decay;
     spec.flags = c.flags;
@@ -171,21 +180,44 @@ Model make_model() {
     int64_t numel;
     int offset;
   };
-  const TensorCase tensors[] = {{0, 2 * kChunkSize + 17, 0},   {0, 2048, 0}, {1, kChunkSize, 0}, {1, 3001, 1},
-                                {2, kChunkSize + 2048 * 3, 0}, {2, 999, 3},  {3, 1, 0},          {3, 5 * 2048 + 5, 0},
-                                {4, kChunkSize - 1, 0},        {4, 4, 2},    {0, 7, 1}};
+  const TensorCase tensors[] = {{0, 2 * kChunkSize + 17, 0},
+                                {0, 2048, 0},
+                                {1, kChunkSize, 0},
+                                {1, 3001, 1},
+                                {2, kChunkSize + 2048 * 3, 0},
+                                {2, 999, 3},
+                                {3, 1, 0},
+                                {3, 5 * 2048 + 5, 0},
+                                {4, kChunkSize - 1, 0},
+                                {4, 4, 2},
+                                {0, 7, 1},
+                                {5, kChunkSize + 5, 0},
+                                {5, 3001, 1},
+                                {6, 4103, 0},
+                                {6, 100, 2},
+                                {7, 5000, 0}};
   for (const TensorCase& c : tensors) {
     Tensor t;
     t.bucket = c.bucket;
     t.type = static_cast<ElementType>(m.buckets_host[c.bucket].element_type);
     t.numel = c.numel;
     t.offset = c.offset;
-    t.amsgrad = (m.buckets_host[c.bucket].flags & kFlagAmsgrad) != 0;
+    const BucketSpec& spec = m.buckets_host[c.bucket];
+    const auto rule = static_cast<UpdateRuleKind>(spec.rule);
+    for (int k = 0; k < kMaxStates; ++k) t.has[k] = rule_has_state(rule, spec.flags, k);
     randomize(t, kParam, 1.0f, false);
     randomize(t, kGrad, 4.0f, false);
-    randomize(t, kExpAvg, 0.1f, false);
-    randomize(t, kExpAvgSq, 0.01f, true);
-    if (t.amsgrad) randomize(t, kMaxExpAvgSq, 0.02f, true);
+    if (rule == UpdateRuleKind::kAdam) {
+      randomize(t, kExpAvg, 0.1f, false);
+      randomize(t, kExpAvgSq, 0.01f, true);
+      if (t.has[2]) randomize(t, kMaxExpAvgSq, 0.02f, true);
+    } else {
+      // Sums of squares positive, a running mean small beside them (RMSprop's centered variance).
+      const bool squares = rule != UpdateRuleKind::kSgd;
+      if (t.has[0]) randomize(t, kExpAvg, squares ? 1.0f : 0.1f, squares);
+      if (t.has[1]) randomize(t, kExpAvgSq, 0.1f, false);
+      if (t.has[2]) randomize(t, kMaxExpAvgSq, 0.01f, false);
+    }
     for (int a = 0; a < kArrays; ++a) {
       if (!t.host[a].empty()) upload(t, a);
     }
@@ -281,24 +313,46 @@ void reference_call(Model& m, const DeferredSteps& d, bool unscale, bool amp_ski
     if (!elements || amp_skip || !s.usable) continue;
     const bool maximize = (b.flags & kFlagMaximize) != 0, decay = b.weight_decay != 0.0;
     const AdamScalars<float> narrow = scalars_as<float>(s.scalars);
+    const auto rule = static_cast<UpdateRuleKind>(b.rule);
     for (int64_t j = t.offset; j < t.numel + t.offset; ++j) {
       float p = load(t.type, t.host[kParam].data(), j), g = load(t.type, t.host[kGrad].data(), j);
-      float mm = load(t.type, t.host[kExpAvg].data(), j), v = load(t.type, t.host[kExpAvgSq].data(), j);
-      float x = t.amsgrad ? load(t.type, t.host[kMaxExpAvgSq].data(), j) : 0.0f;
+      float st[kMaxStates] = {0.0f, 0.0f, 0.0f};
+      for (int k = 0; k < kMaxStates; ++k) {
+        if (t.has[k]) st[k] = load(t.type, t.host[kExpAvg + k].data(), j);
+      }
+      float &mm = st[0], &v = st[1], &x = st[2];
       if (unscale) {
         g = g / 256.0f;
         store(t.type, t.host[kGrad].data(), j, g);
       }
-      switch (b.flags & (kFlagAmsgrad | kFlagDecoupled)) {
-        case 0: adam_update<float, float, false, false>(p, g, mm, v, x, narrow, maximize, decay); break;
-        case kFlagDecoupled: adam_update<float, float, false, true>(p, g, mm, v, x, narrow, maximize, decay); break;
-        case kFlagAmsgrad: adam_update<float, float, true, false>(p, g, mm, v, x, narrow, maximize, decay); break;
-        default: adam_update<float, float, true, true>(p, g, mm, v, x, narrow, maximize, decay); break;
+      const bool momentum = (b.flags & kFlagMomentum) != 0, centered = (b.flags & kFlagCentered) != 0;
+      if (rule == UpdateRuleKind::kSgd) {
+        const SgdScalars<float> n = scalars_as<float>(s.sgd);
+        if ((b.flags & kFlagNesterov) != 0) {
+          sgd_update<float, float, true, true>(p, g, mm, n, maximize, decay, s.first_step);
+        } else {
+          sgd_update<float, float, true, false>(p, g, mm, n, maximize, decay, s.first_step);
+        }
+      } else if (rule == UpdateRuleKind::kRmsprop) {
+        const RmspropScalars<float> n = scalars_as<float>(s.rmsprop);
+        if (centered && momentum) rmsprop_update<float, float, true, true>(p, g, mm, v, x, n, maximize, decay);
+        if (centered && !momentum) rmsprop_update<float, float, true, false>(p, g, mm, v, x, n, maximize, decay);
+        if (!centered && momentum) rmsprop_update<float, float, false, true>(p, g, mm, v, x, n, maximize, decay);
+        if (!centered && !momentum) rmsprop_update<float, float, false, false>(p, g, mm, v, x, n, maximize, decay);
+      } else if (rule == UpdateRuleKind::kAdagrad) {
+        adagrad_update<float, float>(p, g, mm, scalars_as<float>(s.adagrad), maximize, decay);
+      } else {
+        switch (b.flags & (kFlagAmsgrad | kFlagDecoupled)) {
+          case 0: adam_update<float, float, false, false>(p, g, mm, v, x, narrow, maximize, decay); break;
+          case kFlagDecoupled: adam_update<float, float, false, true>(p, g, mm, v, x, narrow, maximize, decay); break;
+          case kFlagAmsgrad: adam_update<float, float, true, false>(p, g, mm, v, x, narrow, maximize, decay); break;
+          default: adam_update<float, float, true, true>(p, g, mm, v, x, narrow, maximize, decay); break;
+        }
       }
       store(t.type, t.host[kParam].data(), j, p);
-      store(t.type, t.host[kExpAvg].data(), j, mm);
-      store(t.type, t.host[kExpAvgSq].data(), j, v);
-      if (t.amsgrad) store(t.type, t.host[kMaxExpAvgSq].data(), j, x);
+      for (int k = 0; k < kMaxStates; ++k) {
+        if (t.has[k]) store(t.type, t.host[kExpAvg + k].data(), j, st[k]);
+      }
     }
   }
   if (!amp_skip) {
@@ -439,7 +493,7 @@ int main() {
     }
   }
   // Group 2's words stay NaN from call 9 on (its rules chain on them) until call 12's host write
-  // gives it a finite lr again: its one bucket is counted in calls 9, 10 and 11, once each, and the
+  // gives it a finite lr again: its two buckets are counted in calls 9, 10 and 11, once each, and the
   // model's count above was compared after every call.
   // The grid size is asked of the runtime once per device: the emulation's SM count changed
   // afterwards is not seen (on a GPU the count cannot change, and this part checks nothing new).
@@ -449,8 +503,8 @@ int main() {
     setenv("LRFUSED_EMU_SMS", std::to_string(std::atoi(std::getenv("LRFUSED_EMU_SMS")) * 3).c_str(), 1);
     expect(resident_blocks(0) == resident, "resident_blocks is cached per device, not asked at every step");
   }
-  expect(m.invalid == 3,
-         "the NaN group's bucket counted once in each of the last three calls, got " + std::to_string(m.invalid));
+  expect(m.invalid == 6, "the NaN group's two buckets counted once each in each of the last three calls, got " +
+                             std::to_string(m.invalid));
   if (failures != 0) {
     std::printf("%d check(s) failed\n", failures);
     return 1;
