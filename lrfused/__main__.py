@@ -52,6 +52,7 @@ def _demo_config(args: argparse.Namespace):
         device=args.device,
         out=args.out,
         schedule=args.schedule,
+        optimizer=args.optimizer,
         finder_iters=args.finder_iters,
         graph=getattr(args, "graph", False),
         progress=not args.no_progress,
@@ -71,13 +72,19 @@ def find(args: argparse.Namespace) -> None:
 
 
 def _demo_options(parser: argparse.ArgumentParser) -> None:
-    from .demo import SCHEDULES, DemoConfig
+    from .demo import OPTIMIZERS, SCHEDULES, DemoConfig
 
     defaults = DemoConfig()
     parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of each run")
     parser.add_argument("--device", default=defaults.device, help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
     parser.add_argument("--out", default=defaults.out, help="folder for the figures and results.json")
     parser.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
+    parser.add_argument(
+        "--optimizer",
+        default=defaults.optimizer,
+        choices=tuple(OPTIMIZERS),
+        help="the optimizer of both runs: lrfused's against torch's fastest of the same name",
+    )
     parser.add_argument(
         "--finder-iters", type=int, default=defaults.finder_iters, help="iterations of the LR range test"
     )

@@ -4,7 +4,9 @@ library's own source code (on every machine, no download), side by side with sto
 It runs the LR range test, then trains twice from the same seed and the same batches: once with
 ``torch.optim.AdamW(fused=True)`` and a torch scheduler, once with ``lrfused.FusedScheduledAdamW``
 and the same-named ``lrfused.lr_scheduler`` class, and compares the final losses and the time of
-the optimizer+scheduler step. ``python -m lrfused demo --help`` lists the options.
+the optimizer+scheduler step. ``--optimizer sgd|rmsprop|adagrad`` runs lrfused's optimizer of that
+name against torch's fastest implementation of it (fused, or foreach for RMSprop).
+``python -m lrfused demo --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -25,12 +27,39 @@ from lrfused import lr_scheduler as fused_schedulers
 SCHEDULES = ("warmup-cosine", "onecycle", "step")
 
 
+# Each optimizer of the demo: lrfused's, and torch's of the same name in its fastest implementation
+# (fused where torch has one, else foreach), with the same hyperparameters.
+OPTIMIZERS = {
+    "adamw": (
+        lambda params, lr: lrfused.FusedScheduledAdamW(params, lr=lr, weight_decay=0.1),
+        lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.1, fused=True),
+        "AdamW(fused)",
+    ),
+    "sgd": (
+        lambda params, lr: lrfused.FusedScheduledSGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4),
+        lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4, fused=True),
+        "SGD(fused)",
+    ),
+    "rmsprop": (
+        lambda params, lr: lrfused.FusedScheduledRMSprop(params, lr=lr, momentum=0.9),
+        lambda params, lr: torch.optim.RMSprop(params, lr=lr, momentum=0.9, foreach=True),
+        "RMSprop(foreach)",
+    ),
+    "adagrad": (
+        lambda params, lr: lrfused.FusedScheduledAdagrad(params, lr=lr),
+        lambda params, lr: torch.optim.Adagrad(params, lr=lr, fused=True),
+        "Adagrad(fused)",
+    ),
+}
+
+
 @dataclass
 class DemoConfig:
     steps: int = 300
     device: str = "auto"
     out: str = "./lrfused-demo"
     schedule: str = "warmup-cosine"
+    optimizer: str = "adamw"
     finder_iters: int = 80
     batch_size: int = 32
     context: int = 64
@@ -146,7 +175,9 @@ def make_scheduler(module, optimizer, config: DemoConfig, peak_lr: float):
             milestones=[warmup],
         )
     if config.schedule == "onecycle":
-        return module.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=steps + 1)
+        # The momentum cycles with the lr where the optimizer has one (Adagrad has none).
+        cycles = config.optimizer != "adagrad"
+        return module.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=steps + 1, cycle_momentum=cycles)
     return module.StepLR(optimizer, step_size=max(1, steps // 3), gamma=0.3)
 
 
@@ -165,11 +196,12 @@ def pick_device(choice: str) -> torch.device:
 def train(config: DemoConfig, device: torch.device, peak_lr: float, use_lrfused: bool, corpus: torch.Tensor):
     """Trains from the fixed seed; returns the loss and lr per step and the step times."""
     model = build_model(config, device)
+    ours, theirs, _ = OPTIMIZERS[config.optimizer]
     if use_lrfused:
-        optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=peak_lr, weight_decay=0.1)
+        optimizer = ours(model.parameters(), peak_lr)
         scheduler = make_scheduler(fused_schedulers, optimizer, config, peak_lr)
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.1, fused=True)
+        optimizer = theirs(model.parameters(), peak_lr)
         scheduler = make_scheduler(torch.optim.lr_scheduler, optimizer, config, peak_lr)
     batches = Batches(corpus, config.batch_size, config.context, config.seed + 1, device)
     losses = torch.zeros(config.steps, device=device)
@@ -204,7 +236,7 @@ def train(config: DemoConfig, device: torch.device, peak_lr: float, use_lrfused:
 def graph_step_ms(config: DemoConfig, device: torch.device, peak_lr: float, corpus: torch.Tensor) -> float:
     """ms per optimizer+scheduler step of lrfused replayed from a captured CUDA graph."""
     model = build_model(config, device)
-    optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=peak_lr, weight_decay=0.1)
+    optimizer = OPTIMIZERS[config.optimizer][0](model.parameters(), peak_lr)
     scheduler = make_scheduler(fused_schedulers, optimizer, config, peak_lr)
     batch = next(Batches(corpus, config.batch_size, config.context, config.seed + 1, device))
     language_model_loss(model, batch).backward()
@@ -231,7 +263,7 @@ def graph_step_ms(config: DemoConfig, device: torch.device, peak_lr: float, corp
 
 def run_finder(config: DemoConfig, device: torch.device, corpus: torch.Tensor):
     model = build_model(config, device)
-    optimizer = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-5, weight_decay=0.1)
+    optimizer = OPTIMIZERS[config.optimizer][0](model.parameters(), 1e-5)
     finder = lrfused.LRFinder(model, optimizer)
     batches = Batches(corpus, config.batch_size, config.context, config.seed + 2, device)
     finder.range_test(
@@ -254,6 +286,8 @@ def run_finder(config: DemoConfig, device: torch.device, corpus: torch.Tensor):
 def run(config: DemoConfig) -> dict:
     if config.schedule not in SCHEDULES:
         raise SystemExit(f"--schedule must be one of {', '.join(SCHEDULES)}, got {config.schedule!r}")
+    if config.optimizer not in OPTIMIZERS:
+        raise SystemExit(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
     if config.steps < 3:
         raise SystemExit(f"--steps must be at least 3, got {config.steps}")
     device = pick_device(config.device)
@@ -262,7 +296,7 @@ def run(config: DemoConfig) -> dict:
     print(
         f"lrfused {lrfused.__version__} demo on {device}: a {config.layers}-layer character transformer on "
         f"{len(corpus):,} bytes of the Python standard library's source; {config.steps} steps, "
-        f"schedule {config.schedule}"
+        f"schedule {config.schedule}, optimizer {config.optimizer}"
     )
 
     finder, suggested, skips = run_finder(config, device, corpus)
@@ -307,7 +341,8 @@ def run(config: DemoConfig) -> dict:
         results["step_ms"]["lrfused_cuda_graph"] = graph_step_ms(config, device, peak_lr, corpus)
 
     print()
-    print(f"{'':32}{'torch AdamW(fused) + torch':>28}{'lrfused + lrfused':>22}")
+    torch_label = f"torch {OPTIMIZERS[config.optimizer][2]} + torch"
+    print(f"{'':32}{torch_label:>28}{'lrfused + lrfused':>22}")
     print(f"{'final loss':32}{results['final_loss']['torch']:>28.6f}{results['final_loss']['lrfused']:>22.6f}")
     print(
         f"{'mean loss, last 10% of steps':32}{results['final_loss_mean_last_10pct']['torch']:>28.6f}"
@@ -325,7 +360,7 @@ def run(config: DemoConfig) -> dict:
     if "lrfused_cuda_graph" in results["step_ms"]:
         print(f"lrfused step replayed from a CUDA graph: {results['step_ms']['lrfused_cuda_graph']:.3f} ms")
 
-    figures = write_figures(config.out, finder, skips, torch_run, fused_run)
+    figures = write_figures(config.out, finder, skips, torch_run, fused_run, config.optimizer)
     results["figures"] = figures
     with open(os.path.join(config.out, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)
@@ -333,7 +368,7 @@ def run(config: DemoConfig) -> dict:
     return results
 
 
-def write_figures(out: str, finder, skips, torch_run, fused_run) -> list[str]:
+def write_figures(out: str, finder, skips, torch_run, fused_run, optimizer: str = "adamw") -> list[str]:
     try:
         import matplotlib
 
@@ -353,8 +388,9 @@ def write_figures(out: str, finder, skips, torch_run, fused_run) -> list[str]:
         ("loss.png", "loss", "training loss (nats/byte)"),
     ):
         figure, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(torch_run[key], label="torch AdamW(fused) + torch scheduler", linewidth=3, alpha=0.5)
-        ax.plot(fused_run[key], label="lrfused FusedScheduledAdamW + lrfused scheduler", linestyle="--")
+        ours, theirs = type(fused_run["optimizer"]).__name__, OPTIMIZERS[optimizer][2]
+        ax.plot(torch_run[key], label=f"torch {theirs} + torch scheduler", linewidth=3, alpha=0.5)
+        ax.plot(fused_run[key], label=f"lrfused {ours} + lrfused scheduler", linestyle="--")
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.legend()

@@ -11,9 +11,15 @@ from lrfused.demo import DemoConfig, run
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_writes_figures_and_results(tmp_path):
+@pytest.mark.parametrize(
+    "optimizer,schedule",
+    [("adamw", "warmup-cosine"), ("sgd", "onecycle"), ("rmsprop", "onecycle"), ("adagrad", "step")],
+)
+def test_demo_writes_figures_and_results(tmp_path, optimizer, schedule):
     pytest.importorskip("matplotlib")
     config = DemoConfig(
+        optimizer=optimizer,
+        schedule=schedule,
         steps=12,
         finder_iters=12,
         out=str(tmp_path),
@@ -52,7 +58,7 @@ def test_command_line_help_documents_every_subcommand():
     demo_help = subprocess.run(
         [sys.executable, "-m", "lrfused", "demo", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--steps", "--device", "--out", "--schedule", "--graph"):
+    for option in ("--steps", "--device", "--out", "--schedule", "--optimizer", "--graph"):
         assert option in demo_help
 
 
