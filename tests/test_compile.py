@@ -30,16 +30,31 @@ def frames_compiled():
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("what", ["train_step", "opt.step"])
-def test_no_recompile_while_the_lr_changes(backend, what):
+# Each optimizer with OneCycleLR, which changes the lr and the momentum (Adam's beta1) every step.
+OPTIMIZERS = {
+    "AdamW": lambda params: lrfused.FusedScheduledAdamW(params, lr=1e-2),
+    "SGD": lambda params: lrfused.FusedScheduledSGD(params, lr=1e-2, momentum=0.9, nesterov=True),
+    "RMSprop": lambda params: lrfused.FusedScheduledRMSprop(params, lr=1e-2, momentum=0.9, centered=True),
+    "Adagrad": lambda params: lrfused.FusedScheduledAdagrad(params, lr=1e-2),
+}
+
+
+# AdamW in every backend and form; the other rules, which take the same compiled path, in one.
+RECOMPILE_CASES = [(b, w, "AdamW") for b in BACKENDS for w in ("train_step", "opt.step")] + [
+    ("aot_eager", "train_step", name) for name in OPTIMIZERS if name != "AdamW"
+]
+
+
+@pytest.mark.parametrize("backend,what,optimizer", RECOMPILE_CASES)
+def test_no_recompile_while_the_lr_changes(backend, what, optimizer):
     torch._dynamo.reset()
     batches = data(20)
     model, eager_model = make_model(), make_model()
-    opt = lrfused.FusedScheduledAdamW(model.parameters(), lr=1e-2)
-    sched = L.OneCycleLR(opt, max_lr=1e-2, total_steps=30)  # lr and beta1 change every step
-    eager_opt = lrfused.FusedScheduledAdamW(eager_model.parameters(), lr=1e-2)
-    eager_sched = L.OneCycleLR(eager_opt, max_lr=1e-2, total_steps=30)
+    cycles = optimizer != "Adagrad"  # Adagrad has no momentum to cycle (torch raises)
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    sched = L.OneCycleLR(opt, max_lr=1e-2, total_steps=30, cycle_momentum=cycles)
+    eager_opt = OPTIMIZERS[optimizer](eager_model.parameters())
+    eager_sched = L.OneCycleLR(eager_opt, max_lr=1e-2, total_steps=30, cycle_momentum=cycles)
 
     def train_step(x, y):
         loss = torch.nn.functional.mse_loss(model(x), y)
