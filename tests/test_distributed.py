@@ -1,6 +1,7 @@
 """Distributed training on the CPU with the gloo backend, 2 processes: DDP,
 ZeroRedundancyOptimizer and FSDP2 (DTensor parameters), each against torch's optimizer of the same
-name (AdamW, and SGD, RMSprop, Adagrad once each) on the same setup, and a checkpoint saved and restored through torch.distributed.checkpoint."""
+name (AdamW, and SGD, RMSprop, Adagrad once each) on the same setup, and a checkpoint saved and
+restored through torch.distributed.checkpoint."""
 
 import os
 import socket
@@ -147,9 +148,11 @@ def test_two_processes_match_torch_adamw(mode):
         mp.spawn(worker, args=(2, free_port(), mode, folder), nprocs=2, join=True)
 
 
-# Each other rule once in each setting: FSDP2 (with its distributed checkpoint) for SGD, whose
-# counter is not in torch's state; ZeRO for RMSprop; DDP for Adagrad.
-@pytest.mark.parametrize("mode,optimizer", [("fsdp2", "SGD"), ("zero", "RMSprop"), ("ddp", "Adagrad"), ("fsdp2", "RMSprop")])
+# Each other rule in a setting: FSDP2 (with its distributed checkpoint) for SGD, whose counter is
+# not in torch's state, and for RMSprop; ZeRO for RMSprop; DDP for Adagrad.
+@pytest.mark.parametrize(
+    "mode,optimizer", [("fsdp2", "SGD"), ("zero", "RMSprop"), ("ddp", "Adagrad"), ("fsdp2", "RMSprop")]
+)
 def test_two_processes_match_torch_for_the_other_rules(mode, optimizer):
     with tempfile.TemporaryDirectory() as folder:
         mp.spawn(worker, args=(2, free_port(), mode, folder, optimizer), nprocs=2, join=True)
