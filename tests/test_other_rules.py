@@ -324,3 +324,56 @@ def test_one_op_per_step_for_every_group_and_dtype():
         with Ops() as ops:
             opt.step()
         assert [n for n in ops.names if "lrfused" in n] == ["lrfused.table_step_.default"], ops.names
+
+
+@pytest.mark.parametrize("ours_cls,theirs_cls,options", [ALL[2], ALL[7], ALL[9]], ids=["SGD", "RMSprop", "Adagrad"])
+def test_grad_scaler_unscales_and_skips_in_the_kernel(ours_cls, theirs_cls, options):
+    # GradScaler hands grad_scale and found_inf to the kernel (_step_supports_amp_scaling), which
+    # unscales the grads and skips an overflowed step; torch's for-loop optimizer is unscaled by the scaler.
+    base = make_params(torch.float32, 11)
+    ours_params = [p.clone().requires_grad_() for p in base]
+    theirs_params = [p.clone().requires_grad_() for p in base]
+    ours, theirs = ours_cls(ours_params, **options), theirs_cls(theirs_params, foreach=False, **options)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10), torch.amp.GradScaler("cpu", init_scale=2.0**10)]
+    for step in range(12):
+        for params, opt, scaler in ((ours_params, ours, scalers[0]), (theirs_params, theirs, scalers[1])):
+            torch.manual_seed(step)
+            loss = sum((p * torch.randn_like(p)).sum() for p in params)
+            if step == 4:
+                loss = loss * float("inf")  # one overflow: skipped by both
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    for p, q in zip(ours_params, theirs_params):
+        torch.testing.assert_close(p, q, **TOLERANCE[torch.float32])
+    assert scalers[0].get_scale() == scalers[1].get_scale()
+
+
+@pytest.mark.parametrize("cls", OTHER_CLASSES)
+def test_the_lr_finder_ramps_and_leaves_training_as_it_was(cls):
+    # The range test then training: the same as training alone (the finder restores the model, the
+    # optimizer's state and its lrs), and its history is the loss at each lr of the ramp.
+    def train_step(model, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 4), torch.randn(16, 1)) for _ in range(40)]
+    trained = []
+    for use_finder in (True, False):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(4, 1)
+        opt = cls(model.parameters(), lr=1e-2)
+        if use_finder:
+            finder = lrfused.LRFinder(model, opt)
+            finder.range_test(data, start_lr=1e-4, end_lr=1.0, num_iter=30, check_every=10, train_step=train_step)
+            lrs = finder.history["lr"]
+            assert lrs[0] == pytest.approx(1e-4) and lrs == sorted(lrs) and len(lrs) > 10
+        for batch in data[:10]:
+            opt.zero_grad()
+            train_step(model, batch).backward()
+            opt.step()
+        trained.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*trained):
+        assert torch.equal(a, b)
