@@ -1,7 +1,9 @@
 """CPU benchmark: one optimizer+scheduler step of lrfused against torch.optim.Adam (fused and
 foreach), each with a CosineAnnealingLR, in float32 and float64, plus in-place streaming ops as
-the machine's ceiling; the host cost per tensor (many small tensors against one tensor of the
-same size); and the lrfused ops one optimizer step and scheduler step make.
+the machine's ceiling; SGD (momentum), RMSprop (momentum) and Adagrad against torch's fastest
+implementation of each (fused SGD and Adagrad, foreach RMSprop) at the same sizes; the host cost
+per tensor (many small tensors against one tensor of the same size); and the lrfused ops one
+optimizer step and scheduler step make.
 
     python benchmarks/bench_cpu.py [--repeats 30] [--out benchmarks/results]
 
@@ -102,6 +104,58 @@ def bench_case(label: str, shapes, repeats: int, dtype=torch.float32) -> dict:
     }
 
 
+# The other rules: (lrfused's factory, torch's fastest factory and its name, arrays moved per param
+# and step: read p, g and the states, write p and the states).
+OTHER_RULES = {
+    "SGD(momentum=0.9)": (
+        lambda ps: lrfused.FusedScheduledSGD(ps, lr=1e-3, momentum=0.9),
+        lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=True),
+        "fused=True",
+        5,
+    ),
+    "RMSprop(momentum=0.9)": (
+        lambda ps: lrfused.FusedScheduledRMSprop(ps, lr=1e-3, momentum=0.9),
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9, foreach=True),
+        "foreach=True",
+        7,
+    ),
+    "Adagrad": (
+        lambda ps: lrfused.FusedScheduledAdagrad(ps, lr=1e-3),
+        lambda ps: torch.optim.Adagrad(ps, lr=1e-3, fused=True),
+        "fused=True",
+        5,
+    ),
+}
+
+
+def bench_other_rules(cases, repeats: int) -> list[dict]:
+    """Each other rule with a CosineAnnealingLR against torch's fastest of the same name, on the
+    same shapes as Adam's fp32 cases."""
+    cosine = dict(T_max=10_000, eta_min=1e-5)
+    out = []
+    for rule, (ours, theirs, how, arrays) in OTHER_RULES.items():
+        for label, shapes in cases:
+            numel = sum(torch.Size(s).numel() for s in shapes)
+            ours_s = step_seconds(ours, lambda o: fused_schedulers.CosineAnnealingLR(o, **cosine), shapes, repeats)
+            theirs_s = step_seconds(
+                theirs, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, **cosine), shapes, repeats
+            )
+            out.append(
+                {
+                    "rule": rule,
+                    "case": label,
+                    "params": numel,
+                    "torch": how,
+                    "bytes_per_param": 4 * arrays,
+                    "lrfused_ms": ours_s * 1e3,
+                    "torch_ms": theirs_s * 1e3,
+                    "lrfused_GB_per_s": 4 * arrays * numel / ours_s / 1e9,
+                    "ratio_vs_torch": ours_s / theirs_s,
+                }
+            )
+    return out
+
+
 def bench_host_overhead(repeats: int, small: bool) -> list[dict]:
     """A step of many tensors against a step of one tensor with as many elements, each contender
     with its scheduler: the ratio is the host's cost per tensor (1.0: none)."""
@@ -191,6 +245,13 @@ def main() -> None:
             bench_case(f"(c) one tensor of {big} fp64", [(big,)], args.repeats, torch.float64),
             bench_case(f"(d) {many[0]} tensors of {many[1]} fp64", [(many[1],)] * many[0], args.repeats, torch.float64),
         ],
+        "other_rules": bench_other_rules(
+            [
+                (f"(a) one tensor of {big} fp32", [(big,)]),
+                (f"(b) {many[0]} tensors of {many[1]} fp32", [(many[1],)] * many[0]),
+            ],
+            args.repeats,
+        ),
         "host_overhead": bench_host_overhead(args.repeats, args.small),
         "ops_per_step": ops_per_step(),
     }
@@ -209,6 +270,14 @@ def main() -> None:
                 f"  {name:<58} {row['ms_per_step']:9.3f} {row['GB_per_s']:7.2f} "
                 f"{row['ratio_vs_torch_fused']:14.2f}x {100 * row['fraction_of_best_streaming']:14.0f}%"
             )
+
+    print("\nthe other rules + CosineAnnealingLR: lrfused against torch's fastest of the same name")
+    print(f"  {'rule':<22} {'case':<34} {'torch':<13} {'lrfused ms':>10} {'torch ms':>9} {'GB/s':>7} {'ratio':>7}")
+    for row in report["other_rules"]:
+        print(
+            f"  {row['rule']:<22} {row['case']:<34} {row['torch']:<13} {row['lrfused_ms']:10.3f} "
+            f"{row['torch_ms']:9.3f} {row['lrfused_GB_per_s']:7.2f} {row['ratio_vs_torch']:6.2f}x"
+        )
 
     print("\nhost cost per tensor: a step of N tensors over a step of one tensor of the same size")
     print(f"  {'case':<12} {'contender':<58} {'us (N)':>10} {'us (one)':>10} {'N / one':>8}")
