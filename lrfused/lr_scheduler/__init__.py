@@ -1,4 +1,6 @@
-"""torch.optim.lr_scheduler's classes for FusedScheduledAdam, stepping the lr on the device.
+"""torch.optim.lr_scheduler's classes for lrfused's optimizers (FusedScheduledAdam/AdamW, SGD,
+RMSprop, Adagrad), stepping the lr on the device (and the momentum, for the cycling schedulers:
+Adam's beta1, SGD's and RMSprop's ``momentum``).
 
 Each class has the name, the constructor arguments and the defaults of torch's class, and
 subclasses it (so ``isinstance(s, torch.optim.lr_scheduler.StepLR)`` holds where frameworks check
@@ -36,9 +38,9 @@ Differences from torch: none in the values (each class is tested against torch's
 inputs). ReduceLROnPlateau given a metric on a GPU keeps its state and lrs as device tensors (see
 its docstring and its ``sync_free`` keyword); a learning rate that is not finite (an argument, or
 what a step computed on the host) is refused, naming it, where torch trains to NaN; and a
-FusedScheduledAdam built with ``schedule=`` refuses these schedulers (its kernel already schedules
-the lr). On an optimizer that is not a FusedScheduledAdam (nor wraps one) a class here is torch's
-class and nothing more: there is no device lr to step.
+lrfused optimizer built with ``schedule=`` refuses these schedulers (its kernel already schedules
+the lr). On an optimizer that is not lrfused's (nor wraps one) a class here is torch's class and
+nothing more: there is no device lr to step.
 """
 
 from .closed_form import (
