@@ -152,7 +152,7 @@ def validate_adagrad(values: dict[str, Any]) -> None:
 def check_momentum_step(index: int, group: dict[str, Any], checked: tuple[str, ...]) -> None:
     """A step's check of a group of SGD or RMSprop: a scheduler may write any finite momentum (torch
     checks its range only in the constructor); the other keys keep the constructor's ranges."""
-    check_number("momentum value", group["momentum"])
+    check_number(f"momentum value in param_groups[{index}]", group["momentum"])
     for key in checked:
         name = {
             "lr_decay": "lr_decay value",

@@ -377,3 +377,41 @@ def test_the_lr_finder_ramps_and_leaves_training_as_it_was(cls):
         trained.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*trained):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "cls,key,value",
+    [
+        (lrfused.FusedScheduledSGD, "weight_decay", -1.0),
+        (lrfused.FusedScheduledSGD, "momentum", float("nan")),
+        (lrfused.FusedScheduledRMSprop, "eps", -1.0),
+        (lrfused.FusedScheduledRMSprop, "alpha", float("inf")),
+        (lrfused.FusedScheduledAdagrad, "lr_decay", -0.5),
+        (lrfused.FusedScheduledAdagrad, "eps", float("nan")),
+    ],
+)
+def test_a_bad_value_written_into_a_group_raises_before_anything_changes(cls, key, value):
+    params = [torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)]
+    opt = cls([{"params": params[:1]}, {"params": params[1:]}], lr=0.1)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in params], [{k: v.clone() for k, v in opt.state[p].items()} for p in params]
+    opt.param_groups[1][key] = value
+    with pytest.raises(ValueError, match="param_groups\\[1\\]"):
+        opt.step()
+    for p, saved, state in zip(params, *before):
+        assert torch.equal(p, saved)
+        for name, tensor in state.items():
+            assert torch.equal(opt.state[p][name], tensor), name
+
+
+@pytest.mark.parametrize("cls", OTHER_CLASSES)
+def test_non_finite_or_non_numeric_arguments_are_refused_naming_them(cls):
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="Invalid learning rate: nan"):
+        cls([p], lr=float("nan"))
+    with pytest.raises(TypeError, match="learning rate must be a number"):
+        cls([p], lr="0.1")
+    with pytest.raises(ValueError, match="differentiable=True is not supported"):
+        cls([p], differentiable=True)
