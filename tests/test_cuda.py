@@ -402,3 +402,82 @@ def test_steps_alternating_between_two_streams():
     torch.cuda.synchronize()
     for a, b in zip(ours, theirs):
         assert error_against_fused(a, b) < 1e-6
+
+
+# SGD, RMSprop and Adagrad: (lrfused's class, torch's class, arguments, whether OneCycleLR cycles
+# their momentum).
+OTHER_RULES = {
+    "SGD": (lrfused.FusedScheduledSGD, torch.optim.SGD, dict(lr=1e-2, momentum=0.9, nesterov=True), True),
+    "RMSprop": (lrfused.FusedScheduledRMSprop, torch.optim.RMSprop, dict(lr=1e-3, momentum=0.5, centered=True), True),
+    "Adagrad": (lrfused.FusedScheduledAdagrad, torch.optim.Adagrad, dict(lr=5e-2, lr_decay=0.01), False),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rule", list(OTHER_RULES))
+def test_the_other_rules_are_bit_identical_to_the_cpu_kernel(rule, dtype):
+    ours_class, _, kwargs, cycles = OTHER_RULES[rule]
+    torch.manual_seed(0)
+    shapes = [(1,), (3,), (65536 * 2 + 5,), (4097,), (257, 33)]
+    cpu = [torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes]
+    gpu = [p.detach().cuda().requires_grad_() for p in cpu]
+    opt_cpu, opt_gpu = ours_class(cpu, weight_decay=0.1, **kwargs), ours_class(gpu, weight_decay=0.1, **kwargs)
+    sched_cpu = L.OneCycleLR(opt_cpu, max_lr=kwargs["lr"], total_steps=30, cycle_momentum=cycles)
+    sched_gpu = L.OneCycleLR(opt_gpu, max_lr=kwargs["lr"], total_steps=30, cycle_momentum=cycles)
+    for _ in range(30):
+        for a, b in zip(cpu, gpu):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g, g.cuda()
+        opt_cpu.step()
+        opt_gpu.step()
+        sched_cpu.step()
+        sched_gpu.step()
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a.detach(), b.detach().cpu())
+        for name, value in opt_cpu.state[a].items():
+            assert torch.equal(value, opt_gpu.state[b][name].cpu()), name
+
+
+@pytest.mark.parametrize("rule", list(OTHER_RULES))
+def test_the_other_rules_captured_with_their_scheduler_match_torch(rule):
+    ours_class, theirs_class, kwargs, cycles = OTHER_RULES[rule]
+    model, eager = make_model(0), make_model(0)
+    data = [(torch.randn(16, 32, device="cuda"), torch.randn(16, 1, device="cuda")) for _ in range(63)]
+    opt = ours_class(model.parameters(), **kwargs)
+    sched = L.OneCycleLR(opt, max_lr=kwargs["lr"], total_steps=70, cycle_momentum=cycles)
+    opt_eager = theirs_class(eager.parameters(), **kwargs)
+    sched_eager = torch.optim.lr_scheduler.OneCycleLR(
+        opt_eager, max_lr=kwargs["lr"], total_steps=70, cycle_momentum=cycles
+    )
+    static_x, static_y = data[0][0].clone(), data[0][1].clone()
+
+    def train_step():
+        opt.zero_grad(set_to_none=False)
+        torch.nn.functional.mse_loss(model(static_x), static_y).backward()
+        opt.step()
+        sched.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(3):
+            static_x.copy_(data[i][0])
+            static_y.copy_(data[i][1])
+            train_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        train_step()
+    for i in range(3, 63):
+        static_x.copy_(data[i][0])
+        static_y.copy_(data[i][1])
+        graph.replay()
+    for x, y in data:
+        opt_eager.zero_grad()
+        torch.nn.functional.mse_loss(eager(x), y).backward()
+        opt_eager.step()
+        sched_eager.step()
+    torch.cuda.synchronize()
+    for a, b in zip(model.parameters(), eager.parameters()):
+        assert max_relative_error(a, b) < 1e-4
+    assert math.isclose(binding_of(opt).lr_words()[0].item(), sched_eager.get_last_lr()[0], rel_tol=1e-9)
