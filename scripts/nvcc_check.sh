@@ -28,19 +28,20 @@ for source in csrc/cuda/*_kernel.cu; do
   "$NVCC" "${flags[@]}" -Xptxas -v -c "$source" -o "$out/$(basename "$source" .cu).o" 2> "$out/ptxas.log" \
     || { cat "$out/ptxas.log"; exit 1; }
   # ptxas prints, per function, "Function properties for NAME" and then its stack and spill line.
-  # The element loops (update_chunk, outlined per dtype and flags) must not spill; the kernel entry
+  # The element loops (Adam's update_chunk and the other rules' update_rule_chunk, outlined per
+  # dtype and flags) must not spill; the kernel entry
   # and the once-per-chunk or once-per-launch functions around them may save a few registers
   # across their calls, which is printed.
   awk '/Function properties for/ {name=$0; getline; if ($0 ~ /[1-9][0-9]* bytes spill/) print name " -> " $0}' \
     "$out/ptxas.log" > "$out/spills.txt"
-  if grep -q "update_chunk" "$out/spills.txt"; then
-    echo "register spills in the element loops:"; grep "update_chunk" "$out/spills.txt"; exit 1
+  if grep -Eq "update_(rule_)?chunk" "$out/spills.txt"; then
+    echo "register spills in the element loops:"; grep -E "update_(rule_)?chunk" "$out/spills.txt"; exit 1
   fi
   if [ -s "$out/spills.txt" ]; then
     echo "  spills outside the element loops (once per chunk or per launch):"
     sed 's/^ptxas info *: Function properties for /    /' "$out/spills.txt"
   fi
-  echo "  $(grep -c 'Function properties for .*update_chunk' "$out/ptxas.log") element loops, none spills"
+  echo "  $(grep -Ec 'Function properties for .*update_(rule_)?chunk' "$out/ptxas.log") element loops, none spills"
 done
 # The host reference of the test is built with -ffp-contract=off: the device side has --fmad=false,
 # and a host compiler that contracts a*b+c into an FMA (gcc does on aarch64, a GH200) would round

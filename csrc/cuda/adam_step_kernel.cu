@@ -181,34 +181,35 @@ struct AdagradMath {
   }
 };
 
-// One element of a rule's update in its opmath type, stored back in scalar_t.
+// One element of a rule's update in its opmath type: `st` holds its states in scalar_t (those the
+// rule does not keep are neither read nor written).
 template <typename scalar_t, typename Math>
-__device__ __forceinline__ void update_rule_element(scalar_t& param, scalar_t& grad,
-                                                    scalar_t* const (&state)[kMaxStates], int64_t i,
+__device__ __forceinline__ void update_rule_element(scalar_t& param, scalar_t& grad, scalar_t (&st)[kMaxStates],
                                                     const StepScalars& wide, OpmathOf<scalar_t> grad_scale,
                                                     bool maximize, bool has_weight_decay, bool unscale) {
   using opmath_t = OpmathOf<scalar_t>;
   opmath_t p = to_opmath(param);
   opmath_t g = to_opmath(grad);
-  opmath_t st[kMaxStates] = {opmath_t(0), opmath_t(0), opmath_t(0)};
+  opmath_t wide_st[kMaxStates] = {opmath_t(0), opmath_t(0), opmath_t(0)};
 #pragma unroll
   for (int k = 0; k < kMaxStates; ++k) {
-    if (Math::has(k)) st[k] = to_opmath(state[k][i]);
+    if (Math::has(k)) wide_st[k] = to_opmath(st[k]);
   }
   if (unscale) {
     g = g / grad_scale;
     grad = from_opmath<scalar_t>(g);
   }
-  Math::apply(p, g, st, wide, maximize, has_weight_decay);
+  Math::apply(p, g, wide_st, wide, maximize, has_weight_decay);
   param = from_opmath<scalar_t>(p);
 #pragma unroll
   for (int k = 0; k < kMaxStates; ++k) {
-    if (Math::has(k)) state[k][i] = from_opmath<scalar_t>(st[k]);
+    if (Math::has(k)) st[k] = from_opmath<scalar_t>(wide_st[k]);
   }
 }
 
-// A chunk of a rule other than Adam: element by element, each thread striding over the chunk
-// (consecutive threads touch consecutive elements, so every access is coalesced).
+// A chunk of a rule other than Adam, walked as update_chunk walks Adam's: packs of kPackElements
+// when every pointer is aligned (all loads of an iteration before its stores), then element by
+// element, each thread striding over the chunk.
 template <typename scalar_t, typename Math>
 __device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_t begin, int64_t end,
                                                const BlockState& state, bool unscale) {
@@ -219,9 +220,68 @@ __device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_
                                         static_cast<scalar_t*>(tensor.state[2])};
   const auto grad_scale = static_cast<OpmathOf<scalar_t>>(state.grad_scale);
   const bool maximize = (state.flags & kFlagMaximize) != 0;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    update_rule_element<scalar_t, Math>(param[i], grad[i], states, i, state.scalars, grad_scale, maximize,
-                                        state.has_weight_decay, unscale);
+  const bool has_weight_decay = state.has_weight_decay;
+  using P = Pack<scalar_t>;
+  constexpr int kPacks = kPacksOf<scalar_t>;
+  int64_t vector_end = begin;
+  if (tensor.aligned) {
+    constexpr int64_t kStepElements = static_cast<int64_t>(kBlockThreads) * kPackElements * kPacks;
+    vector_end = begin + (end - begin) / kStepElements * kStepElements;
+    for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * kPackElements; base < vector_end;
+         base += kStepElements) {
+      P p[kPacks], g[kPacks], s[kMaxStates][kPacks];
+#pragma unroll
+      for (int u = 0; u < kPacks; ++u) {
+        const int64_t i = base + static_cast<int64_t>(u) * kBlockThreads * kPackElements;
+        p[u] = *reinterpret_cast<const P*>(param + i);
+        g[u] = *reinterpret_cast<const P*>(grad + i);
+#pragma unroll
+        for (int k = 0; k < kMaxStates; ++k) {
+          if (Math::has(k)) s[k][u] = *reinterpret_cast<const P*>(states[k] + i);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kPacks; ++u) {
+#pragma unroll
+        for (int e = 0; e < kPackElements; ++e) {
+          scalar_t st[kMaxStates] = {};
+#pragma unroll
+          for (int k = 0; k < kMaxStates; ++k) {
+            if (Math::has(k)) st[k] = s[k][u].value[e];
+          }
+          update_rule_element<scalar_t, Math>(p[u].value[e], g[u].value[e], st, state.scalars, grad_scale, maximize,
+                                              has_weight_decay, unscale);
+#pragma unroll
+          for (int k = 0; k < kMaxStates; ++k) {
+            if (Math::has(k)) s[k][u].value[e] = st[k];
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kPacks; ++u) {
+        const int64_t i = base + static_cast<int64_t>(u) * kBlockThreads * kPackElements;
+        *reinterpret_cast<P*>(param + i) = p[u];
+        if (unscale) *reinterpret_cast<P*>(grad + i) = g[u];
+#pragma unroll
+        for (int k = 0; k < kMaxStates; ++k) {
+          if (Math::has(k)) *reinterpret_cast<P*>(states[k] + i) = s[k][u];
+        }
+      }
+    }
+  }
+  // The tail of an aligned chunk, or a whole chunk of a tensor with an unaligned pointer.
+  for (int64_t i = vector_end + threadIdx.x; i < end; i += blockDim.x) {
+    scalar_t st[kMaxStates] = {};
+#pragma unroll
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (Math::has(k)) st[k] = states[k][i];
+    }
+    update_rule_element<scalar_t, Math>(param[i], grad[i], st, state.scalars, grad_scale, maximize, has_weight_decay,
+                                        unscale);
+#pragma unroll
+    for (int k = 0; k < kMaxStates; ++k) {
+      if (Math::has(k)) states[k][i] = st[k];
+    }
   }
 }
 
