@@ -128,17 +128,46 @@ OTHER_RULES = {
 }
 
 
+def interleaved_medians(first, second, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Median seconds of two steps timed alternately (each goes first in half the rounds), so that
+    the machine's drift over the run falls on both alike."""
+    for _ in range(warmup):
+        first()
+        second()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(repeats):
+        order = ((0, first), (1, second)) if round_ % 2 == 0 else ((1, second), (0, first))
+        for index, function in order:
+            start = time.perf_counter()
+            function()
+            samples[index].append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
+def stepper(make_optimizer, make_scheduler, shapes, dtype=torch.float32):
+    params = make_params(shapes, dtype)
+    optimizer = make_optimizer(params)
+    scheduler = make_scheduler(optimizer)
+
+    def step():
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
 def bench_other_rules(cases, repeats: int) -> list[dict]:
     """Each other rule with a CosineAnnealingLR against torch's fastest of the same name, on the
-    same shapes as Adam's fp32 cases."""
+    same shapes as Adam's fp32 cases, the two timed alternately."""
     cosine = dict(T_max=10_000, eta_min=1e-5)
     out = []
     for rule, (ours, theirs, how, arrays) in OTHER_RULES.items():
         for label, shapes in cases:
             numel = sum(torch.Size(s).numel() for s in shapes)
-            ours_s = step_seconds(ours, lambda o: fused_schedulers.CosineAnnealingLR(o, **cosine), shapes, repeats)
-            theirs_s = step_seconds(
-                theirs, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, **cosine), shapes, repeats
+            ours_s, theirs_s = interleaved_medians(
+                stepper(ours, lambda o: fused_schedulers.CosineAnnealingLR(o, **cosine), shapes),
+                stepper(theirs, lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, **cosine), shapes),
+                repeats,
             )
             out.append(
                 {

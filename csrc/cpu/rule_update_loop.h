@@ -72,7 +72,9 @@ struct AdagradMath {
 template <typename scalar_t, typename Math>
 void update_rule_range(const CpuSegment& segment, int64_t begin, int64_t end) {
   using opmath_t = OpmathOf<scalar_t>;
-  const StepConfig& c = *segment.config;
+  // A local copy, as adam_update_loop.h makes one: the vector stores may alias anything, so scalars
+  // and flags read through a reference would be reloaded (and broadcast again) at every iteration.
+  const StepConfig c = *segment.config;
   scalar_t* const param = static_cast<scalar_t*>(segment.param);
   scalar_t* const grad = static_cast<scalar_t*>(segment.grad);
   scalar_t* const states[kMaxStates] = {static_cast<scalar_t*>(segment.state[0]),
