@@ -76,6 +76,7 @@ def _valid_decay(kind: int, decay: float) -> bool:
     return kind == 1 or decay >= 0.0
 
 
+# Numbers in the messages are written with ``:g``, as C++'s ostream writes a double (csrc/ops.cpp).
 def check_step_args(
     op: str,
     kind: int,
@@ -131,27 +132,27 @@ def check_step_args(
         end = row[P.TENSOR_END]
         if row[P.TENSOR_BEGIN] != begin or not (begin <= end <= n and end == int(end)):
             fail(
-                f"bucket {b} covers tensors [{row[P.TENSOR_BEGIN]}, {end}); the buckets must cover the {n} "
+                f"bucket {b} covers tensors [{row[P.TENSOR_BEGIN]:g}, {end:g}); the buckets must cover the {n} "
                 "tensors in order"
             )
         if row[P.RULE] != kind:
-            fail(f"bucket {b}: invalid update rule: {row[P.RULE]} (this op runs {RULE_NAMES[kind]})")
+            fail(f"bucket {b}: invalid update rule: {row[P.RULE]:g} (this op runs {RULE_NAMES[kind]})")
         if not math.isfinite(row[P.MOMENTUM]):  # any finite momentum: note [Unusable schedule values]
-            fail(f"bucket {b}: invalid {MOMENTUM_NAMES[kind]}: {row[P.MOMENTUM]}")
+            fail(f"bucket {b}: invalid {MOMENTUM_NAMES[kind]}: {row[P.MOMENTUM]:g}")
         if not _valid_decay(kind, row[P.DECAY]):
-            fail(f"bucket {b}: invalid {DECAY_NAMES[kind]}: {row[P.DECAY]}")
+            fail(f"bucket {b}: invalid {DECAY_NAMES[kind]}: {row[P.DECAY]:g}")
         for name, word in (("eps", P.EPS), ("weight_decay", P.WEIGHT_DECAY)):
             if not (math.isfinite(row[word]) and row[word] >= 0.0):
-                fail(f"bucket {b}: invalid {name}: {row[word]}")
+                fail(f"bucket {b}: invalid {name}: {row[word]:g}")
         flags = row[P.FLAGS]
         if not (0 <= flags <= 63 and flags == int(flags) and int(flags) & ~RULE_FLAGS[kind] == 0):
-            fail(f"bucket {b}: invalid flags for {RULE_NAMES[kind]}: {flags}")
+            fail(f"bucket {b}: invalid flags for {RULE_NAMES[kind]}: {flags:g}")
         group = row[P.GROUP]
         if not (group == -1 or (0 <= group <= words.numel() // _rules.HELD_WORDS - 1 and group == int(group))):
-            fail(f"bucket {b}: invalid group: {group}")
+            fail(f"bucket {b}: invalid group: {group:g}")
         offset = row[P.PROGRAM]
         if not (0 <= offset <= words.numel() - 2 and offset == int(offset)):
-            fail(f"bucket {b}: program offset {offset} is outside the {words.numel()} words")
+            fail(f"bucket {b}: program offset {offset:g} is outside the {words.numel()} words")
         bucket_of += [b] * (int(end) - begin)
         begin = int(end)
     if begin != n:
@@ -164,7 +165,7 @@ def check_step_args(
             first, column = row[P.STATE_BEGIN + k], columns[k]
             if not (first >= 0 and first == int(first) and int(first) + end - first_tensor <= len(column)):
                 fail(
-                    f"bucket {b} needs {STATE_LISTS[kind][k]} [{first}, {first + end - first_tensor}), but there "
+                    f"bucket {b} needs {STATE_LISTS[kind][k]} [{first:g}, {first + end - first_tensor:g}), but there "
                     f"are {len(column)}"
                 )
             for i in range(first_tensor, end):

@@ -415,3 +415,98 @@ def test_non_finite_or_non_numeric_arguments_are_refused_naming_them(cls):
         cls([p], lr="0.1")
     with pytest.raises(ValueError, match="differentiable=True is not supported"):
         cls([p], differentiable=True)
+
+
+# --- the ops: schemas (opcheck), refusals the same in the kernels and the reference ----------------------
+
+RULE_OPS = {  # op name -> (rule kind, state list count, flags with every state)
+    "sgd_step_": (1, 1, 8 | 16),
+    "rmsprop_step_": (2, 3, 8 | 32),
+    "adagrad_step_": (3, 1, 0),
+}
+
+
+def _rule_op_args(op, flags=None, decay=0.1, momentum=0.9):
+    from lrfused import _step_plan as P
+
+    kind, lists, all_flags = RULE_OPS[op]
+    flags = all_flags if flags is None else flags
+    torch.manual_seed(0)
+    params = [torch.randn(3), torch.randn(2, 2)]
+    row = [0.0] * P.BUCKET_WORDS
+    row[P.TENSOR_END], row[P.GROUP], row[P.RULE] = 2, -1, kind
+    row[P.MOMENTUM], row[P.DECAY], row[P.EPS], row[P.WEIGHT_DECAY], row[P.FLAGS] = momentum, decay, 1e-8, 0.01, flags
+    states = [[torch.rand_like(p) for p in params] for _ in range(lists)]
+    return [
+        params,
+        [torch.randn_like(p) for p in params],
+        *states,
+        [torch.tensor(2)],
+        torch.tensor([row], dtype=torch.float64),
+        torch.tensor(schedules.constant(1e-2).encode(), dtype=torch.float64),
+        [],
+        [],
+        torch.zeros((), dtype=torch.int64),
+        torch.zeros(1, dtype=torch.int64),
+    ]
+
+
+@pytest.mark.parametrize("op", list(RULE_OPS))
+def test_opcheck_of_the_other_rules_ops(op):
+    torch.library.opcheck(getattr(torch.ops.lrfused, op).default, _rule_op_args(op))
+
+
+@pytest.mark.parametrize("op", list(RULE_OPS))
+def test_the_other_rules_ops_match_their_reference(op):
+    from lrfused import _reference
+
+    ours, theirs = _rule_op_args(op), _rule_op_args(op)
+    getattr(torch.ops.lrfused, op)(*ours)
+    getattr(_reference, op)(*theirs)
+    for a, b in zip(ours[0] + [t for lst in ours[2:-7] for t in lst], theirs[0] + [t for lst in theirs[2:-7] for t in lst]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert int(ours[-7][0]) == int(theirs[-7][0]) == 3
+
+
+def _bad_rule_calls(op):
+    from lrfused import _step_plan as P
+
+    kind = RULE_OPS[op][0]
+
+    def row_word(word, value):
+        def change(args):
+            args[-6][0, word] = value
+
+        return change
+
+    cases = {
+        "another rule's row": row_word(P.RULE, 0),
+        "a flag of another rule": row_word(P.FLAGS, 1),
+        "momentum nan": row_word(P.MOMENTUM, float("nan")),
+        "eps -1": row_word(P.EPS, -1.0),
+        "weight_decay inf": row_word(P.WEIGHT_DECAY, float("inf")),
+        "grads short": lambda args: args[1].pop(),
+        "a state of another shape": lambda args: args[2].__setitem__(1, torch.zeros(5)),
+        "a state list short": lambda args: args[2].pop(),
+    }
+    if kind != 1:  # SGD's dampening may be any finite number, as torch leaves it unchecked
+        cases["decay -1"] = row_word(P.DECAY, -1.0)
+    return cases
+
+
+@pytest.mark.parametrize("op,case", [(op, case) for op in RULE_OPS for case in _bad_rule_calls(op)])
+def test_the_kernels_and_the_reference_refuse_the_other_rules_calls_alike(op, case):
+    from lrfused import _reference
+
+    messages = []
+    for call in (getattr(torch.ops.lrfused, op), getattr(_reference, op)):
+        args = _rule_op_args(op)
+        _bad_rule_calls(op)[case](args)
+        before = [t.clone() for t in args[0]]
+        with pytest.raises(RuntimeError) as error:
+            call(*args)
+        assert all(torch.equal(a, b) for a, b in zip(args[0], before))
+        messages.append(str(error.value).split("\n")[0])
+    assert messages[0].startswith(f"{op}: ")
+    # The same message, but for how each side spells a dtype (torch's "Float", Python's "torch.float32").
+    assert messages[0].split(" is ")[0] == messages[1].split(" is ")[0]
