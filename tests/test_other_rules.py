@@ -463,7 +463,11 @@ def test_the_other_rules_ops_match_their_reference(op):
     ours, theirs = _rule_op_args(op), _rule_op_args(op)
     getattr(torch.ops.lrfused, op)(*ours)
     getattr(_reference, op)(*theirs)
-    for a, b in zip(ours[0] + [t for lst in ours[2:-7] for t in lst], theirs[0] + [t for lst in theirs[2:-7] for t in lst]):
+
+    def written(args):  # the params, then every state
+        return args[0] + [t for states in args[2:-7] for t in states]
+
+    for a, b in zip(written(ours), written(theirs)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert int(ours[-7][0]) == int(theirs[-7][0]) == 3
 

@@ -100,6 +100,36 @@ void test_adam_element() {
   CHECK(std::fabs(q - (1.0f * 0.995f + 0.01f)) < 1e-6f && xq == vq);
 }
 
+// The other rules' elements, by hand (their order of operations is checked against torch by
+// tests/test_other_rules.py; here, without torch, their branches and scalars).
+void test_other_rule_elements() {
+  using namespace lrfused;
+  // SGD: the buffer's first step is the grad itself; later ones decay it; Nesterov looks ahead.
+  const SgdScalars<float> sgd = scalars_as<float>(make_sgd_scalars(0.1, 0.9, 0.5, 0.0));
+  float p = 1.0f, buffer = 123.0f;
+  sgd_update<float, float, true, false>(p, 2.0f, buffer, sgd, false, false, /*first_step=*/true);
+  CHECK(buffer == 2.0f && std::fabs(p - 0.8f) < 1e-7f);
+  sgd_update<float, float, true, true>(p, 2.0f, buffer, sgd, false, false, false);
+  CHECK(std::fabs(buffer - (2.0f * 0.9f + 1.0f)) < 1e-6f);             // 0.9 b + (1 - 0.5) g
+  CHECK(std::fabs(p - (0.8f - 0.1f * (2.0f + 0.9f * 2.8f))) < 1e-6f);  // g + momentum * b
+  // RMSprop, centered: the variance is v - m^2, with m and v their running averages.
+  const RmspropScalars<double> rms = make_rmsprop_scalars(0.01, 0.0, 0.5, 0.0, 0.0);
+  double q = 1.0, square_avg = 0.0, unused = 0.0, grad_avg = 0.0;
+  rmsprop_update<double, double, true, false>(q, 2.0, square_avg, unused, grad_avg, rms, false, false);
+  CHECK(square_avg == 2.0 && grad_avg == 1.0 && std::fabs(q - (1.0 - 0.01 * 2.0 / 1.0)) < 1e-15);
+  // Adagrad: the lr decays as lr / (1 + (step - 1) lr_decay); maximize climbs.
+  const AdagradScalars<double> ada = make_adagrad_scalars(0.1, 0.5, 0.0, 0.0, 3);
+  CHECK(close(ada.neg_clr, -0.05));
+  double r = 0.0, sum = 0.0;
+  adagrad_update<double, double>(r, 3.0, sum, ada, /*maximize=*/true, false);
+  CHECK(sum == 9.0 && close(r, 0.05));
+  // rule_scalars: SGD's first step is its counter at 0; an unusable lr is told for every rule.
+  CHECK(rule_scalars(UpdateRuleKind::kSgd, ScheduleValue{0.1, schedule_nan()}, 0.9, 0.0, 0.0, 0.0, 0).first_step);
+  CHECK(!rule_scalars(UpdateRuleKind::kAdagrad, ScheduleValue{schedule_nan(), schedule_nan()}, 0, 0, 0, 0, 4).usable);
+  CHECK(rule_has_state(UpdateRuleKind::kRmsprop, kFlagCentered, 2) &&
+        !rule_has_state(UpdateRuleKind::kRmsprop, kFlagCentered, 1));
+}
+
 }  // namespace
 
 // Deferred scheduler steps (note [One op per step]): two CHAIN steps of an exponential decay by 0.5
@@ -138,6 +168,7 @@ int main() {
   test_composites();
   test_validation();
   test_adam_element();
+  test_other_rule_elements();
   test_deferred_steps();
   if (failures == 0) std::printf("all common tests passed\n");
   return failures == 0 ? 0 : 1;
