@@ -14,6 +14,10 @@ Contenders (each with a cosine schedule whose lr changes every step):
   (iv)  lrfused FusedScheduledAdamW + lrfused CosineAnnealingLR, eager
   (v)   the same, optimizer and scheduler step captured in one CUDA graph and replayed
 
+Then SGD (momentum), RMSprop (momentum) and Adagrad, each with the same schedule, on the first two
+cases: torch's fastest implementation of each (fused SGD and Adagrad, foreach RMSprop) eager, and
+lrfused's eager and captured; ratios against torch's.
+
 For every case and contender: GPU ms per step (CUDA events around 10 steps, median of the
 repeats, parameter sets rotated so that the L2 cache never holds the next step's data), host µs
 per step (the time the Python thread spends issuing one step, measured separately), effective
@@ -202,6 +206,57 @@ CONTENDERS = {
 }
 
 
+# The other rules: name -> (torch's fastest, lrfused's, arrays moved per param and step).
+OTHER_RULES = {
+    "SGD(momentum=0.9)": (
+        lambda env, ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=not env.dry_run),
+        lambda ps: lrfused.FusedScheduledSGD(ps, lr=1e-3, momentum=0.9),
+        5,
+    ),
+    "RMSprop(momentum=0.9)": (
+        lambda env, ps: torch.optim.RMSprop(ps, lr=1e-3, momentum=0.9, foreach=True),
+        lambda ps: lrfused.FusedScheduledRMSprop(ps, lr=1e-3, momentum=0.9),
+        7,
+    ),
+    "Adagrad": (
+        lambda env, ps: torch.optim.Adagrad(ps, lr=1e-3, fused=not env.dry_run),
+        lambda ps: lrfused.FusedScheduledAdagrad(ps, lr=1e-3),
+        5,
+    ),
+}
+
+
+def rule_contenders(rule: str) -> dict[str, Callable]:
+    """torch's fastest eager, lrfused's eager and captured, each with the cosine schedule."""
+    make_torch, make_ours, _ = OTHER_RULES[rule]
+
+    def torch_eager(env, params):
+        optimizer = make_torch(env, params)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, **COSINE)
+
+        def step():
+            optimizer.step()
+            scheduler.step()
+
+        return step
+
+    def ours_eager(env, params):
+        optimizer = make_ours(params)
+        scheduler = fused_schedulers.CosineAnnealingLR(optimizer, **COSINE)
+
+        def step():
+            optimizer.step()
+            scheduler.step()
+
+        return step
+
+    return {
+        "torch eager": torch_eager,
+        "lrfused eager": ours_eager,
+        "lrfused graph": lambda env, params: _captured(env, ours_eager(env, params)).replay,
+    }
+
+
 def cases(env: Env, quick: bool) -> dict[str, tuple[list[tuple[int, ...]], torch.dtype]]:
     if env.dry_run:
         return {
@@ -346,6 +401,28 @@ def main() -> None:
             }
         )
 
+    report["other_rules"] = []
+    for label, (shapes, dtype) in list(cases(env, args.quick).items())[:2]:
+        if wanted and not any(w in label for w in wanted):
+            continue
+        numel = sum(math.prod(s) for s in shapes)
+        size = torch.tensor([], dtype=dtype).element_size()
+        for rule, (_, _, arrays) in OTHER_RULES.items():
+            copies = max(1, min(8, -(-4 * l2_bytes // (numel * arrays * size))))
+            rows = {}
+            for contender, make_step in rule_contenders(rule).items():
+                row = time_contender(env, make_step, shapes, dtype, copies, repeats)
+                row["GB_per_s"] = arrays * size * numel / (row["ms_per_step"] / 1e3) / 1e9
+                row["percent_of_copy"] = 100 * row["GB_per_s"] / bandwidth
+                rows[contender] = row
+                print(f"{label}: {rule}: {contender}: {row['ms_per_step']:.3f} ms", flush=True)
+            for row in rows.values():
+                row["gpu_time_vs_torch"] = row["ms_per_step"] / rows["torch eager"]["ms_per_step"]
+                row["host_time_vs_torch"] = row["host_us_per_step"] / rows["torch eager"]["host_us_per_step"]
+            report["other_rules"].append(
+                {"case": label, "rule": rule, "params": numel, "bytes_per_param": arrays * size, "results": rows}
+            )
+
     lines = [
         f"# lrfused CUDA benchmark: {report['gpu']}, torch {report['torch']}, CUDA {report['cuda']}, {report['date']}",
         "",
@@ -368,6 +445,22 @@ def main() -> None:
                 f"{r['percent_of_copy']:.0f}% | {r['host_us_per_step']:.0f} | {r['host_time_vs_i']:.2f}x | "
                 f"{r['launches_per_step']:.1f} | {r['syncs_per_step']:.1f} |"
             )
+        lines.append("")
+    if report["other_rules"]:
+        lines += [
+            "## SGD, RMSprop and Adagrad against torch's fastest of each",
+            "",
+            "| case | rule | contender | GPU ms/step | vs torch | % of copy | host µs/step | launches/step "
+            "| syncs/step |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for entry in report["other_rules"]:
+            for contender, r in entry["results"].items():
+                lines.append(
+                    f"| {entry['case']} | {entry['rule']} | {contender} | {r['ms_per_step']:.3f} | "
+                    f"{r['gpu_time_vs_torch']:.2f}x | {r['percent_of_copy']:.0f}% | {r['host_us_per_step']:.0f} | "
+                    f"{r['launches_per_step']:.1f} | {r['syncs_per_step']:.1f} |"
+                )
         lines.append("")
     table = "\n".join(lines)
     print(table)
