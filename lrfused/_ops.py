@@ -73,47 +73,15 @@ def has_cuda_kernels() -> bool:
     return _torch_compat.has_kernel_for("lrfused::advance_lr_", "CUDA")
 
 
-def adam_step_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    max_exp_avg_sqs: list[torch.Tensor],
-    steps: list[torch.Tensor],
-    buckets: torch.Tensor,
-    words: torch.Tensor,
-    clocks: list[torch.Tensor],
-    rules: list[torch.Tensor],
-    applied: torch.Tensor,
-    pending: torch.Tensor,
-    *,
-    grad_scale: torch.Tensor | None = None,
-    found_inf: torch.Tensor | None = None,
-    invalid_steps: torch.Tensor | None = None,
-    handle: torch.Tensor | None = None,
-) -> None:
+def adam_step_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, *shared, **amp_and_handle) -> None:
     """One step of every group and dtype of one device, and the scheduler steps deferred to it
-    (note [One op per step] in csrc/common/step_plan.h). ``buckets`` has one row per step counter,
-    laid out as :mod:`lrfused._step_plan` says."""
-    op = torch.ops.lrfused.adam_step_ if _LOAD_ERROR is None else _reference.adam_step_
-    op(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-        invalid_steps=invalid_steps,
-        handle=handle,
-    )
+    (note [One op per step] in csrc/common/step_plan.h): :func:`rule_step_` of Adam. ``shared``
+    are the arguments every step op takes after its state lists (steps, buckets, words, clocks,
+    rules, applied, pending); ``buckets`` has one row per step counter, as
+    :mod:`lrfused._step_plan` lays it out."""
+    from ._step_plan import ADAM
+
+    rule_step_(ADAM, params, grads, (exp_avgs, exp_avg_sqs, max_exp_avg_sqs), *shared, **amp_and_handle)
 
 
 def rule_step_(

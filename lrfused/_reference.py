@@ -380,42 +380,17 @@ def adam_step_(
     )
 
 
+# The other rules' ops: their state lists by name, then the arguments every step op shares
+# (steps, buckets, words, clocks, rules, applied, pending), as their schemas in csrc/ops.cpp name them.
+
+
 @torch.no_grad()
 def sgd_step_(
-    params,
-    grads,
-    momentum_buffers,
-    steps,
-    buckets,
-    words,
-    clocks,
-    rules,
-    applied,
-    pending,
-    *,
-    grad_scale=None,
-    found_inf=None,
-    invalid_steps=None,
-    handle=None,
-) -> None:
+    params, grads, momentum_buffers, *shared, grad_scale=None, found_inf=None, invalid_steps=None, handle=None
+):
     """``lrfused::sgd_step_``: see :func:`_step`."""
-    _step(
-        "sgd_step_",
-        1,
-        params,
-        grads,
-        (momentum_buffers, [], []),
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        grad_scale,
-        found_inf,
-        invalid_steps,
-    )
+    columns = (momentum_buffers, [], [])
+    _step("sgd_step_", 1, params, grads, columns, *shared, grad_scale, found_inf, invalid_steps)
 
 
 @torch.no_grad()
@@ -425,75 +400,22 @@ def rmsprop_step_(
     square_avgs,
     momentum_buffers,
     grad_avgs,
-    steps,
-    buckets,
-    words,
-    clocks,
-    rules,
-    applied,
-    pending,
-    *,
+    *shared,
     grad_scale=None,
     found_inf=None,
     invalid_steps=None,
     handle=None,
-) -> None:
+):
     """``lrfused::rmsprop_step_``: see :func:`_step`."""
-    _step(
-        "rmsprop_step_",
-        2,
-        params,
-        grads,
-        (square_avgs, momentum_buffers, grad_avgs),
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        grad_scale,
-        found_inf,
-        invalid_steps,
-    )
+    columns = (square_avgs, momentum_buffers, grad_avgs)
+    _step("rmsprop_step_", 2, params, grads, columns, *shared, grad_scale, found_inf, invalid_steps)
 
 
 @torch.no_grad()
-def adagrad_step_(
-    params,
-    grads,
-    state_sums,
-    steps,
-    buckets,
-    words,
-    clocks,
-    rules,
-    applied,
-    pending,
-    *,
-    grad_scale=None,
-    found_inf=None,
-    invalid_steps=None,
-    handle=None,
-) -> None:
+def adagrad_step_(params, grads, state_sums, *shared, grad_scale=None, found_inf=None, invalid_steps=None, handle=None):
     """``lrfused::adagrad_step_``: see :func:`_step`."""
-    _step(
-        "adagrad_step_",
-        3,
-        params,
-        grads,
-        (state_sums, [], []),
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        grad_scale,
-        found_inf,
-        invalid_steps,
-    )
+    columns = (state_sums, [], [])
+    _step("adagrad_step_", 3, params, grads, columns, *shared, grad_scale, found_inf, invalid_steps)
 
 
 def _host_writes(pending, count: int, word_count: int, op: str = "adam_step_"):
@@ -543,6 +465,19 @@ def _unscaled(grad: torch.Tensor, opmath: torch.dtype, grad_scale) -> torch.Tens
     return g
 
 
+def _coupled_grad(param, grad, flags: int, weight_decay: float, opmath, grad_scale):
+    """(p, g) in the opmath type: the grad unscaled (and written back so), negated for maximize,
+    with the L2 term of weight decay: the first lines of every rule but AdamW."""
+    from . import _step_plan as P
+
+    p, g = param.to(opmath), _unscaled(grad, opmath, grad_scale)
+    if flags & P.FLAG_MAXIMIZE:
+        g = -g
+    if weight_decay != 0:
+        g = g + _scalar(weight_decay, opmath) * p
+    return p, g
+
+
 def _adam_bucket(params, grads, states, t, lr, beta1, row, grad_scale) -> bool:
     """Adam's update (note [Order of operations] in csrc/common/adam_math.h)."""
     from . import _step_plan as P
@@ -585,11 +520,7 @@ def _sgd_bucket(params, grads, states, t, lr, momentum, row, grad_scale) -> bool
     flags, dampening, weight_decay = int(row[P.FLAGS]), row[P.DECAY], row[P.WEIGHT_DECAY]
     opmath = opmath_dtype(params[0].dtype)
     for param, grad, (buffer, _, _) in zip(params, grads, states):
-        p, g = param.to(opmath), _unscaled(grad, opmath, grad_scale)
-        if flags & P.FLAG_MAXIMIZE:
-            g = -g
-        if weight_decay != 0:
-            g = g + _scalar(weight_decay, opmath) * p
+        p, g = _coupled_grad(param, grad, flags, weight_decay, opmath, grad_scale)
         if flags & P.FLAG_MOMENTUM:
             if t == 0:
                 b = g
@@ -610,11 +541,7 @@ def _rmsprop_bucket(params, grads, states, t, lr, momentum, row, grad_scale) -> 
     flags, alpha, eps, weight_decay = int(row[P.FLAGS]), row[P.DECAY], row[P.EPS], row[P.WEIGHT_DECAY]
     opmath = opmath_dtype(params[0].dtype)
     for param, grad, (square_avg, buffer, grad_avg) in zip(params, grads, states):
-        p, g = param.to(opmath), _unscaled(grad, opmath, grad_scale)
-        if flags & P.FLAG_MAXIMIZE:
-            g = -g
-        if weight_decay != 0:
-            g = g + _scalar(weight_decay, opmath) * p
+        p, g = _coupled_grad(param, grad, flags, weight_decay, opmath, grad_scale)
         v = square_avg.to(opmath) * _scalar(alpha, opmath) + _scalar(1.0 - alpha, opmath) * g * g
         square_avg.copy_(v)
         if flags & P.FLAG_CENTERED:
@@ -643,11 +570,7 @@ def _adagrad_bucket(params, grads, states, t, lr, momentum, row, grad_scale) -> 
         return False
     opmath = opmath_dtype(params[0].dtype)
     for param, grad, (state_sum, _, _) in zip(params, grads, states):
-        p, g = param.to(opmath), _unscaled(grad, opmath, grad_scale)
-        if flags & P.FLAG_MAXIMIZE:
-            g = -g
-        if weight_decay != 0:
-            g = g + _scalar(weight_decay, opmath) * p
+        p, g = _coupled_grad(param, grad, flags, weight_decay, opmath, grad_scale)
         total = state_sum.to(opmath) + _scalar(1.0, opmath) * g * g
         state_sum.copy_(total)
         param.copy_(p + _scalar(-clr, opmath) * g / (total.sqrt() + _scalar(eps, opmath)))

@@ -216,6 +216,9 @@ def test_checkpoints_move_both_ways(ours_cls, theirs_cls, options):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-13)
 
 
+# The tests of the compiled ops themselves (the rest also runs on the reference, LRFUSED_USE_REFERENCE=1).
+needs_kernels = pytest.mark.skipif(not lrfused.has_kernels(), reason="the compiled library is not loaded")
+
 OTHER_CLASSES = [lrfused.FusedScheduledSGD, lrfused.FusedScheduledRMSprop, lrfused.FusedScheduledAdagrad]
 
 
@@ -281,6 +284,7 @@ def test_bad_arguments_raise_torchs_errors(cls, kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
+@needs_kernels
 @pytest.mark.parametrize("ours_cls,theirs_cls,options", ALL, ids=IDS)
 def test_the_kernels_match_the_reference(ours_cls, theirs_cls, options, monkeypatch):
     # The same training through the compiled op and through lrfused._reference's op.
@@ -303,6 +307,7 @@ def test_the_kernels_match_the_reference(ours_cls, theirs_cls, options, monkeypa
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+@needs_kernels
 def test_one_op_per_step_for_every_group_and_dtype():
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -451,11 +456,13 @@ def _rule_op_args(op, flags=None, decay=0.1, momentum=0.9):
     ]
 
 
+@needs_kernels
 @pytest.mark.parametrize("op", list(RULE_OPS))
 def test_opcheck_of_the_other_rules_ops(op):
     torch.library.opcheck(getattr(torch.ops.lrfused, op).default, _rule_op_args(op))
 
 
+@needs_kernels
 @pytest.mark.parametrize("op", list(RULE_OPS))
 def test_the_other_rules_ops_match_their_reference(op):
     from lrfused import _reference
@@ -498,6 +505,7 @@ def _bad_rule_calls(op):
     return cases
 
 
+@needs_kernels
 @pytest.mark.parametrize("op,case", [(op, case) for op in RULE_OPS for case in _bad_rule_calls(op)])
 def test_the_kernels_and_the_reference_refuse_the_other_rules_calls_alike(op, case):
     from lrfused import _reference
