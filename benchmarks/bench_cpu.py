@@ -72,8 +72,8 @@ def contenders():
     }
 
 
-def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int, dtype=torch.float32) -> float:
-    """Median seconds of one optimizer step and scheduler step on fresh params of ``shapes``."""
+def stepper(make_optimizer, make_scheduler, shapes, dtype=torch.float32):
+    """One optimizer step and scheduler step on fresh params of ``shapes``, as a function."""
     params = make_params(shapes, dtype)
     optimizer = make_optimizer(params)
     scheduler = make_scheduler(optimizer)
@@ -82,7 +82,12 @@ def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int, dtype=tor
         optimizer.step()
         scheduler.step()
 
-    return median_seconds(step, repeats)
+    return step
+
+
+def step_seconds(make_optimizer, make_scheduler, shapes, repeats: int, dtype=torch.float32) -> float:
+    """Median seconds of one optimizer step and scheduler step on fresh params of ``shapes``."""
+    return median_seconds(stepper(make_optimizer, make_scheduler, shapes, dtype), repeats)
 
 
 def bench_case(label: str, shapes, repeats: int, dtype=torch.float32) -> dict:
@@ -142,18 +147,6 @@ def interleaved_medians(first, second, repeats: int, warmup: int = 3) -> tuple[f
             function()
             samples[index].append(time.perf_counter() - start)
     return statistics.median(samples[0]), statistics.median(samples[1])
-
-
-def stepper(make_optimizer, make_scheduler, shapes, dtype=torch.float32):
-    params = make_params(shapes, dtype)
-    optimizer = make_optimizer(params)
-    scheduler = make_scheduler(optimizer)
-
-    def step():
-        optimizer.step()
-        scheduler.step()
-
-    return step
 
 
 def bench_other_rules(cases, repeats: int) -> list[dict]:

@@ -361,23 +361,8 @@ def adam_step_(
             f"{len(exp_avgs)} and {len(exp_avg_sqs)}"
         )
     columns = (exp_avgs, exp_avg_sqs, max_exp_avg_sqs)
-    _step(
-        "adam_step_",
-        0,
-        params,
-        grads,
-        columns,
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        grad_scale,
-        found_inf,
-        invalid_steps,
-    )
+    shared = (steps, buckets, words, clocks, rules, applied, pending)
+    _step("adam_step_", 0, params, grads, columns, *shared, grad_scale, found_inf, invalid_steps)
 
 
 # The other rules' ops: their state lists by name, then the arguments every step op shares
