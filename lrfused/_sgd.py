@@ -39,6 +39,11 @@ class FusedScheduledSGD(FusedScheduledOptimizer):
     first step) is ``state[p]["step"]`` while the optimizer runs; torch's SGD has no such key, so
     ``state_dict()`` leaves it out of the params' state and saves the counts under its
     ``"lrfused"`` key. A checkpoint of torch's SGD loads as torch would continue it.
+
+    One difference from torch: the buffer's first step is told by that counter (0: the buffer is
+    the grad). A group whose momentum goes from 0 to non-zero after it has stepped gets buffers of
+    zeros whose first step is ``(1 - dampening) * g`` where torch's is ``g``: the same without
+    dampening, as almost every recipe has it.
     """
 
     _rule = SGD
