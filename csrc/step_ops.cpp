@@ -293,15 +293,24 @@ bool table_step_op(const at::Tensor& handle, const at::Tensor& buckets, at::Tens
   gather_buckets(buckets, steps, words, static_cast<int64_t>(n), call, "table_step_", -1);
   if (fast) {
     // The param, its grad and its states share its layout and are where the last full check saw
-    // them: the states' pointers from the note, for the states each bucket has.
+    // them: the states' pointers from the note, for the states each bucket has (asked once a bucket).
+    std::vector<uint8_t>& has_states = t.bucket_states;
+    has_states.assign(call.buckets.size(), 0);
+    for (size_t b = 0; b < call.buckets.size(); ++b) {
+      for (int k = 0; k < kMaxStates; ++k) {
+        if (rule_has_state(static_cast<UpdateRuleKind>(call.buckets[b].rule), call.buckets[b].flags, k)) {
+          has_states[b] |= static_cast<uint8_t>(1 << k);
+        }
+      }
+    }
     for (size_t i = 0; i < n; ++i) {
       const int32_t b = call.tensor_bucket[i];
-      const BucketSpec& bucket = call.buckets[b];
       for (int k = 0; k < kMaxStates; ++k) {
-        if (!rule_has_state(static_cast<UpdateRuleKind>(bucket.rule), bucket.flags, k)) continue;
+        if (!(has_states[b] & (1 << k))) continue;
         call.raw[i].state[k] = t.meta[i].state[k].data;
         TORCH_CHECK(call.raw[i].state[k] != nullptr, "table_step_: tensor ", i, " had no ",
-                    state_list_name(static_cast<UpdateRuleKind>(bucket.rule), k), " entry when its table was checked");
+                    state_list_name(static_cast<UpdateRuleKind>(call.buckets[b].rule), k),
+                    " entry when its table was checked");
       }
       call.raw[i].bucket = b;
     }

@@ -61,14 +61,15 @@ struct StepTable {
   std::vector<at::Tensor> sources;    // per tensor: the param whose grad is read
   std::vector<bool> complex_sources;  // read as view_as_real(grad)
   std::vector<at::Tensor> params;
-  // The states the op was given, per state of the rule: one per tensor, but the optional last
-  // (Adam's max_exp_avg_sq), listed for its buckets only and indexed by their kBucketMaxBegin.
+  // The states the op was given, per state of the rule: each list holds the tensors of the buckets
+  // that have that state, indexed by their kBucketStateBegin words.
   std::vector<at::Tensor> states[kMaxStates];
   std::vector<at::Tensor> watched;     // params with no grad when the plan was made
   std::vector<at::Tensor> real_grads;  // scratch: the real views of complex grads
   std::vector<TensorMeta> meta;        // per tensor, once the first step checked it
   bool checked = false;                // a step ran the full checks of adam_step_
   StepCall call;                       // scratch, reused by every step
+  std::vector<uint8_t> bucket_states;  // scratch: per bucket, a bit per state its rule keeps
 };
 
 // What a handle keeps: the eager table (when set_step_table filled one) and the backend's cache.

@@ -30,12 +30,15 @@
 namespace lrfused {
 
 // The scalars of one bucket's step, in double: the kernels narrow those of the bucket's rule to its
-// opmath type. Only the rule's own member is set.
+// opmath type. One rule's are held (a CUDA block keeps them in shared memory, where every rule's
+// side by side would cost registers to fill).
 struct StepScalars {
-  AdamScalars<double> scalars;  // Adam's
-  SgdScalars<double> sgd;
-  RmspropScalars<double> rmsprop;
-  AdagradScalars<double> adagrad;
+  union {
+    AdamScalars<double> scalars;  // Adam's
+    SgdScalars<double> sgd;
+    RmspropScalars<double> rmsprop;
+    AdagradScalars<double> adagrad;
+  };
   bool first_step;  // the bucket's counter is 0 (SGD's momentum buffer starts as the grad)
   bool usable;      // false: skip the call (see the note above)
 };
@@ -45,7 +48,7 @@ struct StepScalars {
 LRFUSED_HOST_DEVICE StepScalars scalars_from(ScheduleValue value, double beta1, double beta2, double eps,
                                              double weight_decay, int64_t step) {
   const double step_beta1 = schedule_is_nan(value.beta1) ? beta1 : value.beta1;
-  StepScalars result;
+  StepScalars result{};
   result.scalars = make_adam_scalars(value.lr, step_beta1, beta2, eps, weight_decay, step + 1);
   // x - x is 0 for every finite x and NaN for NaN and the infinities.
   const double bias_correction1 = result.scalars.bias_correction1;

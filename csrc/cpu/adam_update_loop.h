@@ -59,13 +59,7 @@ void update_range(const Segment<scalar_t>& segment, int64_t begin, int64_t end, 
   scalar_t* const exp_avg = segment.exp_avg;
   scalar_t* const exp_avg_sq = segment.exp_avg_sq;
   scalar_t* const max_exp_avg_sq = segment.max_exp_avg_sq;
-  const AdamScalars<opmath_t> scalars = [&c] {
-    if constexpr (std::is_same_v<opmath_t, double>) {
-      return c.scalars_double;
-    } else {
-      return c.scalars_float;
-    }
-  }();
+  const AdamScalars<opmath_t> scalars = c.adam.in<opmath_t>();
   const bool maximize = c.maximize;
   const bool has_weight_decay = c.has_weight_decay;
   const bool unscale = c.grad_scale != nullptr;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../common/adagrad_math.h"
 #include "../common/adam_math.h"
@@ -12,18 +13,33 @@
 
 namespace lrfused {
 
+// A rule's scalars in each opmath type (float64 params read the double ones), narrowed once per
+// call, not once per tensor.
+template <template <typename> class Scalars>
+struct OpmathScalars {
+  Scalars<float> narrow;
+  Scalars<double> wide;
+  void set(const Scalars<double>& s) {
+    narrow = scalars_as<float>(s);
+    wide = s;
+  }
+  template <typename S>
+  const Scalars<S>& in() const {
+    if constexpr (std::is_same_v<S, double>) {
+      return wide;
+    } else {
+      return narrow;
+    }
+  }
+};
+
 struct StepConfig {
-  // The bucket's scalars in each opmath type (float64 params read the double ones), narrowed once
-  // per call, not once per tensor.
-  // The rule's own are set; the others are left as they are.
-  AdamScalars<float> scalars_float;
-  AdamScalars<double> scalars_double;
-  SgdScalars<float> sgd_float;
-  SgdScalars<double> sgd_double;
-  RmspropScalars<float> rmsprop_float;
-  RmspropScalars<double> rmsprop_double;
-  AdagradScalars<float> adagrad_float;
-  AdagradScalars<double> adagrad_double;
+  union {  // the bucket's rule's
+    OpmathScalars<AdamScalars> adam;
+    OpmathScalars<SgdScalars> sgd;
+    OpmathScalars<RmspropScalars> rmsprop;
+    OpmathScalars<AdagradScalars> adagrad;
+  };
   bool maximize;
   bool has_weight_decay;
   bool first_step;          // SGD: the momentum buffer starts as the grad

@@ -84,22 +84,10 @@ void run_step_cpu(StepCall& call) {
       scratch.usable[b] = s.usable;
       StepConfig& config = scratch.configs[b];
       switch (static_cast<UpdateRuleKind>(bucket.rule)) {
-        case UpdateRuleKind::kAdam:
-          config.scalars_float = scalars_as<float>(s.scalars);
-          config.scalars_double = s.scalars;
-          break;
-        case UpdateRuleKind::kSgd:
-          config.sgd_float = scalars_as<float>(s.sgd);
-          config.sgd_double = s.sgd;
-          break;
-        case UpdateRuleKind::kRmsprop:
-          config.rmsprop_float = scalars_as<float>(s.rmsprop);
-          config.rmsprop_double = s.rmsprop;
-          break;
-        case UpdateRuleKind::kAdagrad:
-          config.adagrad_float = scalars_as<float>(s.adagrad);
-          config.adagrad_double = s.adagrad;
-          break;
+        case UpdateRuleKind::kAdam: config.adam.set(s.scalars); break;
+        case UpdateRuleKind::kSgd: config.sgd.set(s.sgd); break;
+        case UpdateRuleKind::kRmsprop: config.rmsprop.set(s.rmsprop); break;
+        case UpdateRuleKind::kAdagrad: config.adagrad.set(s.adagrad); break;
       }
       config.maximize = (bucket.flags & kFlagMaximize) != 0;
       config.has_weight_decay = bucket.weight_decay != 0.0;

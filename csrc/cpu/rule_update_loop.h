@@ -13,35 +13,12 @@
 namespace lrfused {
 namespace LRFUSED_CPU_VARIANT {
 
-// The bucket's scalars of a rule in the opmath type S.
-template <typename S>
-const SgdScalars<S>& sgd_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>)
-    return c.sgd_double;
-  else
-    return c.sgd_float;
-}
-template <typename S>
-const RmspropScalars<S>& rmsprop_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>)
-    return c.rmsprop_double;
-  else
-    return c.rmsprop_float;
-}
-template <typename S>
-const AdagradScalars<S>& adagrad_scalars(const StepConfig& c) {
-  if constexpr (std::is_same_v<S, double>)
-    return c.adagrad_double;
-  else
-    return c.adagrad_float;
-}
-
 template <bool kMomentum, bool kNesterov>
 struct SgdMath {
   static constexpr bool has(int k) { return k == kSgdMomentumBuffer && kMomentum; }
   template <typename T, typename S>
   static void apply(T& p, T g, T (&state)[kMaxStates], const StepConfig& c) {
-    sgd_update<T, S, kMomentum, kNesterov>(p, g, state[kSgdMomentumBuffer], sgd_scalars<S>(c), c.maximize,
+    sgd_update<T, S, kMomentum, kNesterov>(p, g, state[kSgdMomentumBuffer], c.sgd.in<S>(), c.maximize,
                                            c.has_weight_decay, c.first_step);
   }
 };
@@ -54,7 +31,7 @@ struct RmspropMath {
   template <typename T, typename S>
   static void apply(T& p, T g, T (&state)[kMaxStates], const StepConfig& c) {
     rmsprop_update<T, S, kCentered, kMomentum>(p, g, state[kRmspropSquareAvg], state[kRmspropMomentumBuffer],
-                                               state[kRmspropGradAvg], rmsprop_scalars<S>(c), c.maximize,
+                                               state[kRmspropGradAvg], c.rmsprop.in<S>(), c.maximize,
                                                c.has_weight_decay);
   }
 };
@@ -63,7 +40,7 @@ struct AdagradMath {
   static constexpr bool has(int k) { return k == kAdagradSum; }
   template <typename T, typename S>
   static void apply(T& p, T g, T (&state)[kMaxStates], const StepConfig& c) {
-    adagrad_update<T, S>(p, g, state[kAdagradSum], adagrad_scalars<S>(c), c.maximize, c.has_weight_decay);
+    adagrad_update<T, S>(p, g, state[kAdagradSum], c.adagrad.in<S>(), c.maximize, c.has_weight_decay);
   }
 };
 
@@ -72,8 +49,9 @@ struct AdagradMath {
 template <typename scalar_t, typename Math>
 void update_rule_range(const CpuSegment& segment, int64_t begin, int64_t end) {
   using opmath_t = OpmathOf<scalar_t>;
-  // A local copy, as adam_update_loop.h makes one: the vector stores may alias anything, so scalars
-  // and flags read through a reference would be reloaded (and broadcast again) at every iteration.
+  // A local copy (one rule's scalars and a few flags), as adam_update_loop.h makes one: the vector
+  // stores may alias anything, so scalars and flags read through a reference would be reloaded (and
+  // broadcast again) at every iteration.
   const StepConfig c = *segment.config;
   scalar_t* const param = static_cast<scalar_t*>(segment.param);
   scalar_t* const grad = static_cast<scalar_t*>(segment.grad);
