@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._scheduled import FusedScheduledOptimizer
@@ -82,20 +81,9 @@ class FusedScheduledAdagrad(FusedScheduledOptimizer):
             check_finite=check_finite,
         )
         # torch's Adagrad makes its state here, for every param: a checkpoint taken before the first
-        # step holds it too.
+        # step holds it too. (A param added later by add_param_group gets it at its first step.)
         for group in self.param_groups:
-            counters: dict[tuple[torch.device, torch.dtype], Tensor] = {}
-            for p in group["params"]:
-                state = self.state[p]
-                if state:
-                    continue
-                key = (p.device, p.dtype)
-                if key not in counters:
-                    counters[key] = torch.zeros((), dtype=torch.int64, device=p.device)
-                state["step"] = counters[key]
-                init = check_number("initial_accumulator_value value", group["initial_accumulator_value"])
-                value = complex(init, init) if p.is_complex() else init  # torch's value for a complex param
-                state["sum"] = torch.full_like(p, value, memory_format=torch.preserve_format)
+            self._planner.make_states(group, self.state, group["params"])
 
     def _validate_group_values(self, values: dict[str, Any]) -> None:
         validate_adagrad(values)

@@ -73,6 +73,9 @@ def is_published(lr: Any) -> bool:
 class Binding:
     """The device words of every param group's lr, and the doors through which they change."""
 
+    # What the beta1 word mirrors (see __init__); a binding pickled before other rules existed is Adam's.
+    momentum_key: str | None = "betas"
+
     def __init__(
         self,
         groups: list[dict[str, Any]],
@@ -435,9 +438,7 @@ class Binding:
 
     def momentum_of(self, group: dict[str, Any]) -> Any:
         """The group's value of what the beta1 word holds: Adam's beta1, SGD's or RMSprop's momentum."""
-        if self.momentum_key == "betas":
-            return group["betas"][0]
-        return group[self.momentum_key] if self.momentum_key is not None else 0.0
+        return _step_plan.momentum_of(group, self.momentum_key)
 
     @property
     def beta1_args(self) -> list[float | None]:

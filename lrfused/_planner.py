@@ -230,17 +230,14 @@ class StepPlanner:
                     if name not in param_state:
                         raise KeyError(f"the optimizer state of {where} has a 'step' but no {name!r}")
 
-    def _make_plan(self, group: dict[str, Any], state: dict, grads: list[Tensor | None]) -> GroupPlan:
-        params = group["params"]
-        stepping = [i for i, g in enumerate(grads) if g is not None]
+    def make_states(self, group: dict[str, Any], state: dict, params: list[Tensor]) -> None:
+        """The states ``params`` of ``group`` do not have yet, as the rule makes them at a param's
+        first step (zeros, or a group key's value: Adagrad's sum), and a step counter shared by the
+        new ones of a device and dtype; states loaded in another layout are laid out as the param."""
         wanted = self.rule.states_for(group)
-        occurrences: dict[int, int] = {}
-        for i in stepping:
-            occurrences[id(params[i])] = occurrences.get(id(params[i]), 0) + 1
-        fresh_steps: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         fills = dict(self.rule.fills)
-        for i in stepping:
-            p = params[i]
+        fresh_steps: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        for p in params:
             param_state = state[p]
             if "step" not in param_state:
                 key = (p.device, p.dtype)
@@ -256,6 +253,15 @@ class StepPlanner:
                     else:
                         param_state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             match_param_layout(p, param_state, wanted)
+
+    def _make_plan(self, group: dict[str, Any], state: dict, grads: list[Tensor | None]) -> GroupPlan:
+        params = group["params"]
+        stepping = [i for i, g in enumerate(grads) if g is not None]
+        wanted = self.rule.states_for(group)
+        occurrences: dict[int, int] = {}
+        for i in stepping:
+            occurrences[id(params[i])] = occurrences.get(id(params[i]), 0) + 1
+        self.make_states(group, state, [params[i] for i in stepping])
         _split_shared_counters(params, stepping, occurrences, state)
         plan = GroupPlan(tuple(g is not None for g in grads))
         by_key: dict[tuple, Bucket] = {}

@@ -4,6 +4,7 @@ that the optimizer's plan made for each param group."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +102,7 @@ class UpdateRule:
     # the counter is kept by the optimizer and saved under the checkpoint's "lrfused" key).
     counter_in_state: bool = True
 
-    @property
+    @functools.cached_property
     def states(self) -> tuple[str, ...]:
         """The states every param has whatever its flags (checked in a loaded state)."""
         return tuple(name for k, name in enumerate(self.all_states) if all(self.has_state(f, k) for f in range(64)))
@@ -113,11 +114,15 @@ class UpdateRule:
 
     def momentum_of(self, group: dict) -> Any:
         """The group's momentum as the op takes it (Adam's beta1), or 0.0 for a rule without one."""
-        if self.momentum_key == "betas":
-            return group["betas"][0]
-        if self.momentum_key == "momentum":
-            return group["momentum"]
-        return 0.0
+        return momentum_of(group, self.momentum_key)
+
+
+def momentum_of(group: dict, key: str | None) -> Any:
+    """What the HELD node's beta1 word mirrors in ``group``: ``betas[0]`` for key "betas",
+    ``group[key]`` for "momentum", 0.0 without a key (a rule without a momentum)."""
+    if key == "betas":
+        return group["betas"][0]
+    return group[key] if key is not None else 0.0
 
 
 def _maximize(group: dict) -> int:
@@ -186,12 +191,10 @@ def _sgd_row_values(group: dict, momentum: Any, flags: int) -> tuple:
 
 
 def _sgd_watched(group: dict, momentum_driven: bool) -> tuple | None:
-    return (
-        group["dampening"],
-        group["weight_decay"],
-        group["nesterov"],
-        group["maximize"],
-    ) + (() if momentum_driven else (group["momentum"],))
+    # A driven momentum is the device's: its host mirror (a new float at each cycling step) is not watched.
+    if momentum_driven:
+        return (group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"])
+    return (group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"], group["momentum"])
 
 
 SGD = UpdateRule(
@@ -224,13 +227,16 @@ def _rmsprop_row_values(group: dict, momentum: Any, flags: int) -> tuple:
 
 
 def _rmsprop_watched(group: dict, momentum_driven: bool) -> tuple | None:
-    return (
+    alpha, eps, weight_decay, centered, maximize = (
         group["alpha"],
         group["eps"],
         group["weight_decay"],
         group["centered"],
         group["maximize"],
-    ) + (() if momentum_driven else (group["momentum"],))
+    )
+    if momentum_driven:  # as SGD's
+        return (alpha, eps, weight_decay, centered, maximize)
+    return (alpha, eps, weight_decay, centered, maximize, group["momentum"])
 
 
 RMSPROP = UpdateRule(
