@@ -146,15 +146,27 @@ __device__ __noinline__ void update_chunk(const TensorEntry& tensor, int64_t beg
 }
 
 // The rules other than Adam (note [The seam of an update rule] in csrc/README.md): a rule's Math
-// names the states it reads and applies its element function from csrc/common/ in the opmath type.
+// names the states it reads, narrows its scalars to the opmath type S (once per chunk, as
+// update_chunk narrows Adam's: read per element through the shared BlockState, which the stores may
+// alias as far as the compiler knows, they would be loaded and converted again for every element),
+// and applies its element function from csrc/common/ to them.
 template <bool kMomentum, bool kNesterov>
 struct SgdMath {
   static constexpr __device__ bool has(int k) { return k == kSgdMomentumBuffer && kMomentum; }
   template <typename S>
-  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+  struct Scalars {
+    SgdScalars<S> sgd;
+    bool first_step;
+  };
+  template <typename S>
+  static __device__ Scalars<S> narrow(const StepScalars& wide) {
+    return {scalars_as<S>(wide.sgd), wide.first_step};
+  }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const Scalars<S>& s, bool maximize,
                                                bool has_weight_decay) {
-    sgd_update<S, S, kMomentum, kNesterov>(p, g, st[kSgdMomentumBuffer], scalars_as<S>(wide.sgd), maximize,
-                                           has_weight_decay, wide.first_step);
+    sgd_update<S, S, kMomentum, kNesterov>(p, g, st[kSgdMomentumBuffer], s.sgd, maximize, has_weight_decay,
+                                           s.first_step);
   }
 };
 
@@ -164,29 +176,45 @@ struct RmspropMath {
     return k == kRmspropSquareAvg || (k == kRmspropMomentumBuffer && kMomentum) || (k == kRmspropGradAvg && kCentered);
   }
   template <typename S>
-  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+  using Scalars = RmspropScalars<S>;
+  template <typename S>
+  static __device__ Scalars<S> narrow(const StepScalars& wide) {
+    return scalars_as<S>(wide.rmsprop);
+  }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const Scalars<S>& s, bool maximize,
                                                bool has_weight_decay) {
     rmsprop_update<S, S, kCentered, kMomentum>(p, g, st[kRmspropSquareAvg], st[kRmspropMomentumBuffer],
-                                               st[kRmspropGradAvg], scalars_as<S>(wide.rmsprop), maximize,
-                                               has_weight_decay);
+                                               st[kRmspropGradAvg], s, maximize, has_weight_decay);
   }
 };
 
 struct AdagradMath {
   static constexpr __device__ bool has(int k) { return k == kAdagradSum; }
   template <typename S>
-  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const StepScalars& wide, bool maximize,
+  using Scalars = AdagradScalars<S>;
+  template <typename S>
+  static __device__ Scalars<S> narrow(const StepScalars& wide) {
+    return scalars_as<S>(wide.adagrad);
+  }
+  template <typename S>
+  static __device__ __forceinline__ void apply(S& p, S g, S (&st)[kMaxStates], const Scalars<S>& s, bool maximize,
                                                bool has_weight_decay) {
-    adagrad_update<S, S>(p, g, st[kAdagradSum], scalars_as<S>(wide.adagrad), maximize, has_weight_decay);
+    adagrad_update<S, S>(p, g, st[kAdagradSum], s, maximize, has_weight_decay);
   }
 };
+
+// A rule's scalars as its chunk holds them, in the opmath type of scalar_t.
+template <typename Math, typename scalar_t>
+using NarrowScalars = typename Math::template Scalars<OpmathOf<scalar_t>>;
 
 // One element of a rule's update in its opmath type: `st` holds its states in scalar_t (those the
 // rule does not keep are neither read nor written).
 template <typename scalar_t, typename Math>
 __device__ __forceinline__ void update_rule_element(scalar_t& param, scalar_t& grad, scalar_t (&st)[kMaxStates],
-                                                    const StepScalars& wide, OpmathOf<scalar_t> grad_scale,
-                                                    bool maximize, bool has_weight_decay, bool unscale) {
+                                                    const NarrowScalars<Math, scalar_t>& scalars,
+                                                    OpmathOf<scalar_t> grad_scale, bool maximize, bool has_weight_decay,
+                                                    bool unscale) {
   using opmath_t = OpmathOf<scalar_t>;
   opmath_t p = to_opmath(param);
   opmath_t g = to_opmath(grad);
@@ -199,7 +227,7 @@ __device__ __forceinline__ void update_rule_element(scalar_t& param, scalar_t& g
     g = g / grad_scale;
     grad = from_opmath<scalar_t>(g);
   }
-  Math::apply(p, g, wide_st, wide, maximize, has_weight_decay);
+  Math::apply(p, g, wide_st, scalars, maximize, has_weight_decay);
   param = from_opmath<scalar_t>(p);
 #pragma unroll
   for (int k = 0; k < kMaxStates; ++k) {
@@ -218,6 +246,7 @@ __device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_
   scalar_t* const states[kMaxStates] = {static_cast<scalar_t*>(tensor.state[0]),
                                         static_cast<scalar_t*>(tensor.state[1]),
                                         static_cast<scalar_t*>(tensor.state[2])};
+  const NarrowScalars<Math, scalar_t> scalars = Math::template narrow<OpmathOf<scalar_t>>(state.scalars);
   const auto grad_scale = static_cast<OpmathOf<scalar_t>>(state.grad_scale);
   const bool maximize = (state.flags & kFlagMaximize) != 0;
   const bool has_weight_decay = state.has_weight_decay;
@@ -249,7 +278,7 @@ __device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_
           for (int k = 0; k < kMaxStates; ++k) {
             if (Math::has(k)) st[k] = s[k][u].value[e];
           }
-          update_rule_element<scalar_t, Math>(p[u].value[e], g[u].value[e], st, state.scalars, grad_scale, maximize,
+          update_rule_element<scalar_t, Math>(p[u].value[e], g[u].value[e], st, scalars, grad_scale, maximize,
                                               has_weight_decay, unscale);
 #pragma unroll
           for (int k = 0; k < kMaxStates; ++k) {
@@ -276,7 +305,7 @@ __device__ __noinline__ void update_rule_chunk(const TensorEntry& tensor, int64_
     for (int k = 0; k < kMaxStates; ++k) {
       if (Math::has(k)) st[k] = states[k][i];
     }
-    update_rule_element<scalar_t, Math>(param[i], grad[i], st, state.scalars, grad_scale, maximize, has_weight_decay,
+    update_rule_element<scalar_t, Math>(param[i], grad[i], st, scalars, grad_scale, maximize, has_weight_decay,
                                         unscale);
 #pragma unroll
     for (int k = 0; k < kMaxStates; ++k) {
