@@ -1,6 +1,6 @@
 """What the test files share: the error measure, twin params for lrfused and torch, parameter
-comparisons, stepping both sides, snapshots that a refusal must leave unchanged, and one bucket's
-call of the step op."""
+comparisons, stepping both sides, snapshots that a refusal must leave unchanged, one bucket's
+call of the step op, and a recorder of the ops a step dispatches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import itertools
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lrfused import _step_plan
 
@@ -206,3 +207,15 @@ class EachOptimizer:
     def step(self):
         for opt in self.optimizers:
             opt.step()
+
+
+class RecordEveryOp(TorchDispatchMode):
+    """Records the name of every op dispatched inside its ``with`` block (``names``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))

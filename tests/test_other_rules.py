@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lrfused
+from helpers import RecordEveryOp
 from lrfused import lr_scheduler as fused_sched
 from lrfused import schedules
 
@@ -309,24 +310,13 @@ def test_the_kernels_match_the_reference(ours_cls, theirs_cls, options, monkeypa
 
 @needs_kernels
 def test_one_op_per_step_for_every_group_and_dtype():
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     params = [torch.randn(4, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)]
     for cls, options in zip(OTHER_CLASSES, (dict(momentum=0.9), {}, {})):
         opt = cls([{"params": params[:1]}, {"params": params[1:], "lr": 0.001}], **options)
         for p in params:
             p.grad = torch.randn_like(p)
         opt.step()  # the first step plans and makes the states
-        with Ops() as ops:
+        with RecordEveryOp() as ops:
             opt.step()
         assert [n for n in ops.names if "lrfused" in n] == ["lrfused.table_step_.default"], ops.names
 

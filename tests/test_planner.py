@@ -12,7 +12,7 @@ from torch.optim import lr_scheduler as T
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lrfused
-from helpers import max_relative_error, twin_leaves
+from helpers import RecordEveryOp, max_relative_error, twin_leaves
 from lrfused import _ops, _step_plan
 from lrfused import lr_scheduler as L
 from lrfused.optim import binding_of
@@ -69,16 +69,6 @@ def test_an_optimizer_and_scheduler_step_is_one_op_for_every_group_and_dtype(dev
     steps = [[n for n in names if n in ("lrfused::table_step_", "lrfused::adam_step_")] for names in counts]
     assert all(len(s) == 1 for s in steps), counts
     assert all(len(names) == 1 for names in counts[1:]), counts
-
-
-class RecordEveryOp(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
 
 
 def sequential(opt):
