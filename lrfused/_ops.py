@@ -217,34 +217,12 @@ def step_encoding() -> dict[str, int]:
 
 if _LOAD_ERROR is None:
 
-    @torch.library.register_fake("lrfused::adam_step_")
-    def _adam_step_fake(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        buckets,
-        words,
-        clocks,
-        rules,
-        applied,
-        pending,
-        *,
-        grad_scale=None,
-        found_inf=None,
-        invalid_steps=None,
-        handle=None,
-    ) -> None:
-        # Mutates its inputs in place and returns nothing: no new tensors to describe.
+    def _step_op_fake(*args, **kwargs) -> None:
+        # A step op mutates its inputs in place and returns nothing: no new tensors to describe.
         return None
 
-    def _rule_step_fake(*args, **kwargs) -> None:
-        return None
-
-    for _name in ("sgd_step_", "rmsprop_step_", "adagrad_step_"):
-        torch.library.register_fake(f"lrfused::{_name}")(_rule_step_fake)
+    for _name in ("adam_step_", "sgd_step_", "rmsprop_step_", "adagrad_step_"):
+        torch.library.register_fake(f"lrfused::{_name}")(_step_op_fake)
 
     @torch.library.register_fake("lrfused::advance_lr_")
     def _advance_lr_fake(groups, clock, rules, epoch=None) -> None:
